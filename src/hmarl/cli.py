@@ -1,0 +1,106 @@
+"""The ``hmarl`` command line: every pipeline step, plus config inspection."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import yaml
+
+from hmarl.config import ConfigError, config_dict, load_config
+from hmarl.errors import HmarlError
+from hmarl.steps import STEP_NAMES
+
+
+def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise HmarlError(f"{flag} {item!r}: expected NAME=PATH")
+        k, v = item.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+        help="override one parameter (repeatable), e.g. --set profile=full --set splits.n_folds=4",
+    )
+
+
+def _cmd_step(args: argparse.Namespace) -> int:
+    from hmarl.steps.runner import execute
+
+    cfg = load_config(args.params, args.overrides)
+    metrics = execute(
+        args.name, cfg, _pairs(args.input, "--input"), _pairs(args.output, "--output"),
+        args.metrics if args.metrics != "-" else None,
+    )
+    print(json.dumps(metrics, sort_keys=True))
+    return 0
+
+
+def _cmd_steps(args: argparse.Namespace) -> int:
+    from hmarl.steps.runner import step_module
+
+    for name in STEP_NAMES:
+        mod = step_module(name)
+        doc = (mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else ""
+        print(f"{name:18s} {doc}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    cfg = load_config(args.params, args.overrides)
+    print(yaml.safe_dump(config_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hmarl", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("step", help="run one pipeline step", description="Run one pipeline step.")
+    p.add_argument("name", choices=STEP_NAMES, help="step name")
+    _add_config_args(p)
+    p.add_argument("--input", action="append", metavar="NAME=PATH", help="override an input path")
+    p.add_argument("--output", action="append", metavar="NAME=PATH", help="override an output path")
+    p.add_argument(
+        "--metrics", default=None, metavar="PATH",
+        help="write the step's metrics JSON here (default: metrics/<step>.json; '-' for none)",
+    )
+    p.set_defaults(func=_cmd_step)
+
+    p = sub.add_parser("steps", help="list the pipeline steps", description="List the pipeline steps.")
+    p.set_defaults(func=_cmd_steps)
+
+    p = sub.add_parser("config", help="print the resolved configuration",
+                       description="Validate params (profile + overrides applied) and print them.")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if getattr(args, "command", None) == "step" and args.metrics is None:
+        args.metrics = f"metrics/{args.name}.json"
+    try:
+        return args.func(args)
+    except (ConfigError, HmarlError) as exc:
+        print(f"hmarl: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

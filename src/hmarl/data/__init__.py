@@ -1,0 +1,1 @@
+"""Data layer: ingestion, synthetic markets, validation, features, splits, the feature store."""

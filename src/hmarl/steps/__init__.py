@@ -1,0 +1,11 @@
+"""Pipeline steps. Each module ``hmarl.steps.<name>`` defines
+
+    INPUTS:  dict[str, str]   input name  -> default path (relative to the repo root)
+    OUTPUTS: dict[str, str]   output name -> default path
+    run(cfg, inputs, outputs) -> dict[str, float]
+
+and nothing else is needed for the CLI, DVC and KFP front ends (see :mod:`hmarl.steps.runner`).
+"""
+
+# Pipeline order; the DAG in dvc.yaml and pipelines/ follows it.
+STEP_NAMES: tuple[str, ...] = ("ingest", "validate", "features")

@@ -1,0 +1,70 @@
+"""Runs one step with all-or-nothing outputs.
+
+Old outputs are removed first (as DVC does), each output is written under a temp name, and only
+when ``run`` returns are they renamed into place, so a failed step leaves nothing downstream.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+from pathlib import Path
+from types import ModuleType
+
+from hmarl.config import HmarlConfig
+from hmarl.errors import StepError
+from hmarl.io import remove_path, replace_path, temp_sibling, write_json
+from hmarl.steps import STEP_NAMES
+
+log = logging.getLogger(__name__)
+
+
+def step_module(name: str) -> ModuleType:
+    if name not in STEP_NAMES:
+        raise StepError(f"unknown step {name!r} (known: {', '.join(STEP_NAMES)})")
+    return importlib.import_module(f"hmarl.steps.{name}")
+
+
+def _resolve(kind: str, defaults: dict[str, str], given: dict[str, str] | None) -> dict[str, Path]:
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise StepError(f"unknown {kind} {unknown} (known: {sorted(defaults)})")
+    return {k: Path(given.get(k, v)) for k, v in defaults.items()}
+
+
+def execute(
+    name: str,
+    cfg: HmarlConfig,
+    inputs: dict[str, str] | None = None,
+    outputs: dict[str, str] | None = None,
+    metrics_path: str | Path | None = None,
+) -> dict[str, float]:
+    mod = step_module(name)
+    ins = _resolve("inputs", mod.INPUTS, inputs)
+    outs = _resolve("outputs", mod.OUTPUTS, outputs)
+    for key, path in ins.items():
+        if not path.exists():
+            raise StepError(f"step {name}: input {key!r} not found at {path}")
+    for path in outs.values():
+        remove_path(path)
+    if metrics_path is not None:
+        remove_path(Path(metrics_path))
+    temps = {k: temp_sibling(p) for k, p in outs.items()}
+    t0 = time.perf_counter()
+    try:
+        metrics = mod.run(cfg, ins, temps)
+        for key, tmp in temps.items():
+            if not tmp.exists():
+                raise StepError(f"step {name}: output {key!r} was not produced")
+        for key, tmp in temps.items():
+            replace_path(tmp, outs[key])
+    finally:
+        for tmp in temps.values():
+            remove_path(tmp)
+    metrics = dict(metrics or {})
+    log.info("step %s done in %.2fs", name, time.perf_counter() - t0)
+    if metrics_path is not None:
+        write_json(metrics_path, metrics)
+    return metrics
