@@ -14,6 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hmarl.encoders.params import EncoderConfig
+from hmarl.env.params import EnvConfig, RewardConfig
+from hmarl.sl.params import SLConfig
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key path."""
@@ -38,6 +42,7 @@ class DataConfig(Section):
     benchmark_symbol: str = "SPY"
     exogenous: list[ExogenousSource] = Field(default_factory=list)
     symbols: list[str] | None = None  # explicit universe; None: top-N selection
+    session_tz: str = "America/New_York"  # time zone whose local date defines a trading session
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
@@ -57,6 +62,9 @@ class SyntheticConfig(Section):
     num_factors: int = Field(3, ge=1)
     annual_vol: float = Field(0.25, gt=0.0)
     crash_prob: float = Field(0.004, ge=0.0, le=1.0)  # regime: per-bar chance a crash regime starts
+    crash_depth: float = Field(0.35, gt=0.0, lt=5.0)  # regime: expected market log drop over one crash
+    crash_days: float = Field(15.0, gt=0.0)  # regime: mean crash length in trading days
+    drift: float = 0.05  # annual log drift of every symbol (outside crash/recovery)
 
 
 class UniverseConfig(Section):
@@ -64,6 +72,9 @@ class UniverseConfig(Section):
     dollar_volume_window: int = Field(252, ge=1)  # trailing bars used for the median dollar volume
     gap_rule: Literal["drop", "mask"] = "drop"
     max_missing_fraction: float = Field(0.05, ge=0.0, le=1.0)  # with gap_rule=mask
+    # start: rank on the first window of the data, so the universe uses no information from later
+    # (test) periods; end: rank on the last window (look-ahead for any backtest before it)
+    selection_at: Literal["start", "end"] = "start"
 
 
 class ValidationConfig(Section):
@@ -89,6 +100,7 @@ class SplitsConfig(Section):
 
 
 class TrackingConfig(Section):
+    enabled: bool = True  # False: steps log nothing (tests)
     mlflow_uri: str = "sqlite:///mlruns.db"
     artifact_root: str = "mlartifacts"
     experiment: str = "hmarl"
@@ -106,6 +118,10 @@ class HmarlConfig(Section):
     features: FeaturesConfig = FeaturesConfig()
     splits: SplitsConfig = SplitsConfig()
     tracking: TrackingConfig = TrackingConfig()
+    env: EnvConfig = EnvConfig()
+    reward: RewardConfig = RewardConfig()
+    sl: SLConfig = SLConfig()
+    encoder: EncoderConfig = EncoderConfig()
 
 
 # --------------------------------------------------------------------------- loading

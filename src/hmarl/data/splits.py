@@ -47,9 +47,9 @@ def make_folds(
         if train_start < first_bar or train_end - train_start < splits.train_bars:
             need = first_bar + splits.train_bars + 2 * gap + splits.val_bars + splits.n_folds * splits.test_bars
             raise ConfigError(
-                f"splits: {splits.n_folds} folds of train_bars={splits.train_bars}, val_bars={splits.val_bars}, "
-                f"test_bars={splits.test_bars}, embargo_bars={splits.embargo_bars} need {need} bars, "
-                f"the data has {n_bars - first_bar} usable bars"
+                f"splits: n_folds={splits.n_folds}, train_bars={splits.train_bars}, val_bars={splits.val_bars}, "
+                f"test_bars={splits.test_bars}, embargo_bars={splits.embargo_bars} (with features.label_horizon="
+                f"{label_horizon}, features.warmup_bars={first_bar}) need {need} bars, the data has {n_bars}"
             )
         folds.append(Fold(i, (train_start, train_end), (val_start, val_end), (test_start, test_end)))
     return folds

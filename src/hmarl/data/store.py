@@ -70,9 +70,11 @@ class FeatureStore:
         return self.ohlcv[:, :, OHLCV.index(name)]
 
     def normalized(self, fold: int, bars: np.ndarray | slice | None = None) -> np.ndarray:
-        """Features of ``bars`` scaled with fold ``fold``'s train statistics."""
+        """Features of ``bars`` scaled with fold ``fold``'s train statistics; 0 where not tradable."""
         x = self.features if bars is None else self.features[bars]
-        return ((x - self.norm_mean[fold]) / self.norm_std[fold]).astype(np.float32)
+        usable = self.tradable if bars is None else self.tradable[bars]
+        z = (x - self.norm_mean[fold]) / self.norm_std[fold]
+        return np.where(usable[..., None], z, 0.0).astype(np.float32)
 
     def check(self) -> None:
         t, s, f = self.features.shape

@@ -20,6 +20,20 @@ from hmarl.steps import STEP_NAMES
 log = logging.getLogger(__name__)
 
 
+class StepOutputs(dict):
+    """The temp paths a step writes; ``final`` maps them to where they land on success
+    (for side files such as a failure report, which must not sit inside an output)."""
+
+    def __init__(self, temps: dict[str, Path], final: dict[str, Path]):
+        super().__init__(temps)
+        self.final = final
+
+
+def final_paths(outputs: dict[str, Path]) -> dict[str, Path]:
+    """Where ``outputs`` land: the runner's final paths, or the paths themselves."""
+    return getattr(outputs, "final", outputs)
+
+
 def step_module(name: str) -> ModuleType:
     if name not in STEP_NAMES:
         raise StepError(f"unknown step {name!r} (known: {', '.join(STEP_NAMES)})")
@@ -51,7 +65,7 @@ def execute(
         remove_path(path)
     if metrics_path is not None:
         remove_path(Path(metrics_path))
-    temps = {k: temp_sibling(p) for k, p in outs.items()}
+    temps = StepOutputs({k: temp_sibling(p) for k, p in outs.items()}, outs)
     t0 = time.perf_counter()
     try:
         metrics = mod.run(cfg, ins, temps)

@@ -1,0 +1,1 @@
+"""Supervised priors: MLP / LSTM / GRU next-bar direction classifiers and their honest probability cache."""

@@ -1,0 +1,179 @@
+"""Featurize validated canonical bars into the feature store (causal features, regime, per-fold norms).
+
+Refuses to run unless the validate step's ``summary.json`` says ``"status": "passed"``. The store keeps
+raw features; a bar is marked tradable only if the canonical bar was tradable, it lies past
+``features.warmup_bars`` and every feature is defined there. Entries of other bars are stored as 0
+(:meth:`FeatureStore.normalized` maps them to 0 as well, i.e. to the train mean).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hmarl.config import HmarlConfig
+from hmarl.data.canonical import CanonicalData, read_canonical
+from hmarl.data.features import FEATURE_NAMES, compute_features, fold_norm_stats
+from hmarl.data.readers import timestamps_ns
+from hmarl.data.regime import REGIME_NAMES, compute_regime, exogenous_regime
+from hmarl.data.splits import folds_for
+from hmarl.data.store import OHLCV, FeatureStore
+from hmarl.errors import DataError, StepError
+from hmarl.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+INPUTS = {"canonical": "data/canonical", "validation": "reports/validate"}
+OUTPUTS = {"store": "data/features"}
+
+
+@dataclass
+class Market:
+    """Canonical bars as aligned arrays on the common calendar."""
+
+    symbols: list[str]
+    timestamps: np.ndarray  # (T,) int64 ns UTC
+    ohlcv: np.ndarray  # (T, S, 5) float64
+    tradable: np.ndarray  # (T, S) bool
+    benchmark: np.ndarray  # (T,) float64 close
+    bars_per_year: float
+    exogenous: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (T,) float64
+    meta: dict = field(default_factory=dict)  # the canonical meta.json
+
+
+# --------------------------------------------------------------------------- inputs
+def require_passed_validation(folder: Path) -> dict:
+    """The validate step's summary; StepError unless its status is ``passed``."""
+    path = Path(folder) / "summary.json"
+    if not path.exists():
+        raise StepError(f"features: validation summary {path} not found; run the validate step first")
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise StepError(f"features: validation summary {path} is not valid JSON ({exc})") from None
+    status = summary.get("status") if isinstance(summary, dict) else None
+    if status != "passed":
+        raise StepError(
+            f"features: refusing unvalidated data: {path} has status {status!r} (need 'passed'); "
+            "fix the data or the validation thresholds and re-run validate"
+        )
+    return summary
+
+
+def market_from_canonical(canon: CanonicalData, source: str = "canonical") -> Market:
+    """Reshape canonical frames (a full symbol x calendar grid, see :mod:`hmarl.data.canonical`) into arrays."""
+    symbols = canon.symbols
+    ohlcv = np.stack([canon.pivot(c).astype(np.float64) for c in OHLCV], axis=-1)
+    tradable = canon.pivot("tradable").astype(bool)
+    if ohlcv.shape[1] != len(symbols):
+        raise DataError(f"{source}: bars hold {ohlcv.shape[1]} symbols, meta 'symbols' lists {len(symbols)}")
+    calendar = timestamps_ns(canon.bars["timestamp"])[: ohlcv.shape[0]]
+
+    def require(ok: np.ndarray, what: str) -> None:
+        if not ok.all():
+            ti, si = np.argwhere(~ok)[0]
+            stamp = pd.Timestamp(calendar[ti], tz="UTC")
+            raise DataError(f"{source}: {what} at symbol {symbols[si]!r}, timestamp {stamp}")
+
+    finite = np.isfinite(ohlcv)
+    for i, col in enumerate(OHLCV[:4]):
+        require(~tradable | (finite[..., i] & (ohlcv[..., i] > 0)), f"{col} is not a positive number")
+    require(~tradable | (finite[..., 4] & (ohlcv[..., 4] >= 0)), "volume is negative or not finite")
+
+    series = {"benchmark": canon.benchmark, "exogenous": canon.exogenous}
+    for name, frame in series.items():
+        if frame is not None and not np.array_equal(timestamps_ns(frame["timestamp"]), calendar):
+            raise DataError(f"{source}: {name} timestamps differ from the bars' calendar")
+    bench = canon.benchmark["close"].to_numpy(dtype=np.float64)
+    bad = ~(np.isfinite(bench) & (bench > 0))
+    if bad.any():
+        stamp = pd.Timestamp(calendar[np.argmax(bad)], tz="UTC")
+        raise DataError(f"{source}: benchmark close is not a positive number at timestamp {stamp}")
+    exo = canon.exogenous
+    exo_columns = (
+        {} if exo is None else {c: exo[c].to_numpy(dtype=np.float64) for c in exo if c != "timestamp"}
+    )
+    if "bars_per_year" not in canon.meta:
+        raise DataError(f"{source}: meta key 'bars_per_year' missing")
+    bars_per_year = float(canon.meta["bars_per_year"])
+    return Market(symbols, calendar, ohlcv, tradable, bench, bars_per_year, exo_columns, dict(canon.meta))
+
+
+# --------------------------------------------------------------------------- the store
+def build_store(cfg: HmarlConfig, market: Market) -> FeatureStore:
+    """Features, regime, usable mask and per-fold train statistics for one market."""
+    n_bars = len(market.timestamps)
+    folds = folds_for(cfg, n_bars)
+    features = compute_features(market.ohlcv, market.tradable)
+    usable = market.tradable & np.isfinite(features).all(axis=-1)
+    usable[: cfg.features.warmup_bars] = False
+    features[~usable] = 0.0
+
+    regime = compute_regime(market.ohlcv, market.tradable, market.benchmark, market.bars_per_year)
+    regime_names = list(REGIME_NAMES)
+    if market.exogenous:
+        exo_names, exo = exogenous_regime(market.exogenous)
+        regime, regime_names = np.concatenate([regime, exo], axis=1), regime_names + exo_names
+    regime = np.where(np.isfinite(regime), regime, 0.0).astype(np.float32)
+
+    mean, std = fold_norm_stats(features, usable, [fold.train for fold in folds])
+    meta = {
+        "symbols": market.symbols,
+        "feature_names": list(FEATURE_NAMES),
+        "regime_names": regime_names,
+        "freq": market.meta.get("freq"),
+        "bar_seconds": market.meta.get("bar_seconds"),
+        "bars_per_year": market.bars_per_year,
+        "fingerprint": market.meta.get("fingerprint"),
+        "folds": [fold.to_dict() for fold in folds],
+        "window": cfg.features.window,
+        "label_horizon": cfg.features.label_horizon,
+        "warmup_bars": cfg.features.warmup_bars,
+        "missing_value": 0.0,  # raw entries of non-tradable bars (warm-up, masked, undefined)
+    }
+    return FeatureStore(
+        features=features,
+        ohlcv=market.ohlcv,
+        tradable=usable,
+        regime=regime,
+        benchmark=market.benchmark,
+        timestamps=market.timestamps,
+        norm_mean=mean,
+        norm_std=std,
+        meta=meta,
+    )
+
+
+def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, float]:
+    require_passed_validation(inputs["validation"])
+    t0 = time.perf_counter()
+    folder = inputs["canonical"]
+    market = market_from_canonical(read_canonical(folder), source=str(folder))
+    t1 = time.perf_counter()
+    store = build_store(cfg, market)
+    t2 = time.perf_counter()
+    nonfinite = int((~np.isfinite(store.features)).sum() + (~np.isfinite(store.regime)).sum())
+    if nonfinite:  # a bug, not bad data: never hand NaN/inf downstream
+        raise StepError(f"features: {nonfinite} non-finite values in the store")
+    with atomic_path(outputs["store"]) as tmp:
+        store.save(tmp)
+    log.info("features: %d bars x %d symbols in %.2fs", store.num_bars, store.num_symbols, t2 - t1)
+    return {
+        "bars": float(store.num_bars),
+        "symbols": float(store.num_symbols),
+        "features": float(len(FEATURE_NAMES)),
+        "regime_features": float(store.regime.shape[1]),
+        "folds": float(store.norm_mean.shape[0]),
+        "usable_fraction": float(store.tradable.mean()),
+        "masked_bars": float((~market.tradable).sum()),
+        "nonfinite": float(nonfinite),
+        "load_seconds": t1 - t0,
+        "featurize_seconds": t2 - t1,
+        "seconds": time.perf_counter() - t0,
+    }
