@@ -27,7 +27,11 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
         help="override one parameter (repeatable), e.g. --set profile=full --set splits.n_folds=4",
     )
 
@@ -37,7 +41,10 @@ def _cmd_step(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.params, args.overrides)
     metrics = execute(
-        args.name, cfg, _pairs(args.input, "--input"), _pairs(args.output, "--output"),
+        args.name,
+        cfg,
+        _pairs(args.input, "--input"),
+        _pairs(args.output, "--output"),
         args.metrics if args.metrics != "-" else None,
     )
     print(json.dumps(metrics, sort_keys=True))
@@ -71,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", metavar="NAME=PATH", help="override an input path")
     p.add_argument("--output", action="append", metavar="NAME=PATH", help="override an output path")
     p.add_argument(
-        "--metrics", default=None, metavar="PATH",
+        "--metrics",
+        default=None,
+        metavar="PATH",
         help="write the step's metrics JSON here (default: metrics/<step>.json; '-' for none)",
     )
     p.set_defaults(func=_cmd_step)
@@ -79,8 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("steps", help="list the pipeline steps", description="List the pipeline steps.")
     p.set_defaults(func=_cmd_steps)
 
-    p = sub.add_parser("config", help="print the resolved configuration",
-                       description="Validate params (profile + overrides applied) and print them.")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved configuration",
+        description="Validate params (profile + overrides applied) and print them.",
+    )
     _add_config_args(p)
     p.set_defaults(func=_cmd_config)
     return parser

@@ -31,9 +31,7 @@ class Fold:
         return asdict(self)
 
 
-def make_folds(
-    n_bars: int, splits: SplitsConfig, label_horizon: int = 1, first_bar: int = 0
-) -> list[Fold]:
+def make_folds(n_bars: int, splits: SplitsConfig, label_horizon: int = 1, first_bar: int = 0) -> list[Fold]:
     """Folds over bars ``first_bar..n_bars-1`` (``first_bar`` skips indicator warm-up)."""
     gap = label_horizon + splits.embargo_bars
     folds = []
@@ -45,7 +43,9 @@ def make_folds(
         train_end = val_start - gap
         train_start = first_bar if splits.expanding else train_end - splits.train_bars
         if train_start < first_bar or train_end - train_start < splits.train_bars:
-            need = first_bar + splits.train_bars + 2 * gap + splits.val_bars + splits.n_folds * splits.test_bars
+            need = (
+                first_bar + splits.train_bars + 2 * gap + splits.val_bars + splits.n_folds * splits.test_bars
+            )
             raise ConfigError(
                 f"splits: n_folds={splits.n_folds}, train_bars={splits.train_bars}, val_bars={splits.val_bars}, "
                 f"test_bars={splits.test_bars}, embargo_bars={splits.embargo_bars} (with features.label_horizon="

@@ -79,11 +79,16 @@ class FeatureStore:
     def check(self) -> None:
         t, s, f = self.features.shape
         expect = {
-            "ohlcv": (t, s, 5), "tradable": (t, s), "benchmark": (t,), "timestamps": (t,),
+            "ohlcv": (t, s, 5),
+            "tradable": (t, s),
+            "benchmark": (t,),
+            "timestamps": (t,),
         }
         for name, shape in expect.items():
             if getattr(self, name).shape != shape:
-                raise DataError(f"feature store: {name} has shape {getattr(self, name).shape}, expected {shape}")
+                raise DataError(
+                    f"feature store: {name} has shape {getattr(self, name).shape}, expected {shape}"
+                )
         if self.regime.shape[0] != t:
             raise DataError(f"feature store: regime has {self.regime.shape[0]} bars, expected {t}")
         if len(self.meta.get("symbols", [])) != s or len(self.meta.get("feature_names", [])) != f:
