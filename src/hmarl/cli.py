@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.set_defaults(func=_cmd_config)
+
+    from hmarl.pipeline_cli import add_parser as add_pipeline_parser
+
+    add_pipeline_parser(sub)
     return parser
 
 

@@ -1,0 +1,375 @@
+"""``hmarl pipeline``: compile the Kubeflow DAG, submit or schedule it on a cluster, or run it locally.
+
+    hmarl pipeline compile  [--output pipelines/hmarl_pipeline.yaml]
+    hmarl pipeline submit   --host URL [--experiment NAME] [--run-name NAME] [run arguments]
+    hmarl pipeline schedule --host URL --cron EXPR [--job-name NAME] [--experiment NAME] [run arguments]
+    hmarl pipeline run-local [--workdir .kfp-local] [--cache] [run arguments]
+
+Run arguments set the pipeline parameters: ``--params FILE`` (its text becomes ``params_yaml``),
+``--profile``, ``--data-uri``, ``--mlflow-uri``, ``--seeds 42,1337`` and ``--set KEY.PATH=VALUE``
+(repeatable, the ``overrides`` list). They are validated here before anything is sent.
+
+The DAG lives in ``pipelines/`` and ``components/`` of the source checkout (not in the installed
+package): they are found next to this package's ``src/`` folder, or in the current directory.
+kfp is imported only by these commands, so ``hmarl step`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+import hmarl
+from hmarl.errors import HmarlError, StepError
+from hmarl.io import write_text
+from hmarl.kfp_glue import parse_overrides, resolve_config
+
+PIPELINE_MODULE = "pipelines.hmarl_pipeline"
+DEFAULT_OUTPUT = Path("pipelines") / "hmarl_pipeline.yaml"
+DEFAULT_EXPERIMENT = "hmarl"
+
+
+# --------------------------------------------------------------------------- the DAG
+def repo_root() -> Path:
+    """The source checkout holding ``pipelines/``: this package's, else the current directory."""
+    for root in (Path(hmarl.__file__).resolve().parents[2], Path.cwd()):
+        if (root / "pipelines" / "hmarl_pipeline.py").is_file():
+            return root
+    raise HmarlError(
+        "pipelines/hmarl_pipeline.py not found next to the hmarl sources or in the current directory; "
+        "run `hmarl pipeline` from the repository checkout"
+    )
+
+
+def pipeline_module() -> ModuleType:
+    root = str(repo_root())
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module(PIPELINE_MODULE)
+
+
+def compile_pipeline(output: str | Path | None = None) -> Path:
+    """Write the pipeline IR YAML to ``output`` (default: pipelines/hmarl_pipeline.yaml of the checkout)."""
+    from kfp import compiler
+
+    module = pipeline_module()
+    output = Path(output) if output is not None else repo_root() / DEFAULT_OUTPUT
+    with tempfile.TemporaryDirectory(prefix="hmarl-compile-") as tmp:
+        path = Path(tmp) / "pipeline.yaml"  # the compiler picks the format from the suffix
+        compiler.Compiler().compile(module.hmarl_pipeline, package_path=str(path))
+        write_text(output, path.read_text())
+    return output
+
+
+@contextmanager
+def _package(path: str | None) -> Iterator[Path]:
+    """The given compiled package, or the current code compiled into a temp file."""
+    if path:
+        if not Path(path).is_file():
+            raise HmarlError(f"--package {path}: file not found")
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="hmarl-pipeline-") as tmp:
+        yield compile_pipeline(Path(tmp) / "hmarl_pipeline.yaml")
+
+
+def ir_defaults(package: Path) -> dict[str, Any]:
+    """The pipeline parameters' default values recorded in a compiled package."""
+    spec = next(yaml.safe_load_all(package.read_text()))  # then the platform (Kubernetes) spec
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    return {name: p.get("defaultValue") for name, p in params.items()}
+
+
+# --------------------------------------------------------------------------- run arguments
+def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Pipeline arguments from the command line: only what was given (the rest keeps the IR defaults)."""
+    out: dict[str, Any] = {}
+    if args.params:
+        path = Path(args.params)
+        if not path.is_file():
+            raise HmarlError(f"--params {path}: file not found")
+        out["params_yaml"] = path.read_text()
+    for name in ("profile", "data_uri", "mlflow_uri"):
+        if getattr(args, name):
+            out[name] = getattr(args, name)
+    if args.overrides:
+        out["overrides"] = parse_overrides(args.overrides)
+    if args.seeds:
+        try:
+            out["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise HmarlError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
+        if not out["seeds"]:
+            raise HmarlError("--seeds: at least one seed is needed")
+    return out
+
+
+def check_arguments(arguments: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Resolve the config as the pipeline's first task will, so a bad key fails here, not on the cluster."""
+    values = {**defaults, **arguments}
+    names = ("profile", "overrides", "data_uri", "mlflow_uri")
+    resolve_config(values.get("params_yaml") or "", **{k: values[k] for k in names if values.get(k)})
+
+
+def _client(host: str, namespace: str | None):
+    """A ``kfp.Client``; in a pod with ``KF_PIPELINES_SA_TOKEN_PATH`` set (the retraining CronJob), it
+    authenticates with that projected ServiceAccount token, as multi-user Kubeflow requires."""
+    import kfp
+    from kfp.client import KF_PIPELINES_SA_TOKEN_ENV, ServiceAccountTokenVolumeCredentials
+
+    kwargs: dict[str, Any] = {"namespace": namespace} if namespace else {}
+    if os.environ.get(KF_PIPELINES_SA_TOKEN_ENV):
+        kwargs["credentials"] = ServiceAccountTokenVolumeCredentials()  # reads the path from that variable
+    with warnings.catch_warnings():  # "only works with KFP v2.0.0-beta.2 and later": we compile v2 IR
+        warnings.filterwarnings("ignore", "This client only works", FutureWarning)
+        return kfp.Client(host=host, **kwargs)
+
+
+def normalize_cron(expr: str) -> str:
+    """KFP's scheduler takes 6 cron fields (seconds first); a 5-field crontab gets second 0."""
+    fields = expr.split()
+    if len(fields) == 5:
+        fields.insert(0, "0")
+    if len(fields) != 6:
+        raise HmarlError(
+            f"--cron {expr!r}: expected 5 (crontab) or 6 (with seconds) fields, e.g. '0 3 * * 1' (Mondays 03:00)"
+        )
+    return " ".join(fields)
+
+
+# --------------------------------------------------------------------------- cluster commands
+def submit(
+    host: str,
+    arguments: dict[str, Any],
+    *,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    package: str | None = None,
+    namespace: str | None = None,
+) -> str:
+    """Start one run on a Kubeflow Pipelines endpoint; returns its run id."""
+    with _package(package) as path:
+        check_arguments(arguments, ir_defaults(path))
+        client = _client(host, namespace)
+        result = client.create_run_from_pipeline_package(
+            str(path), arguments=arguments, run_name=run_name, experiment_name=experiment, namespace=namespace
+        )
+    return result.run_id
+
+
+def schedule(
+    host: str,
+    cron: str,
+    arguments: dict[str, Any],
+    *,
+    job_name: str = "hmarl-retrain",
+    experiment: str = DEFAULT_EXPERIMENT,
+    package: str | None = None,
+    namespace: str | None = None,
+) -> str:
+    """Create a recurring run (scheduled retraining); returns its id. One run at a time, no backfill."""
+    cron = normalize_cron(cron)
+    with _package(package) as path:
+        check_arguments(arguments, ir_defaults(path))
+        client = _client(host, namespace)
+        experiment_id = client.create_experiment(name=experiment, namespace=namespace).experiment_id
+        job = client.create_recurring_run(
+            experiment_id=experiment_id,
+            job_name=job_name,
+            cron_expression=cron,
+            params=arguments,
+            pipeline_package_path=str(path),
+            max_concurrency=1,
+            no_catchup=True,
+        )
+    return job.recurring_run_id
+
+
+# --------------------------------------------------------------------------- local run
+@dataclass
+class LocalRun:
+    """What ``run-local`` produced: per executed task, its output artifact paths and its metrics."""
+
+    run_dir: Path | None  # None when every task was a cache hit
+    outputs: dict[str, dict[str, Path]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    output_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)  # top-level tasks served from the local cache
+
+
+def read_local_run(run_dir: Path) -> LocalRun:
+    """Collect every task's executor output (KFP's ExecutorOutput JSON) under a local run folder."""
+    run = LocalRun(run_dir)
+    for out_file in sorted(run_dir.glob("*/executor_output.json")):
+        task = out_file.parent.name
+        data = json.loads(out_file.read_text())
+        run.output_parameters[task] = data.get("parameterValues", {})
+        for name, entry in data.get("artifacts", {}).items():
+            art = entry["artifacts"][0]
+            run.outputs.setdefault(task, {})[name] = Path(art["uri"])
+            if name == "metrics":
+                run.metrics[task] = dict(art.get("metadata", {}))
+    return run
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run_local(arguments: dict[str, Any], workdir: str | Path = ".kfp-local", cache: bool = False) -> LocalRun:
+    """Execute the DAG here with kfp's SubprocessRunner (this Python environment, no containers)."""
+    from kfp import local
+
+    module = pipeline_module()
+    check_arguments(arguments, {"params_yaml": module.DEFAULT_PARAMS_YAML})
+    root = Path(workdir).resolve() / "outputs"
+    root.mkdir(parents=True, exist_ok=True)
+    before = set(root.iterdir())
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        enable_caching=cache,
+        cache_root=str(Path(workdir).resolve() / "cache"),
+    )
+    with warnings.catch_warnings():
+        # the runner warns that the project image is not a python image (it runs this environment
+        # instead, where hmarl is installed) and that Kubernetes settings are ignored: both expected
+        warnings.filterwarnings("ignore", "You may be attemping to run a task", RuntimeWarning)
+        warnings.filterwarnings("ignore", ".*have no effect in the current local runner", UserWarning)
+        try:
+            module.hmarl_pipeline(**arguments)
+        except RuntimeError as exc:
+            new = sorted(set(root.iterdir()) - before)
+            where = f" (task outputs under {new[-1]}; task logs above)" if new else ""
+            failed = sorted(str(p) for d in new for p in d.glob("*/*.failed/report.html"))
+            hint = f"; failure report: {failed[0]}" if failed else ""
+            raise StepError(f"local pipeline run failed: {_ANSI.sub('', str(exc))}{where}{hint}") from None
+    new = sorted(set(root.iterdir()) - before)  # no folder when every task was a cache hit
+    run = read_local_run(new[-1]) if new else LocalRun(None)
+    run.cached = sorted(set(module.hmarl_pipeline.pipeline_spec.root.dag.tasks) - set(run.output_parameters))
+    return run
+
+
+# --------------------------------------------------------------------------- argparse
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pipeline parameters (default: the compiled-in values)")
+    g.add_argument("--params", metavar="FILE", help="params file whose text becomes params_yaml")
+    g.add_argument("--profile", default="", help="profile overlay, e.g. smoke or full")
+    g.add_argument("--data-uri", default="", help="bars to ingest: path or object-store URI")
+    g.add_argument("--mlflow-uri", default="", help="MLflow tracking URI for the training steps")
+    g.add_argument("--seeds", default="", metavar="S1,S2,...", help="training seeds (stage5 fan-out)")
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one parameter (repeatable), as for `hmarl step`",
+    )
+
+
+def _add_cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--host", required=True, help="Kubeflow Pipelines API endpoint, e.g. http://localhost:8080"
+    )
+    p.add_argument("--namespace", default=None, help="user namespace (multi-user Kubeflow)")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment name (created if missing)")
+    p.add_argument(
+        "--package", default=None, help="compiled pipeline YAML (default: compile the current code)"
+    )
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    print(f"wrote {compile_pipeline(args.output)}")
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    run_id = submit(
+        args.host,
+        run_arguments(args),
+        experiment=args.experiment,
+        run_name=args.run_name,
+        package=args.package,
+        namespace=args.namespace,
+    )
+    print(f"submitted run {run_id} to {args.host} (experiment {args.experiment})")
+    return 0
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    job_id = schedule(
+        args.host,
+        args.cron,
+        run_arguments(args),
+        job_name=args.job_name,
+        experiment=args.experiment,
+        package=args.package,
+        namespace=args.namespace,
+    )
+    print(f"scheduled recurring run {job_id} ({normalize_cron(args.cron)}) on {args.host}")
+    return 0
+
+
+def _cmd_run_local(args: argparse.Namespace) -> int:
+    run = run_local(run_arguments(args), args.workdir, cache=args.cache)
+    print(f"local run finished: {run.run_dir or 'nothing executed'}")
+    if run.cached:
+        print(f"  cache hits (outputs of an earlier run): {', '.join(run.cached)}")
+    for task, outputs in run.outputs.items():
+        for name, path in outputs.items():
+            print(f"  {task}.{name}: {path}")
+    print(json.dumps(run.metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``hmarl pipeline <compile|submit|schedule|run-local>``."""
+    p = sub.add_parser(
+        "pipeline",
+        help="compile / submit / schedule / run-local the Kubeflow pipeline",
+        description="Compile the Kubeflow DAG, submit or schedule it on a cluster, or run it locally.",
+    )
+    cmds = p.add_subparsers(dest="pipeline_command", required=True, metavar="SUBCOMMAND")
+
+    c = cmds.add_parser("compile", help="write the pipeline IR YAML", description=compile_pipeline.__doc__)
+    c.add_argument("--output", default=None, help=f"IR file (default: {DEFAULT_OUTPUT} of the checkout)")
+    c.set_defaults(func=_cmd_compile)
+
+    c = cmds.add_parser("submit", help="start a run on a Kubeflow endpoint", description=submit.__doc__)
+    _add_cluster_args(c)
+    c.add_argument("--run-name", default=None, help="run name shown in the UI")
+    _add_run_args(c)
+    c.set_defaults(func=_cmd_submit)
+
+    c = cmds.add_parser(
+        "schedule", help="create a recurring run (scheduled retraining)", description=schedule.__doc__
+    )
+    _add_cluster_args(c)
+    c.add_argument("--cron", required=True, help="'M H DoM Mon DoW' or with a leading seconds field")
+    c.add_argument("--job-name", default="hmarl-retrain", help="recurring run name")
+    _add_run_args(c)
+    c.set_defaults(func=_cmd_schedule)
+
+    c = cmds.add_parser(
+        "run-local", help="run the DAG here (kfp SubprocessRunner)", description=run_local.__doc__
+    )
+    c.add_argument(
+        "--workdir", default=".kfp-local", help="outputs/ and cache/ go here (default: .kfp-local)"
+    )
+    c.add_argument("--cache", action="store_true", help="reuse outputs of unchanged cached tasks")
+    _add_run_args(c)
+    c.set_defaults(func=_cmd_run_local)
