@@ -14,8 +14,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hmarl.agents.params import AgentConfig
 from hmarl.encoders.params import EncoderConfig
 from hmarl.env.params import EnvConfig, RewardConfig
+from hmarl.learners.params import PPOConfig
 from hmarl.sl.params import SLConfig
 
 
@@ -122,6 +124,8 @@ class HmarlConfig(Section):
     reward: RewardConfig = RewardConfig()
     sl: SLConfig = SLConfig()
     encoder: EncoderConfig = EncoderConfig()
+    agent: AgentConfig = AgentConfig()
+    ppo: PPOConfig = PPOConfig()
 
 
 # --------------------------------------------------------------------------- loading

@@ -40,7 +40,7 @@ class EncoderConfig(Section):
     weight_decay: float = Field(1e-4, ge=0.0)
     embed_batch_bars: int = Field(64, ge=1)  # bars per forward pass when building the embedding cache
     # diagnostics
-    probe_l2: float = Field(1e-3, ge=0.0)
+    probe_l2: list[float] = Field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0])  # chosen on val bars
     probe_max_samples: int = Field(20000, ge=100)
     attribution_bars: int = Field(32, ge=1)
 
@@ -49,7 +49,11 @@ class EncoderConfig(Section):
         if not any(self.branches.model_dump().values()):
             raise ValueError("encoder.branches: at least one branch must be enabled")
         if self.d_model % self.heads:
-            raise ValueError(f"encoder.d_model ({self.d_model}) must be divisible by encoder.heads ({self.heads})")
+            raise ValueError(
+                f"encoder.d_model ({self.d_model}) must be divisible by encoder.heads ({self.heads})"
+            )
+        if not self.probe_l2 or min(self.probe_l2) < 0:
+            raise ValueError("encoder.probe_l2: need at least one strength, each >= 0")
         if not self.scales or min(self.scales) < 1:
             raise ValueError("encoder.scales: need at least one scale, each >= 1")
         return self

@@ -60,6 +60,9 @@ class EnvConfig(_Section):
     initial_cash: float = Field(1_000_000.0, gt=0)
     dtype: Literal["float32", "float64"] = "float64"  # account and reward arithmetic
     check_actions: bool = True  # validate action ids/shape each step (switch off in a trusted hot loop)
+    # torch: batched tensor ops (CPU and CUDA); native: the same step fused in C (CPU, float64 only);
+    # auto: native where it applies and a C compiler is present, else torch
+    backend: Literal["auto", "torch", "native"] = "auto"
     # costs
     commission_bps_round_trip: float = Field(15.0, ge=0)  # split evenly over the two legs
     slippage_bps: float = Field(1.0, ge=0)  # fixed part, per leg

@@ -1,0 +1,354 @@
+"""Optional fused CPU step: ``native_step.c`` compiled on first use with the system C compiler.
+
+The batched torch code in vec_env.py is the simulator (CPU and CUDA). At 64 x 143 on a small CPU its
+time goes into per-op dispatch (~450 tensor ops of ~9k elements per step), so on CPU with float64 the
+env can run the same step as one C pass over envs and symbols (same state tensors, same rules, same
+order of operations; parity-tested against tests/env_reference.py like the torch path).
+
+The library is built once per source version into ``$HMARL_CACHE`` (default ``~/.cache/hmarl``) with
+``cc -O3 -march=native -ffp-contract=off`` (no fused multiply-add, so results stay IEEE-identical
+in spirit to the torch path) and loaded with ctypes. If no compiler is available, :func:`load` returns
+None and ``backend: auto`` falls back to the torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from hmarl.env.params import REWARD_COMPONENTS
+
+SOURCE = Path(__file__).with_name("native_step.c")
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-std=c11"]
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_D = ctypes.c_double
+
+
+class HmStep(ctypes.Structure):
+    """Mirror of the C ``HmStep`` struct (field order matters)."""
+
+    _fields_ = (
+        [
+            (name, _I)
+            for name in (
+                "n",
+                "s",
+                "t_bars",
+                "window",
+                "episode_length",
+                "max_consec",
+                "bar_hi",
+                "master_interval",
+                "step_count",
+                "capacity",
+                "acc_k",
+                "col_policy",
+                "col_executed",
+                "col_comp",
+                "col_sums",
+                "col_master",
+                "col_financing",
+                "row_len",
+            )
+        ]
+        + [
+            (name, _D)
+            for name in (
+                "fee",
+                "slip_base",
+                "slip_vol",
+                "slip_impact",
+                "slip_max",
+                "add_frac",
+                "min_order",
+                "winner_thr",
+            )
+        ]
+        + [("buy_frac", _D * 3)]
+        + [
+            (name, _D)
+            for name in (
+                "sell_partial",
+                "lev_room",
+                "fin_per_bar",
+                "bankrupt_level",
+                "max_dd",
+                "alpha",
+                "sharpe_clip",
+                "roi_scale",
+                "roi_lo",
+                "roi_hi",
+                "dd_thr",
+                "dd_pen",
+                "util_scale",
+                "div_scale",
+                "initial_cash",
+            )
+        ]
+        + [("weights", _D * 10), ("master_weights", _D * 3), ("tiers", _D * 8), ("default_directive", _I)]
+        + [
+            (name, _P)
+            for name in (
+                "table",
+                "bench",
+                "directives",
+                "actions",
+                "mask_in",
+                "starts",
+                "agent",
+                "agent_int",
+                "ring",
+                "packed",
+                "account",
+                "clock",
+                "done",
+                "acc",
+                "rows",
+                "count",
+                "reward",
+                "components",
+                "master_reward",
+                "master_components",
+                "cost",
+                "financing",
+                "buy_scale",
+                "terminated",
+                "truncated",
+                "forced",
+                "invalid",
+                "reset",
+                "executed",
+                "mask",
+                "counts",
+                "master_due",
+                "agent_obs",
+                "portfolio",
+                "directive_features",
+                "bar",
+                "directive",
+            )
+        ]
+    )
+
+
+_LIB: ctypes.CDLL | None = None
+_TRIED = False
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("HMARL_CACHE", Path.home() / ".cache" / "hmarl"))
+
+
+def _build() -> Path | None:
+    named = os.environ.get("CC")
+    compiler = shutil.which(named) if named else (shutil.which("cc") or shutil.which("gcc"))
+    if compiler is None:
+        return None
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join(FLAGS).encode() + compiler.encode()).hexdigest()[:16]
+    target = _cache_dir() / f"hmarl_native_step_{key}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        result = subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            return None
+        os.replace(built, target)  # atomic: concurrent builders race harmlessly
+    return target
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled library, or None when it cannot be built here."""
+    global _LIB, _TRIED
+    if not _TRIED:
+        _TRIED = True
+        try:
+            path = _build()
+            if path is not None:
+                lib = ctypes.CDLL(str(path))
+                lib.hm_step.argtypes = [ctypes.POINTER(HmStep)]
+                lib.hm_step.restype = None
+                _LIB = lib
+        except OSError:
+            _LIB = None
+    return _LIB
+
+
+class NativeStep:
+    """Binds a :class:`hmarl.env.vec_env.MarketEnv`'s state tensors to the C step."""
+
+    def __init__(self, env, lib: ctypes.CDLL):
+        from hmarl.env import telemetry
+
+        self.env, self.lib = env, lib
+        cfg, rcfg, m = env.cfg, env.rcfg, env.market
+        st = self.st = HmStep()
+        sizes = dict(
+            n=env.num_envs,
+            s=env.num_symbols,
+            t_bars=m.num_bars,
+            window=env.window.window,
+            episode_length=cfg.episode_length,
+            max_consec=cfg.max_consecutive_actions,
+            bar_hi=env.bar_hi,
+            master_interval=cfg.master.interval,
+            capacity=env.log.capacity,
+            acc_k=len(telemetry.ACC_COLUMNS),
+            col_policy=telemetry._POLICY.start,
+            col_executed=telemetry._EXECUTED.start,
+            col_comp=telemetry._PER_AGENT.start,
+            col_sums=telemetry._PER_AGENT.start + len(REWARD_COMPONENTS),
+            col_master=len(telemetry.ACC_COLUMNS) - 2,
+            col_financing=len(telemetry.ACC_COLUMNS) - 1,
+            row_len=len(telemetry.COLUMNS),
+            default_directive=env.default_directive,
+        )
+        fp = env.fill_params
+        scalars = dict(
+            fee=fp.fee,
+            slip_base=fp.slip_base,
+            slip_vol=fp.slip_vol,
+            slip_impact=fp.slip_impact,
+            slip_max=fp.slip_max,
+            add_frac=fp.add_fraction,
+            min_order=fp.min_order_fraction,
+            winner_thr=cfg.winner_threshold,
+            sell_partial=cfg.sell_partial_fraction,
+            lev_room=env.lev_room,
+            fin_per_bar=env.financing_per_bar,
+            bankrupt_level=cfg.bankruptcy_fraction * cfg.initial_cash,
+            max_dd=cfg.max_drawdown,
+            alpha=env.alpha,
+            sharpe_clip=rcfg.sharpe_clip,
+            roi_scale=rcfg.roi_scale,
+            roi_lo=rcfg.roi_clip[0],
+            roi_hi=rcfg.roi_clip[1],
+            dd_thr=rcfg.trade_drawdown_threshold,
+            dd_pen=rcfg.trade_drawdown_penalty,
+            util_scale=rcfg.utilization_scale,
+            div_scale=rcfg.diversification_scale,
+            initial_cash=cfg.initial_cash,
+        )
+        for name, value in {**sizes, **scalars}.items():
+            setattr(st, name, value)
+        st.buy_frac[:] = list(cfg.buy_fractions)
+        st.weights[:] = env.weights.tolist()
+        st.master_weights[:] = env.master_weights.tolist()
+        st.tiers[:] = env.tiers.tolist()
+        self._keep = [m.table.contiguous(), m.benchmark.contiguous(), env.directives.contiguous()]
+        for name, t in zip(("table", "bench", "directives"), self._keep, strict=True):
+            setattr(st, name, t.data_ptr())
+        state = dict(
+            agent=env._agent,
+            agent_int=env._agent_int,
+            ring=env.window.ring,
+            packed=env.window.packed,
+            account=env._account,
+            clock=env._clock,
+            done=env.done,
+            acc=env.log.acc,
+            rows=env.log.rows,
+            count=env.log.count,
+        )
+        for name, t in state.items():
+            if not t.is_contiguous():
+                raise RuntimeError(f"native step: state tensor {name} is not contiguous")
+            setattr(st, name, t.data_ptr())
+        self._ref = ctypes.byref(st)
+
+    def step(self, actions: torch.Tensor):
+        from hmarl.env.vec_env import Observation, StepResult
+
+        env, st = self.env, self.st
+        n, s, c = env.num_envs, env.num_symbols, len(REWARD_COMPONENTS)
+        a = actions.to(torch.int64).contiguous()
+        starts = torch.randint(env.bar_lo, env.start_hi + 1, (n,), generator=env.generator)
+        f64, b, f32 = torch.float64, torch.bool, torch.float32
+        out = {
+            "reward": torch.empty(n, s, dtype=f64),
+            "components": torch.empty(c, n, s, dtype=f64),
+            "master_reward": torch.empty(n, dtype=f64),
+            "master_components": torch.empty(3, n, dtype=f64),
+            "cost": torch.empty(n, s, dtype=f64),
+            "financing": torch.empty(n, dtype=f64),
+            "buy_scale": torch.empty(n, dtype=f64),
+            "terminated": torch.empty(n, dtype=b),
+            "truncated": torch.empty(n, dtype=b),
+            "forced": torch.empty(n, s, dtype=b),
+            "invalid": torch.empty(n, s, dtype=b),
+            "reset": torch.empty(n, dtype=b),
+            "executed": torch.empty(n, s, dtype=torch.int64),
+            "mask": torch.empty(n, s, 7, dtype=b),
+            "counts": torch.empty(n, s, 7, dtype=torch.uint8),
+            "master_due": torch.empty(n, dtype=b),
+            "agent_obs": torch.empty(n, s, 7, dtype=f32),
+            "portfolio": torch.empty(n, 7, dtype=f32),
+            "directive_features": torch.empty(n, 3, dtype=f32),
+            "bar": torch.empty(n, dtype=torch.int64),
+            "directive": torch.empty(n, dtype=torch.int64),
+        }
+        for name, t in out.items():
+            setattr(st, name, t.data_ptr())
+        mask_in = (
+            env._obs.mask.contiguous()
+        )  # the masks the policy saw (set_directive may have refreshed them)
+        st.actions, st.starts, st.mask_in = a.data_ptr(), starts.data_ptr(), mask_in.data_ptr()
+        st.step_count = env.window.step_count
+        env.window.step_count += 1
+        self._alive = (a, starts, mask_in, out)  # the struct points into these until the next call
+        self.lib.hm_step(self._ref)
+        obs = Observation(
+            out["bar"],
+            out["agent_obs"],
+            out["portfolio"],
+            env.market.regime.index_select(0, out["bar"]),
+            out["directive"],
+            out["directive_features"],
+            out["counts"],
+            out["mask"],
+            out["master_due"],
+        )
+        env._obs = obs
+        info = {
+            "forced_hold": out["forced"],
+            "invalid_action": out["invalid"],
+            "cost": out["cost"],
+            "financing": out["financing"],
+            "buy_scale": out["buy_scale"],
+            "reset": out["reset"],
+        }
+        return StepResult(
+            obs,
+            out["reward"],
+            out["components"],
+            out["master_reward"],
+            out["master_components"],
+            out["terminated"],
+            out["truncated"],
+            actions,
+            out["executed"],
+            info,
+        )
+
+
+def bind(env) -> NativeStep:
+    lib = load()
+    if lib is None:
+        raise RuntimeError("native step library is not available")
+    return NativeStep(env, lib)

@@ -1,0 +1,516 @@
+"""The batched market simulator: ``num_envs`` accounts x ``num_symbols`` symbol agents, all tensors.
+
+Timing of one ``step(actions)`` (no look-ahead: nothing of bar t+1 is seen before the fill at its open):
+
+1. Decision at bar ``t`` (after its close): the policy saw the observation and masks of bar ``t``.
+   Masked-out picks become HOLD; the repetition limit turns a 4th identical non-HOLD action into HOLD.
+2. Fill at ``open[t + 1]`` (fills.py): cancellations, sells, buys (position limit, pro-rata cash),
+   commission and slippage.
+3. Financing on negative cash for the bar, then the account is marked at ``close[t + 1]``.
+4. Rewards (rewards.py) for the step t -> t+1; anti-collapse window update; telemetry.
+5. Termination (bankruptcy, max drawdown) or truncation (episode length, end of the bar range).
+6. Next-step autoreset (Gymnasium ``AutoresetMode.NEXT_STEP``): an env that ended on the previous call
+   ignores this call's actions, starts a new episode at a random bar of its range and returns the first
+   observation with reward 0. (Its step is computed with the others and then discarded, so ``step``
+   has no data-dependent branch and no host sync.)
+7. Observation of the new bar: bar index, small per-agent and portfolio state, regime, directive,
+   recent-action counts and the masks for the next decision. Market windows are not copied: gather
+   them by ``obs.bar`` (gather.py).
+
+The master acts every ``master.interval`` bars of an episode: before the symbol agents decide, call
+:meth:`MarketEnv.set_directive` (applied where ``obs.master_due``), which refreshes allocations and masks.
+
+Backends (``env.backend``): ``torch`` runs the step as batched tensor ops (CPU or CUDA, float32 or
+float64); ``native`` runs the same step, on the same state tensors, as one fused C pass (native.py:
+CPU and float64 only, built on first use); ``auto`` takes native where it applies. Both are checked
+against the per-symbol reference in tests/env_reference.py. ``reset`` and ``set_directive`` always
+run the torch code. On CPU the torch backend is dispatch-bound at 64 x 143 (~450 ops per step).
+
+Data of an env that was reset by a step (``info["reset"]``): reward, components and executed action
+are 0 and the observation is the new episode's first; its other ``info`` entries mean nothing.
+With ``check_actions: false`` ids must be in 0..6 (the native backend executes others as HOLD).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from hmarl.env import masks as masks_mod
+from hmarl.env import native
+from hmarl.env.actions import NUM_ACTIONS, default_directive, directive_table, grid_size, order_table
+from hmarl.env.anti_collapse import ActionWindow, repetition_violations, tier_table
+from hmarl.env.fills import FillParams, execute, positive
+from hmarl.env.market import ADV, CLOSE, OPEN, SIGMA, TRADABLE, MarketData
+from hmarl.env.params import REWARD_COMPONENTS, EnvConfig, RewardConfig
+from hmarl.env.rewards import SHARPE_EPS, TINY, diversification, ema_sharpe, roi_multiplier, symbol_components
+from hmarl.env.telemetry import STEP_SUMS, EpisodeLog
+from hmarl.errors import DataError
+
+AGENT_FEATURES = (
+    "position_weight",  # value / equity
+    "allocation_used",  # value / allowed allocation
+    "entry_price_rel",  # entry / close - 1
+    "unrealized_pnl",  # (close - entry) x shares / equity
+    "holding_bars",  # bars held / episode_length
+    "trade_drawdown",  # 1 - close / highest close since entry
+    "tradable",
+)
+PORTFOLIO_FEATURES = (
+    "cash_fraction",
+    "exposure",
+    "drawdown",
+    "rolling_sharpe",
+    "open_positions",  # open positions / limit
+    "episode_progress",
+    "master_due",
+)
+DIRECTIVE_FEATURES = ("risk_multiplier", "position_cap", "open_limit_fraction")
+
+
+class Observation(NamedTuple):
+    bar: torch.Tensor  # (N,) int64 bar index t: gather market windows by it
+    agent: torch.Tensor  # (N, S, len(AGENT_FEATURES)) float32 (a feature-major view on the torch backend)
+    portfolio: torch.Tensor  # (N, len(PORTFOLIO_FEATURES)) float32
+    regime: torch.Tensor  # (N, R) float32
+    directive: torch.Tensor  # (N,) int64 index in the master grid
+    directive_features: torch.Tensor  # (N, 3) float32
+    action_counts: torch.Tensor  # (N, S, 7) uint8, executed actions in the diversity window
+    mask: torch.Tensor  # (N, S, 7) bool, allowed actions for the decision at t
+    master_due: torch.Tensor  # (N,) bool, the master decides at this bar
+
+
+class StepResult(NamedTuple):
+    obs: Observation
+    reward: torch.Tensor  # (N, S) weighted sum of the components
+    components: torch.Tensor  # (C, N, S) REWARD_COMPONENTS order, unweighted
+    master_reward: torch.Tensor  # (N,)
+    master_components: torch.Tensor  # (3, N) MASTER_COMPONENTS order, unweighted
+    terminated: torch.Tensor  # (N,) bool
+    truncated: torch.Tensor  # (N,) bool
+    policy_action: torch.Tensor  # (N, S) int64 as given
+    executed_action: torch.Tensor  # (N, S) int64
+    info: dict[str, torch.Tensor]
+
+
+class MarketEnv:
+    """Batched simulator over ``market`` bars ``[bar_range[0], bar_range[1])`` (a fold's allowed bars).
+
+    Episodes start at a random bar in ``[max(bar_range[0], min_history), bar_range[1] - 1 - episode_length]``
+    (pass ``min_history = window - 1`` so that a full feature window exists) and never observe or fill a
+    bar at or beyond ``bar_range[1]``: an episode reaching the range's last bar is truncated.
+
+    ``step``/``reset`` run under ``torch.inference_mode`` (it cuts the per-op overhead that dominates at
+    64 x 143 by about a third): their outputs are inference tensors, fine to read, copy into a rollout
+    buffer or feed to a policy under ``no_grad``; clone one before saving it for backward.
+    """
+
+    def __init__(
+        self,
+        market: MarketData,
+        env_cfg: EnvConfig,
+        reward_cfg: RewardConfig,
+        *,
+        num_envs: int | None = None,
+        bar_range: tuple[int, int] | None = None,
+        min_history: int = 0,
+        seed: int = 0,
+    ):
+        self.market, self.cfg, self.rcfg = market, env_cfg, reward_cfg
+        self.device = market.device
+        self.dtype = market.table.dtype
+        n = self.num_envs = num_envs or env_cfg.num_envs
+        s = self.num_symbols = market.num_symbols
+        lo, hi = bar_range or (0, market.num_bars)
+        lo = max(lo, min_history)
+        if not 0 <= lo < hi - 1 or hi > market.num_bars:
+            raise DataError(
+                f"env: bar range [{lo}, {hi}) (after min_history={min_history}) needs at least 2 bars "
+                f"inside the {market.num_bars} bars of the market"
+            )
+        self.bar_lo, self.bar_hi = lo, hi
+        # episodes start where a full episode fits when the range allows it
+        self.start_hi = max(lo, hi - 1 - env_cfg.episode_length)
+        dev, dt = self.device, self.dtype
+        self.generator = torch.Generator(device=dev)
+        self.generator.manual_seed(seed)
+
+        self.order_table = order_table(env_cfg, dt, dev)
+        self.directives = directive_table(env_cfg, s, dt, dev)
+        self.num_directives = grid_size(env_cfg)
+        self.default_directive = default_directive(env_cfg)
+        self.buy_fracs = torch.tensor(env_cfg.buy_fractions, dtype=dt, device=dev)
+        self.mask_table = masks_mod.mask_table(dev)
+        self.tiers = tier_table(env_cfg.diversity_tiers, dt, dev)
+        self.weights = torch.tensor(reward_cfg.weight_vector(), dtype=dt, device=dev)
+        self.master_weights = torch.tensor(reward_cfg.master_weight_vector(), dtype=dt, device=dev)
+        self.fill_params = FillParams(
+            fee=env_cfg.fee_rate,
+            slip_base=env_cfg.slippage_bps / 1e4,
+            slip_vol=env_cfg.slippage_vol_coef,
+            slip_impact=env_cfg.slippage_impact_coef,
+            slip_max=env_cfg.slippage_max,
+            add_fraction=env_cfg.add_fraction,
+            min_order_fraction=env_cfg.min_order_fraction,
+        )
+        self.alpha = 2.0 / (reward_cfg.sharpe_window + 1.0)
+        self.financing_per_bar = env_cfg.financing_rate / market.bars_per_year
+        self.lev_room = (env_cfg.max_leverage - 1.0) if env_cfg.allow_leverage else 0.0
+
+        # State lives in a few blocks so that an autoreset is one multiply per block.
+        self._agent = torch.zeros(7, n, s, dtype=dt, device=dev)
+        self.shares, self.entry, self.peak_px, self.hold, self.ema_m, self.ema_v, self.run = (
+            self._agent.unbind(0)
+        )
+        self._agent_int = torch.zeros(2, n, s, dtype=torch.int64, device=dev)
+        self.last, self.seen = self._agent_int.unbind(0)  # seen: one byte per action executed this episode
+        self.window = ActionWindow(n, s, env_cfg.diversity_window, dev)
+        self._account = torch.zeros(6, n, dtype=dt, device=dev)
+        self.cash, self.equity, self.peak_eq, self.max_dd, self.port_m, self.port_v = self._account.unbind(0)
+        self._clock = torch.zeros(4, n, dtype=torch.int64, device=dev)
+        self.t, self.k, self.start, self.directive = self._clock.unbind(0)
+        self.done = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.log = EpisodeLog(n, s, dt, dev)
+        self._buf = torch.zeros(len(REWARD_COMPONENTS) + len(STEP_SUMS), n, s, dtype=dt, device=dev)
+        self._obs: Observation | None = None
+        self.backend = self._pick_backend()
+        self._native = native.bind(self) if self.backend == "native" else None
+
+    def _pick_backend(self) -> str:
+        wanted = self.cfg.backend
+        if wanted == "torch":
+            return "torch"
+        applies = self.device.type == "cpu" and self.dtype == torch.float64
+        lib = native.load() if applies else None
+        if lib is not None:
+            return "native"
+        if wanted == "native":
+            why = "a CPU device and dtype float64" if not applies else "a working C compiler (cc)"
+            raise RuntimeError(f"env.backend=native needs {why}; use backend auto or torch")
+        return "torch"
+
+    # ------------------------------------------------------------------ reset
+    @torch.inference_mode()
+    def reset(self, seed: int | None = None) -> Observation:
+        """Start every env's episode at a random bar of the range."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self._reset_where(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        self.log.acc.zero_()
+        self.log.count.zero_()
+        self.done.zero_()
+        self._obs = self._observe()
+        return self._obs
+
+    def _reset_where(self, r: torch.Tensor) -> None:
+        """Reset envs where ``r`` (N,) bool to a fresh episode at a newly drawn start bar.
+
+        A start is drawn for every env on every call (used only where ``r``), so the generator's stream
+        does not depend on which envs ended.
+        """
+        starts = torch.randint(
+            self.bar_lo, self.start_hi + 1, (self.num_envs,), generator=self.generator, device=self.device
+        )
+        rl = r.long()
+        keepl = 1 - rl
+        keep = keepl.to(self.dtype)
+        self._agent.mul_(keep.view(1, -1, 1))
+        self._agent_int.mul_(keepl.view(1, -1, 1))
+        self.window.reset_where(keepl)
+        self._account.mul_(keep)
+        self._account[:3].add_(rl.to(self.dtype), alpha=self.cfg.initial_cash)  # cash, equity, peak equity
+        self._clock.mul_(keepl)
+        fresh = torch.stack(
+            [starts, torch.zeros_like(starts), starts, torch.full_like(starts, self.default_directive)]
+        )
+        self._clock.add_(fresh * rl)
+        self.log.reset_where(keep)
+
+    # ------------------------------------------------------------------ master
+    @torch.inference_mode()
+    def set_directive(self, directive: torch.Tensor) -> Observation:
+        """Apply the master's directive indices (N,) where the master is due; returns the refreshed obs."""
+        if self.cfg.check_actions:
+            _check_ids(directive, (self.num_envs,), self.num_directives, "directive")
+        self.directive.copy_(torch.where(self._obs.master_due, directive.long(), self.directive))
+        self._obs = self._observe()
+        return self._obs
+
+    # ------------------------------------------------------------------ step
+    @torch.inference_mode()
+    def step(self, actions: torch.Tensor) -> StepResult:
+        if self._obs is None:
+            raise RuntimeError("call reset() before step()")
+        if self.cfg.check_actions:
+            _check_ids(actions, (self.num_envs, self.num_symbols), NUM_ACTIONS, "actions")
+        if self._native is not None:
+            return self._native.step(actions)
+        a = actions if actions.dtype == torch.int64 else actions.long()
+        ctx = self._ctx
+        n, s, c = self.num_envs, self.num_symbols, len(REWARD_COMPONENTS)
+        reset_now = self.done.clone()  # envs that ended on the previous call: this call resets them
+
+        # 1. decision at t: masks, then the repetition limit
+        valid = ctx["mask"].gather(2, a.unsqueeze(2)).squeeze(2)
+        a1 = a * valid
+        forced = repetition_violations(a1, self.last, self.run, self.cfg.max_consecutive_actions)
+        a2 = a1 * ~forced
+
+        # 2. fill at open t+1
+        t1 = (self.t + 1).clamp_(max=self.market.num_bars - 1)
+        row1 = self.market.table.index_select(1, t1)  # (5, N, S)
+        open1, close1 = row1[OPEN], row1[CLOSE]
+        close0, entry0 = ctx["close"], self.entry
+        shares0 = self.shares.clone()
+        fills = execute(
+            a2,
+            self.order_table,
+            shares=shares0,
+            close0=close0,
+            sigma0=ctx["sigma"],
+            adv0=ctx["adv"],
+            open1=open1,
+            tradable1=row1[TRADABLE].long(),
+            alloc=ctx["alloc"],
+            buying_power=ctx["buying_power"],
+            new_slots=ctx["new_slots"],
+            p=self.fill_params,
+        )
+        executed = fills.executed
+        remaining = shares0 - fills.q_sell
+        torch.add(remaining, fills.q_buy, out=self.shares)
+        holding1 = torch.sign(self.shares)  # float 0/1: shares are >= 0
+        still = torch.sign(remaining)
+        torch.div(
+            remaining * entry0 + fills.q_buy * fills.px_buy, self.shares.clamp_min(TINY), out=self.entry
+        )
+        # highest of the average entry price and the closes since the position was opened
+        peak = torch.maximum(self.peak_px * still, self.entry)
+        torch.maximum(peak, close1, out=self.peak_px).mul_(holding1)
+        self.hold.add_(1.0).mul_(holding1)
+
+        # 3. financing on negative cash, then mark at close t+1
+        self.cash.add_(fills.cash_delta)
+        financing = (-self.cash).clamp_min_(0.0) * self.financing_per_bar
+        self.cash.sub_(financing)
+        value1 = self.shares * close1
+        equity0 = self.equity.clone()
+        torch.add(self.cash, value1.sum(1), out=self.equity)
+        torch.maximum(self.peak_eq, self.equity, out=self.peak_eq)
+        drawdown = 1.0 - self.equity / self.peak_eq
+        torch.maximum(self.max_dd, drawdown, out=self.max_dd)
+
+        # 4. rewards and anti-collapse
+        value0 = shares0 * close0
+        pnl = value1 - value0 - (fills.q_buy - fills.q_sell) * open1
+        inv_alloc = 1.0 / ctx["alloc"]
+        sharpe = ema_sharpe(pnl * inv_alloc, self.ema_m, self.ema_v, self.alpha, self.rcfg.sharpe_clip)
+        trade_dd = (1.0 - close1 / self.peak_px.clamp_min(TINY)) * holding1
+        unique, entering = self.window.push(executed, self.k)
+        buf = self._buf
+        torch.eq(self.seen & entering, 0, out=buf[c + 4])  # first execution of this action in the episode
+        self.seen.bitwise_or_(entering)
+        div = diversification(value1)
+        components = symbol_components(
+            out=buf[:c],
+            pnl=pnl,
+            cost=fills.cost,
+            traded_shares=fills.q_buy - fills.q_sell,
+            open1=open1,
+            close1=close1,
+            value1=value1,
+            trade_drawdown=trade_dd,
+            holding1=holding1,
+            inv_alloc=inv_alloc,
+            roi_mult=ctx["roi_mult"],
+            sharpe=sharpe,
+            diversification=div,
+            bonus=self.tiers.index_select(0, unique.view(-1)).view(n, s),
+            forced=forced,
+            executed=executed,
+            cfg=self.rcfg,
+        )
+        reward = buf[c]
+        torch.mv(components.view(c, -1).t(), self.weights, out=reward.view(-1))
+        buf[c + 1].copy_(fills.cost)
+        torch.mul(fills.q_buy + fills.q_sell, open1, out=buf[c + 2])
+        buf[c + 3].copy_(~valid)
+        port_ret = self.equity / equity0 - 1.0
+        bench = self.market.benchmark
+        excess = port_ret - (bench.index_select(0, t1) / bench.index_select(0, self.t) - 1.0)
+        port_sharpe = ema_sharpe(port_ret, self.port_m, self.port_v, self.alpha, self.rcfg.sharpe_clip)
+        master_components = torch.stack([port_sharpe, div * self.rcfg.diversification_scale, excess])
+        master_reward = self.master_weights @ master_components
+
+        self.run.mul_(executed == self.last).add_(1.0)
+        self.last.copy_(executed)
+
+        # 5. termination and truncation
+        self.t.copy_(t1)
+        self.k.add_(1)
+        terminated = (self.equity <= self.cfg.bankruptcy_fraction * self.cfg.initial_cash) | (
+            drawdown >= self.cfg.max_drawdown
+        )
+        truncated = ((self.k >= self.cfg.episode_length) | (t1 >= self.bar_hi - 1)) & ~terminated
+        ended = (terminated | truncated) & ~reset_now
+
+        # telemetry: this step, then the rows of the episodes that just ended
+        self.log.accumulate(a, executed, buf.sum(2), master_reward, financing)
+        bench_ret = bench.index_select(0, t1) / bench.index_select(0, self.start) - 1.0
+        finals = torch.stack(
+            [
+                self.equity / self.cfg.initial_cash - 1.0,
+                self.max_dd,
+                bench_ret,
+                terminated.to(self.dtype),
+            ]
+        )
+        self.log.finish(ended, finals)
+
+        # 6. next-step autoreset of the envs that ended on the previous call
+        self._reset_where(reset_now)
+        keep = (~reset_now).to(self.dtype)
+        reward = reward * keep.unsqueeze(1)
+        components = components * keep.view(1, -1, 1)
+        master_reward = master_reward * keep
+        master_components = master_components * keep
+        executed = executed * (~reset_now).unsqueeze(1)
+        self.done.copy_(ended)
+        obs = self._observe()
+        self._obs = obs
+        info = {
+            "forced_hold": forced,
+            "invalid_action": ~valid,
+            "cost": fills.cost,
+            "financing": financing,
+            "buy_scale": fills.buy_scale,
+            "reset": reset_now,
+        }
+        return StepResult(
+            obs,
+            reward,
+            components,
+            master_reward,
+            master_components,
+            ended & terminated,
+            ended & truncated,
+            actions,
+            executed,
+            info,
+        )
+
+    # ------------------------------------------------------------------ observation
+    def _observe(self) -> Observation:
+        """Observation and decision context of bar ``self.t`` (state after its close)."""
+        cfg = self.cfg
+        row = self.market.table.index_select(1, self.t)
+        close, tradable = row[CLOSE], row[TRADABLE]
+        d = self.directives.index_select(0, self.directive)  # (N, 3) risk, cap, limit
+        equity = self.equity
+        alloc = (equity * d[:, 0] * d[:, 1]).unsqueeze(1)
+        holding = torch.sign(self.shares)  # float 0/1: shares are >= 0
+        value = self.shares * close
+        open_count = holding.sum(1, keepdim=True)
+        limit = d[:, 2:3]
+        buying_power = self.cash + self.lev_room * equity
+        mask = masks_mod.action_masks(
+            table=self.mask_table,
+            holding=holding,
+            tradable=tradable,
+            close=close,
+            entry=self.entry,
+            value=value,
+            alloc=alloc,
+            buying_power=buying_power.unsqueeze(1),
+            room_for_new=positive(limit - open_count),
+            buy_fracs=self.buy_fracs,
+            fee=cfg.fee_rate,
+            add_fraction=cfg.add_fraction,
+            min_order_fraction=cfg.min_order_fraction,
+            winner_threshold=cfg.winner_threshold,
+        )
+        self._ctx = {
+            "mask": mask,
+            "close": close,
+            "sigma": row[SIGMA],
+            "adv": row[ADV],
+            "alloc": alloc,
+            "buying_power": buying_power,
+            "new_slots": limit - open_count,
+            "roi_mult": roi_multiplier(close, self.entry, self.rcfg.roi_scale, *self.rcfg.roi_clip),
+        }
+        inv_eq = 1.0 / equity.clamp_min(TINY).unsqueeze(1)
+        holding_f = holding
+        agent = torch.empty(len(AGENT_FEATURES), *close.shape, dtype=torch.float32, device=self.device)
+        torch.mul(value, inv_eq, out=agent[0])
+        torch.div(value, alloc, out=agent[1])
+        torch.mul(self.entry / close - 1.0, holding_f, out=agent[2])
+        torch.mul((close - self.entry) * self.shares, inv_eq, out=agent[3])
+        torch.mul(self.hold, 1.0 / cfg.episode_length, out=agent[4])
+        torch.mul(1.0 - close / self.peak_px.clamp_min(TINY), holding_f, out=agent[5])
+        agent[6].copy_(row[TRADABLE])
+        exposure = value.sum(1) / equity.clamp_min(TINY)
+        sd = self.port_v.sqrt()
+        master_due = (self.k % cfg.master.interval) == 0
+        portfolio = torch.stack(
+            [
+                self.cash / equity.clamp_min(TINY),
+                exposure,
+                1.0 - equity / self.peak_eq,
+                (self.port_m / (sd + SHARPE_EPS)).clamp(-self.rcfg.sharpe_clip, self.rcfg.sharpe_clip),
+                open_count.squeeze(1) / limit.squeeze(1),
+                self.k / cfg.episode_length,
+                master_due.to(self.dtype),
+            ],
+            1,
+        ).float()
+        directive_features = torch.stack([d[:, 0], d[:, 1], d[:, 2] / self.num_symbols], 1).float()
+        counts = self.window.recent_counts()
+        return Observation(
+            self.t.clone(),
+            agent.permute(1, 2, 0),
+            portfolio,
+            self.market.regime.index_select(0, self.t),
+            self.directive.clone(),
+            directive_features,
+            counts,
+            mask,
+            master_due,
+        )
+
+    # ------------------------------------------------------------------ telemetry
+    def get_episode_stats(self) -> dict[str, float]:
+        """Means over the episodes that ended since the last call (see telemetry.EpisodeLog)."""
+        return self.log.collect()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Copies of the account state (for tests, checkpoints and debugging)."""
+        names = {
+            "shares": self.shares,
+            "entry": self.entry,
+            "peak_px": self.peak_px,
+            "hold": self.hold,
+            "run": self.run,
+            "last": self.last,
+            "cash": self.cash,
+            "equity": self.equity,
+            "peak_equity": self.peak_eq,
+            "t": self.t,
+            "k": self.k,
+            "directive": self.directive,
+        }
+        return {k: v.clone() for k, v in names.items()}
+
+
+def _check_ids(ids: torch.Tensor, shape: tuple[int, ...], n: int, what: str) -> None:
+    if not isinstance(ids, torch.Tensor):
+        raise ValueError(f"{what}: expected a torch.Tensor of shape {shape}, got {type(ids).__name__}")
+    if tuple(ids.shape) != shape:
+        raise ValueError(f"{what}: expected shape {shape}, got {tuple(ids.shape)}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"{what}: expected an integer tensor, got {ids.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
+        raise ValueError(
+            f"{what}: ids must be in 0..{n - 1}, got values in {int(ids.min())}..{int(ids.max())}"
+        )
