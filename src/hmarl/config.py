@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hmarl.agents.params import AgentConfig
 from hmarl.encoders.params import EncoderConfig
 from hmarl.env.params import EnvConfig, RewardConfig
+from hmarl.evaluation.params import GateConfig
 from hmarl.learners.params import PPOConfig
 from hmarl.sl.params import SLConfig
 
@@ -126,6 +127,7 @@ class HmarlConfig(Section):
     encoder: EncoderConfig = EncoderConfig()
     agent: AgentConfig = AgentConfig()
     ppo: PPOConfig = PPOConfig()
+    gate: GateConfig = GateConfig()
 
 
 # --------------------------------------------------------------------------- loading

@@ -1,0 +1,102 @@
+"""Typed ``gate:`` section of params.yaml (wired into :class:`hmarl.config.HmarlConfig`).
+
+The go/no-go criteria are data: each names the metric it reads (the key in the values dict the gate is
+given), a tier, a comparison and a threshold. A tier is blocking or not (``tiers``); only failures in
+blocking tiers turn the verdict into no-go. This module imports only pydantic (``hmarl.config`` imports it).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Comparison = Literal[">", ">=", "<", "<="]
+
+
+class _Section(BaseModel):
+    # same rules as hmarl.config.Section (defined here to avoid a circular import)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Criterion(_Section):
+    tier: str = Field(min_length=1)
+    op: Comparison
+    threshold: float
+
+
+# the seed's criteria: name -> (tier, op, threshold, what the value is)
+SEED_CRITERIA: dict[str, tuple[str, str, float, str]] = {
+    # learning: the symbol agents beat the bar out of sample (walk-forward, all folds)
+    "symbol_walk_forward_sharpe": ("learning", ">", 0.6, "symbol agents' walk-forward Sharpe"),
+    # master: it must earn its place by cutting drawdown vs the symbol agents alone
+    "master_drawdown_reduction": ("master", ">", 0.15, "1 - maxDD(master) / maxDD(no-master baseline)"),
+    # Stage 5 anti-collapse checklist (per seed; the gate gets the worst seed's value)
+    "diversity_bonus_mean": ("stage5", ">=", 0.08, "mean ep_diversity_bonus_mean over the smoke run"),
+    "policy_entropy_at_check": ("stage5", ">=", 0.20, "policy_action_entropy_mean at the check step"),
+    "policy_entropy_min_after_check": (
+        "stage5",
+        ">=",
+        0.18,
+        "lowest policy entropy after the check step, guard updates excluded",
+    ),
+    "voluntary_trade_rate_mean": ("stage5", ">=", 0.10, "mean voluntary (executed) trade rate"),
+    "sanitizer_trade_delta_mean": ("stage5", "<", 0.15, "policy trade rate - executed trade rate"),
+    "max_executed_action_share": ("stage5", "<=", 0.60, "largest share of one executed action"),
+    "warmup_masking_events": ("stage5", ">", 0.0, "blocked BUY + restored SELL events during warmup"),
+    # stability of training
+    "reward_max_component_share": (
+        "stability",
+        "<=",
+        0.90,
+        "largest reward component's share of the total |contribution|",
+    ),
+    "training_nonfinite_updates": (
+        "stability",
+        "<=",
+        0.0,
+        "updates with a non-finite loss or telemetry value",
+    ),
+    # strategic targets: reported; blocking only when tiers.strategic is true
+    "strategic_annual_return": ("strategic", ">", 0.15, "policy annual return"),
+    "strategic_sharpe": ("strategic", ">", 0.8, "policy Sharpe"),
+    "strategic_max_drawdown": ("strategic", "<", 0.25, "policy max drawdown"),
+}
+DESCRIPTIONS = {name: row[3] for name, row in SEED_CRITERIA.items()}
+
+
+def _seed_criteria() -> dict[str, Criterion]:
+    return {n: Criterion(tier=t, op=op, threshold=x) for n, (t, op, x, _) in SEED_CRITERIA.items()}
+
+
+class Stage5Config(_Section):
+    check_step: int = Field(6000, ge=0)  # entropy must have reached its floor by this env step
+    warmup_steps: int = Field(4000, ge=0)  # masking events must be seen before this env step
+
+
+class PromotionConfig(_Section):
+    metric: str = "sharpe"  # champion/challenger comparison on this metric, same test folds
+    higher_is_better: bool = True
+    margin: float = Field(0.05, ge=0)  # the challenger may trail the champion by at most this much
+
+
+class GateConfig(_Section):
+    tiers: dict[str, bool] = Field(  # tier -> blocking
+        default_factory=lambda: {
+            "learning": True,
+            "master": True,
+            "stage5": True,
+            "stability": True,
+            "strategic": False,
+        }
+    )
+    criteria: dict[str, Criterion] = Field(default_factory=_seed_criteria)
+    stage5: Stage5Config = Stage5Config()
+    promotion: PromotionConfig = PromotionConfig()
+
+    @model_validator(mode="after")
+    def _known_tiers(self) -> GateConfig:
+        unknown = sorted({f"{n} ({c.tier})" for n, c in self.criteria.items() if c.tier not in self.tiers})
+        if unknown:
+            raise ValueError(f"criteria with an unknown tier: {unknown} (tiers: {sorted(self.tiers)})")
+        return self
