@@ -12,22 +12,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from hmarl.agents.params import AgentConfig
 from hmarl.encoders.params import EncoderConfig
 from hmarl.env.params import EnvConfig, RewardConfig
 from hmarl.evaluation.params import GateConfig
 from hmarl.learners.params import PPOConfig
+from hmarl.params_base import Section
 from hmarl.sl.params import SLConfig
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key path."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --------------------------------------------------------------------------- data sources

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from hmarl.sl.params import Section
+from hmarl.params_base import Section
 
 
 class BranchesConfig(Section):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from hmarl.params_base import Section
 
 # Reward components, in the order of the simulator's ``components`` tensor (see rewards.py).
 REWARD_COMPONENTS = (
@@ -26,12 +28,7 @@ REWARD_COMPONENTS = (
 MASTER_COMPONENTS = ("risk_adjusted", "diversification", "excess_return")
 
 
-class _Section(BaseModel):
-    # same rules as hmarl.config.Section (defined here to avoid a circular import)
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MasterGridConfig(_Section):
+class MasterGridConfig(Section):
     """The 4 x 4 x 3 directive grid: index = (risk * n_caps + cap) * n_modes + mode."""
 
     risk_multipliers: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25], min_length=1)
@@ -54,7 +51,7 @@ class MasterGridConfig(_Section):
         return self
 
 
-class EnvConfig(_Section):
+class EnvConfig(Section):
     num_envs: int = Field(64, ge=1)
     episode_length: int = Field(256, ge=1)  # steps; an episode also ends at the end of its bar range
     initial_cash: float = Field(1_000_000.0, gt=0)
@@ -131,7 +128,7 @@ _CONFIG_TEMPLATE = {
 }
 
 
-class RewardConfig(_Section):
+class RewardConfig(Section):
     weights: str = "config_template"  # name of the weight set used
     weight_sets: dict[str, dict[str, float]] = Field(
         default_factory=lambda: {

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from hmarl.params_base import Section
 
 Comparison = Literal[">", ">=", "<", "<="]
 
 
-class _Section(BaseModel):
-    # same rules as hmarl.config.Section (defined here to avoid a circular import)
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Criterion(_Section):
+class Criterion(Section):
     tier: str = Field(min_length=1)
     op: Comparison
     threshold: float
@@ -69,18 +66,18 @@ def _seed_criteria() -> dict[str, Criterion]:
     return {n: Criterion(tier=t, op=op, threshold=x) for n, (t, op, x, _) in SEED_CRITERIA.items()}
 
 
-class Stage5Config(_Section):
+class Stage5Config(Section):
     check_step: int = Field(6000, ge=0)  # entropy must have reached its floor by this env step
     warmup_steps: int = Field(4000, ge=0)  # masking events must be seen before this env step
 
 
-class PromotionConfig(_Section):
+class PromotionConfig(Section):
     metric: str = "sharpe"  # champion/challenger comparison on this metric, same test folds
     higher_is_better: bool = True
     margin: float = Field(0.05, ge=0)  # the challenger may trail the champion by at most this much
 
 
-class GateConfig(_Section):
+class GateConfig(Section):
     tiers: dict[str, bool] = Field(  # tier -> blocking
         default_factory=lambda: {
             "learning": True,

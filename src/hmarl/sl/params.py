@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class Section(BaseModel):
-    # same rules as hmarl.config.Section; not imported from there because hmarl.config imports this module
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from hmarl.params_base import Section
 
 
 class SLModelParams(Section):
