@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from hmarl.sl.params import Section
+from hmarl.params_base import Section
 
 
 class AgentConfig(Section):

@@ -1,7 +1,7 @@
 """Stage 5 checklist values and the cross-seed telemetry diff, from recorded telemetry (plain dicts).
 
 Telemetry record schema: one dict per PPO update, in order — the ``series`` list of the ``telemetry.json``
-that ``train_symbols`` writes (``hmarl.learners.symbol_trainer._update_metrics``). Keys read here:
+that ``train_symbols`` writes (``hmarl.learners.telemetry.update_metrics``). Keys read here:
 
 =================================  =========  ====================================================
 key                                required   meaning

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from hmarl.sl.params import Section
+from hmarl.params_base import Section
 
 
 class EntropyScheduleConfig(Section):
@@ -63,7 +63,9 @@ class CurriculumConfig(Section):
     def _ordered(self) -> CurriculumConfig:
         steps = [s for s, _ in self.stages]
         if not self.stages or steps[0] != 0 or steps != sorted(steps):
-            raise ValueError("curriculum.stages: need [env_step, fraction] rows, starting at step 0, increasing")
+            raise ValueError(
+                "curriculum.stages: need [env_step, fraction] rows, starting at step 0, increasing"
+            )
         if any(not 0.0 < f <= 1.0 for _, f in self.stages) or self.stages[-1][1] != 1.0:
             raise ValueError("curriculum.stages: fractions must be in (0, 1] and the last one 1.0")
         return self
@@ -97,7 +99,8 @@ class PPOConfig(Section):
     # devices
     world_size: int = Field(1, ge=1)  # DDP processes (gloo on CPU, NCCL on CUDA, one GPU each)
     bf16: bool = False  # bf16 autocast of the policy on CUDA (no-op on CPU)
-    threads: int = Field(1, ge=0)  # torch threads per process (0: torch's default; 1 wins on a small shared CPU)
+    # torch threads per process (0: torch's default); one is robust on a small shared CPU
+    threads: int = Field(1, ge=0)
     deterministic: bool = True  # torch.use_deterministic_algorithms on CPU
     progress: bool = True  # console progress bar (only when stderr is a terminal)
     telemetry_window: int = Field(120, ge=1)  # steps of the distinct-actions-per-window check

@@ -8,4 +8,11 @@ and nothing else is needed for the CLI, DVC and KFP front ends (see :mod:`hmarl.
 """
 
 # Pipeline order; the DAG in dvc.yaml and pipelines/ follows it.
-STEP_NAMES: tuple[str, ...] = ("ingest", "validate", "features", "sl_cache", "pretrain_encoder")
+STEP_NAMES: tuple[str, ...] = (
+    "ingest",
+    "validate",
+    "features",
+    "sl_cache",
+    "pretrain_encoder",
+    "train_symbols",
+)

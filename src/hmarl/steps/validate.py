@@ -20,6 +20,7 @@ from hmarl.steps.runner import final_paths
 INPUTS = {"canonical": "data/canonical"}
 OUTPUTS = {"report": "reports/validate"}
 
+
 def failed_report_dir(report: str | Path) -> Path:
     """``<report>.failed``: beside the real output, outside it, so the runner never removes it."""
     report = Path(report)

@@ -1,0 +1,346 @@
+"""PPO for the symbol agents, top to bottom like a CleanRL script:
+
+    setup -> (resume | warm start) -> for each update: collect -> GAE -> minibatch epochs
+                                                      -> exploration stack -> log -> checkpoint
+
+One rollout is ``ppo.num_steps`` env steps of ``env.num_envs`` accounts, each with every symbol agent
+acting; an agent-step is one (step, env, symbol). Minibatches are (step, env) rows with all their symbols,
+so the per-symbol heads run as one batched product. Under DDP each rank collects its own rollout (its own
+env seed) and gradients are averaged; everything that changes the model besides the optimizer step (the
+KL early stop, the entropy guard) uses statistics averaged over ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hmarl.agents.data import TrainingData
+from hmarl.agents.inputs import AgentTables, PolicyObs, compact
+from hmarl.agents.symbol import SymbolAgent
+from hmarl.config import HmarlConfig
+from hmarl.env.vec_env import MarketEnv
+from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_state, rng_state, set_rng_state
+from hmarl.learners.collect import agent_policy, collect, sync
+from hmarl.learners.curriculum import active_symbols
+from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
+from hmarl.learners.entropy import EntropyController
+from hmarl.learners.gae import gae
+from hmarl.learners.normalize import RewardScaler
+from hmarl.learners.ppo import LossCoefs, ppo_loss
+from hmarl.learners.rollout import RolloutBuffer
+from hmarl.learners.sl_prior import action_prior, prior_coef
+from hmarl.learners.telemetry import log_update, progress_bar, rollout_telemetry, update_metrics
+from hmarl.learners.warm_start import warm_start
+
+log = logging.getLogger(__name__)
+
+TIMING_KEYS = ("SPS", "time_env", "time_policy", "time_update", "seconds")
+
+
+@dataclass
+class TrainResult:
+    agent: SymbolAgent
+    series: list[dict[str, float]]  # one row of metrics per update
+    global_step: int
+    resumed_from: int | None  # update the run resumed at (None: fresh start)
+    warm_start: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- setup helpers
+def set_determinism(cfg: HmarlConfig, device: torch.device) -> None:
+    if cfg.ppo.threads:
+        torch.set_num_threads(cfg.ppo.threads)
+    if cfg.ppo.deterministic and device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global generator, for any library using it)
+    random.seed(seed)
+
+
+def build_agent(cfg: HmarlConfig, data: TrainingData, device: torch.device) -> SymbolAgent:
+    encoder = data.encoder() if cfg.agent.encoder == "finetune" else None
+    market_dim = encoder.embed_dim if encoder is not None else data.embed_dim
+    agent = SymbolAgent(
+        cfg.agent,
+        num_symbols=len(data.symbols),
+        market_dim=market_dim,
+        env_dim=data.env_dim,
+        counts_scale=float(cfg.env.diversity_window),
+        encoder=encoder,
+        seed=cfg.seed,
+    )
+    return agent.to(device)
+
+
+def build_optimizer(agent: SymbolAgent, cfg: HmarlConfig) -> torch.optim.Optimizer:
+    enc = {id(p) for p in agent.encoder.parameters()} if agent.encoder is not None else set()
+    groups = [{"params": [p for p in agent.parameters() if id(p) not in enc], "lr_scale": 1.0}]
+    if enc:
+        groups.append({"params": list(agent.encoder.parameters()), "lr_scale": cfg.agent.encoder_lr_scale})
+    return torch.optim.Adam(groups, lr=cfg.ppo.lr, eps=1e-5)
+
+
+def autocast(cfg: HmarlConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast of the policy on CUDA when ``ppo.bf16``; a no-op elsewhere."""
+    if cfg.ppo.bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- 3. PPO epochs
+def ppo_update(
+    model: torch.nn.Module,
+    agent: SymbolAgent,
+    optimizer: torch.optim.Optimizer,
+    buf: RolloutBuffer,
+    tables: AgentTables,
+    adv: torch.Tensor,
+    ret: torch.Tensor,
+    active: torch.Tensor,
+    coefs: LossCoefs,
+    cfg: HmarlConfig,
+    gen: torch.Generator,
+    info: DistInfo,
+    amp: contextlib.AbstractContextManager,
+) -> dict[str, float]:
+    p = cfg.ppo
+    rows_total = buf.num_steps * buf.num_envs
+    mb_size = max(1, rows_total // p.num_minibatches)
+    weight_all = (buf.valid.flatten().unsqueeze(1) & active.unsqueeze(0)).float()  # (rows, S)
+    flat = {
+        name: t.flatten(0, 1)
+        for name, t in {
+            "action": buf.action,
+            "logprob": buf.logprob,
+            "value": buf.value,
+            "adv": adv,
+            "ret": ret,
+        }.items()
+    }
+    params = [q for q in agent.parameters() if q.requires_grad]
+    sums: dict[str, float] = {}
+    count, epochs, nonfinite = 0, 0, 0
+    for _epoch in range(p.update_epochs):
+        perm = torch.randperm(rows_total, generator=gen, device=gen.device).to(buf.reward.device)
+        epoch_kl = []
+        for start in range(0, rows_total - mb_size + 1, mb_size):
+            rows = perm[start : start + mb_size]
+            obs = buf.observations(rows)
+            with amp:
+                logits, value = model(obs, tables)
+            log_prior = (
+                action_prior(tables.sl_probs(obs.bar), obs.mask, cfg.agent.prior_smoothing)
+                if coefs.sl_kl > 0
+                else None
+            )
+            loss, terms = ppo_loss(
+                logits=logits,
+                mask=obs.mask,
+                actions=flat["action"][rows],
+                new_value=value,
+                old_logprob=flat["logprob"][rows],
+                old_value=flat["value"][rows],
+                advantages=flat["adv"][rows],
+                returns=flat["ret"][rows],
+                weight=weight_all[rows],
+                log_prior=log_prior,
+                coefs=coefs,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            # a non-finite loss on any rank skips the step everywhere (and shows as NaN loss terms)
+            if float(all_reduce_mean(torch.isfinite(loss).float(), info)) == 1.0:
+                loss.backward()
+                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
+                optimizer.step()
+            else:
+                terms["grad_norm"] = torch.tensor(float("nan"))
+                nonfinite += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            epoch_kl.append(terms["approx_kl"])
+            count += 1
+        epochs += 1
+        kl = float(all_reduce_mean(torch.stack(epoch_kl).mean(), info))
+        if p.target_kl is not None and kl > p.target_kl:
+            break
+    out = {f"loss_{k}": v / max(1, count) for k, v in sums.items()}
+    out["loss_epochs"] = float(epochs)
+    out["nonfinite_minibatches"] = float(nonfinite)
+    valid = weight_all.view_as(buf.value) > 0
+    y, v = ret[valid], buf.value[valid]
+    ok = y.numel() > 1 and float(y.var()) > 0
+    out["loss_explained_variance"] = float(1.0 - (y - v).var() / y.var()) if ok else float("nan")
+    return out
+
+
+# --------------------------------------------------------------------------- the training loop
+def train(
+    cfg: HmarlConfig, data: TrainingData, info: DistInfo, checkpoint_root: Path | None = None, tracker=None
+) -> TrainResult:
+    p, device = cfg.ppo, info.device
+    set_determinism(cfg, device)
+    seed = cfg.seed + 10_007 * info.rank  # ranks differ in envs and samples, never in the initial weights
+    seed_everything(seed)
+
+    # ---- setup: simulator on the fold's train bars, agent, optimizer, exploration stack
+    tables = data.tables(cfg, device).restrict(*data.fold.train)
+    env_cfg = cfg.env.model_copy(update={"check_actions": False})  # actions come from the masked policy
+    env = MarketEnv(
+        data.market(cfg, device),
+        env_cfg,
+        cfg.reward,
+        bar_range=data.fold.train,
+        min_history=cfg.features.window - 1,
+        seed=seed,
+    )
+    num_symbols = env.num_symbols
+    agent = build_agent(cfg, data, device)
+    model = wrap(agent, info)
+    optimizer = build_optimizer(agent, cfg)
+    entropy = EntropyController(p.entropy, p.adaptive_entropy, p.entropy_guard)
+    scaler = RewardScaler((env.num_envs, num_symbols), p.gamma, device) if p.norm_reward else None
+    gen = torch.Generator(device).manual_seed(seed)
+    buf = RolloutBuffer(p.num_steps, env.num_envs, num_symbols, data.env_dim, device)
+    amp = autocast(cfg, device)
+    weights = cfg.reward.weight_vector()
+    num_updates = math.ceil(p.total_steps / p.num_steps)
+    store = CheckpointStore(checkpoint_root, info.rank) if checkpoint_root is not None else None
+    obs = compact(env.reset(seed=seed))
+    start_update, global_step, series, episode = 0, 0, [], {}
+    resumed_from, warm = None, {}
+
+    # ---- resume from the latest complete checkpoint, or warm start
+    payload = store.load_latest() if store is not None else None
+    if payload is not None:
+        agent.load_state_dict(payload["agent"])
+        optimizer.load_state_dict(payload["optimizer"])
+        entropy.load_state_dict(payload["entropy"])
+        if scaler is not None:
+            scaler.load_state_dict(payload["scaler"])
+        set_rng_state(payload["rng"])
+        gen.set_state(payload["sample_generator"])
+        restore_state(env, payload["env"])
+        obs = PolicyObs(*(t.to(device) for t in payload["obs"]))
+        start_update, global_step = int(payload["update"]), int(payload["global_step"])
+        series, episode, warm = list(payload["series"]), dict(payload["episode"]), dict(payload["warm_start"])
+        resumed_from = start_update
+        log.info("train_symbols: resumed at update %d (env step %d)", start_update, global_step)
+    elif cfg.agent.warm_start:
+        warm = warm_start(agent, env, tables, buf, obs, gen, cfg, info)
+        obs = compact(env.reset(seed=seed))
+        log.info("train_symbols: warm start %s", warm)
+
+    bar = progress_bar(num_updates, start_update, p.progress and info.is_main)
+    for update in range(start_update, num_updates):
+        t_start = time.perf_counter()
+        timers = {"env": 0.0, "policy": 0.0, "update": 0.0}
+        lr_now = p.lr * (1.0 - update / num_updates) if p.anneal_lr else p.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr_now * group["lr_scale"]
+        active = active_symbols(global_step, p.curriculum, num_symbols, device)
+        coefs = LossCoefs(
+            p.clip_coef,
+            p.clip_vloss,
+            p.vf_coef,
+            entropy.coef(global_step),
+            prior_coef(global_step, p.sl_prior),
+            p.norm_adv,
+        )
+
+        # ---- 1. collect a rollout
+        agent.eval()
+        obs, sums = collect(env, agent_policy(agent, tables, gen, active), buf, obs, timers, amp, scaler)
+        global_step += p.num_steps
+
+        # ---- 2. advantages
+        t_update = time.perf_counter()
+        with torch.no_grad(), amp:
+            next_value = agent.value(obs, tables).float()
+        adv, ret = gae(
+            buf.reward, buf.value, next_value, buf.terminated, buf.ended, buf.valid, p.gamma, p.gae_lambda
+        )
+
+        # ---- 3. minibatch epochs of the clipped objective
+        agent.train()
+        losses = ppo_update(
+            model, agent, optimizer, buf, tables, adv, ret, active, coefs, cfg, gen, info, amp
+        )
+        sync(device)
+        timers["update"] = time.perf_counter() - t_update
+
+        # ---- 4. exploration stack: measure the policy's action entropy, adapt, guard
+        figures, per_symbol = rollout_telemetry(
+            buf.action[..., active], buf.executed[..., active], p.telemetry_window
+        )
+        measured = all_reduce_mean(torch.tensor([figures["policy_action_entropy_mean"]], device=device), info)
+        per_symbol_all = torch.full((num_symbols,), float("inf"), device=device)
+        per_symbol_all[active] = per_symbol.to(device)
+        per_symbol_all = all_reduce_mean(per_symbol_all, info)
+        hit = entropy.observe(global_step, float(measured), per_symbol_all)
+        if bool(hit.any()):
+            agent.shrink_actor(hit, p.entropy_guard.shrink)
+
+        # ---- 5. log
+        ep = env.get_episode_stats()
+        if ep.get("episodes", 0) > 0:
+            episode = ep
+        elapsed = time.perf_counter() - t_start
+        metrics = update_metrics(figures, sums, losses, episode, buf, timers, elapsed, weights)
+        metrics.update(
+            update=float(update + 1),
+            global_step=float(global_step),
+            learning_rate=lr_now,
+            entropy_coef=coefs.ent,
+            sl_prior_coef=coefs.sl_kl,
+            active_symbols=float(active.sum()),
+            entropy_guard_interventions=float(hit.sum()),
+            entropy_guard_interventions_total=float(entropy.interventions),
+            SPS=p.num_steps * env.num_envs * num_symbols * info.world_size / elapsed,
+        )
+        series.append(metrics)
+        if tracker is not None:
+            log_update(tracker, metrics, weights, buf.executed[..., active], global_step)
+        bar.set_postfix(
+            SPS=f"{metrics['SPS']:.3g}",
+            ent=f"{metrics['policy_action_entropy_mean']:.2f}",
+            ret=f"{metrics.get('ep_return_mean', float('nan')):+.3f}",
+            kl=f"{losses.get('loss_approx_kl', float('nan')):.3f}",
+            refresh=False,
+        )
+        bar.update(1)
+
+        # ---- 6. checkpoint (atomic, complete)
+        if store is not None and ((update + 1) % p.checkpoint_every == 0 or update + 1 == num_updates):
+            store.save(
+                update + 1,
+                {
+                    "update": update + 1,
+                    "global_step": global_step,
+                    "agent": agent.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "entropy": entropy.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "rng": rng_state(),
+                    "sample_generator": gen.get_state(),
+                    "env": capture_state(env),
+                    "obs": list(obs),
+                    "series": series,
+                    "episode": episode,
+                    "warm_start": warm,
+                },
+                barrier=lambda: barrier(info),
+            )
+    bar.close()
+    return TrainResult(agent, series, global_step, resumed_from, warm)
