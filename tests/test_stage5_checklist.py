@@ -113,9 +113,7 @@ def test_first_update_counts_for_warmup_even_past_it():
 def test_schema_names_match_the_trainer():
     from hmarl.env.actions import ACTION_NAMES
     from hmarl.env.params import REWARD_COMPONENTS
-    from hmarl.learners.telemetry import MANDATORY
 
-    assert s5.MANDATORY == MANDATORY
     assert ACTIONS == ACTION_NAMES and set(WEIGHTS) <= set(REWARD_COMPONENTS)
 
 

@@ -19,22 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hmarl.evaluation.metrics import drawdown, performance_metrics
+from hmarl.evaluation.metrics import METRIC_NAMES, drawdown, performance_metrics
 from hmarl.io import write_text
 
-SUMMARY_METRICS = (
-    "total_return",
-    "annual_return",
-    "volatility",
-    "sharpe",
-    "sortino",
-    "max_drawdown",
-    "calmar",
-    "win_rate",
-    "turnover",
-    "costs_paid",
-    "exposure",
-)
+SUMMARY_METRICS = tuple(name for name in METRIC_NAMES if name != "num_bars")
 
 
 @dataclass

@@ -41,7 +41,7 @@ import numpy as np
 
 from hmarl.evaluation.params import Criterion, Stage5Config
 
-MANDATORY = (  # hmarl.learners.telemetry.MANDATORY (not imported: that module pulls in torch)
+MANDATORY = (  # the mandatory MLflow telemetry metrics; hmarl.learners.telemetry writes them
     "policy_action_entropy_mean",
     "executed_action_entropy_mean",
     "voluntary_trade_rate_mean",

@@ -16,19 +16,11 @@ import torch
 from hmarl.env.actions import ACTION_NAMES, NUM_ACTIONS
 from hmarl.env.params import REWARD_COMPONENTS
 from hmarl.env.telemetry import action_telemetry, histogram_entropy
+from hmarl.evaluation.stage5_checklist import MANDATORY
 
 if TYPE_CHECKING:
     from hmarl.learners.collect import RolloutSums
     from hmarl.learners.rollout import RolloutBuffer
-
-MANDATORY = (
-    "policy_action_entropy_mean",
-    "executed_action_entropy_mean",
-    "voluntary_trade_rate_mean",
-    "sanitizer_trade_delta_mean",
-    "ep_unique_actions_mean",
-    "ep_diversity_bonus_mean",
-)
 
 
 def agent_histograms(actions: torch.Tensor) -> torch.Tensor:
