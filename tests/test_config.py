@@ -28,6 +28,7 @@ def test_profile_overlay_then_override_order():
 def test_full_profile_has_seed_sizes():
     cfg = load_config(REPO_PARAMS, ["profile=full"])
     assert cfg.universe.top_n == 143
+    assert (cfg.env.num_envs, cfg.ppo.num_steps) == (128, 2048)
 
 
 @pytest.mark.parametrize(
