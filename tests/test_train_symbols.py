@@ -24,7 +24,7 @@ from hmarl.learners.checkpoint import CheckpointStore
 from hmarl.learners.symbol_trainer import TIMING_KEYS, build_agent
 from hmarl.learners.telemetry import MANDATORY
 from hmarl.steps.runner import execute
-from hmarl.steps.train_symbols import run_key
+from hmarl.steps.train_symbols import run_key, symbol_stage_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from symbol_fixtures import AGENT, TINY, UPSTREAM, build_upstream, market_config  # noqa: E402
@@ -314,6 +314,15 @@ def test_smoke_run_keeps_entropy_and_action_variety(upstream, tmp_path):
 
 
 # --------------------------------------------------------------------------- agent options
+def test_ppo_directive_is_the_training_directive_and_is_checked():
+    cfg = market_config(TINY, "planted_alpha", "ppo.directive=[2,1,2]")
+    assert cfg.env.master.default == [2, 1, 1]  # the master's own default is untouched
+    assert symbol_stage_config(cfg).env.master.default == [2, 1, 2]
+    assert symbol_stage_config(market_config(TINY)).env.master.default == [2, 1, 1]  # null: env default
+    with pytest.raises(ConfigError, match=r"ppo.directive: .*outside the grid"):
+        symbol_stage_config(market_config(TINY, "planted_alpha", "ppo.directive=[2,1,3]"))
+
+
 def test_warm_start_fits_the_actor_to_the_sl_prior(upstream, tmp_path):
     _, out = train(
         upstream, tmp_path, "agent.warm_start=true", "agent.warm_start_steps=150", "ppo.total_steps=16"

@@ -67,6 +67,16 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_act(args: argparse.Namespace) -> int:
+    from hmarl.act import act, render, write_output
+
+    # the params file matters only for a registry URI (tracking.mlflow_uri)
+    cfg = load_config(args.params, args.overrides) if args.model.startswith("models:/") else None
+    fmt = args.format or ("csv" if args.out and args.out.endswith(".csv") else "json")
+    write_output(render(act(args.model, args.data, cfg), fmt), args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hmarl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -95,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser(
+        "act",
+        help="target orders for the newest bar",
+        description="Load a model bundle (folder or models:/name@alias) and decide for the newest bar of --data.",
+    )
+    _add_config_args(p)
+    p.add_argument("--model", required=True, help="bundle folder or models:/<name>@<alias>")
+    p.add_argument("--data", required=True, help="canonical bar folder (the ingest step's output format)")
+    p.add_argument("--out", default=None, help="write here (atomic) instead of printing")
+    p.add_argument("--format", choices=("json", "csv"), default=None, help="default: from --out, else json")
+    p.set_defaults(func=_cmd_act)
 
     from hmarl.pipeline_cli import add_parser as add_pipeline_parser
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from hmarl.agents.master_params import MasterConfig
 from hmarl.agents.params import AgentConfig
 from hmarl.encoders.params import EncoderConfig
 from hmarl.env.params import EnvConfig, RewardConfig
@@ -124,6 +125,7 @@ class HmarlConfig(Section):
     encoder: EncoderConfig = EncoderConfig()
     agent: AgentConfig = AgentConfig()
     ppo: PPOConfig = PPOConfig()
+    master: MasterConfig = MasterConfig()
     gate: GateConfig = GateConfig()
 
 

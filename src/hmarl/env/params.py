@@ -126,6 +126,11 @@ _CONFIG_TEMPLATE = {
     "action_repeat_penalty": 0.05,
     "intrinsic_action_reward": 0.01,
 }
+# Per-step pnl is a return on the allocation, ~1e-3 for a good trade, while the diversity bonus tiers are
+# 0.1-0.3 per step: under the template's weights the bonus is ~10x the edge and the agents learn to vary
+# their actions, not to trade. Here pnl is scaled to O(0.01-0.1) per step, cost weighs as much as pnl (both
+# are money: a smaller cost weight rewards churning) and the anti-collapse terms stay a tie-breaker.
+_PNL_SCALED = {"pnl": 10.0, "cost": 10.0, "diversity_bonus": 0.1, "action_repeat_penalty": 0.05}
 
 
 class RewardConfig(Section):
@@ -134,6 +139,7 @@ class RewardConfig(Section):
         default_factory=lambda: {
             "seed_formula": dict(_SEED_FORMULA),
             "config_template": dict(_CONFIG_TEMPLATE),
+            "pnl_scaled": dict(_PNL_SCALED),
         }
     )
     roi_scale: float = Field(2.0, ge=0)  # pnl multiplier = clip(1 + roi_scale x position ROI, roi_clip)

@@ -67,7 +67,10 @@ def backtest(
     policy: ObsPolicy,
     num_envs: int = 1,
     seed: int = 0,
+    director: ObsPolicy | None = None,
 ) -> Backtest:
+    """``director``: the master (obs -> directive ids), consulted where it is due; None keeps the
+    default (neutral) directive throughout."""
     lo, hi = bar_range
     steps = hi - lo - 1
     env_cfg = cfg.env.model_copy(
@@ -89,6 +92,8 @@ def backtest(
 
     record()
     for _ in range(steps):
+        if director is not None and bool(obs.master_due.any()):
+            obs = env.set_directive(director(obs))
         res = env.step(policy(obs))
         record()
         executed.append(res.executed_action.to(torch.uint8).cpu())

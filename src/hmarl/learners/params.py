@@ -88,6 +88,9 @@ class PPOConfig(Section):
     max_grad_norm: float = Field(0.5, gt=0.0)
     target_kl: float | None = Field(0.02, gt=0.0)  # None: no early stop
     norm_reward: bool = False  # scale rewards by a running std of the discounted return
+    # fixed master directive [risk, cap, mode] (indices into env.master) under which the symbol agents train
+    # and are backtested: they are trained before the master exists; None: env.master.default
+    directive: list[int] | None = Field(None, min_length=3, max_length=3)
     entropy: EntropyScheduleConfig = EntropyScheduleConfig()
     adaptive_entropy: AdaptiveEntropyConfig = AdaptiveEntropyConfig()
     entropy_guard: EntropyGuardConfig = EntropyGuardConfig()

@@ -15,4 +15,5 @@ STEP_NAMES: tuple[str, ...] = (
     "sl_cache",
     "pretrain_encoder",
     "train_symbols",
+    "train_master",
 )

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from hmarl.agents.data import TrainingData, load_training_data
 from hmarl.agents.saved import AGENT_VERSION, save_agent
-from hmarl.config import HmarlConfig, config_dict
+from hmarl.config import ConfigError, HmarlConfig, config_dict
 from hmarl.env.actions import ACTION_NAMES
+from hmarl.env.params import MasterGridConfig
 from hmarl.evaluation.metrics import sharpe_ratio
 from hmarl.io import read_json, write_json
 from hmarl.learners.distributed import DistInfo, launch
@@ -57,7 +59,23 @@ def run_key(cfg: HmarlConfig, data: TrainingData) -> str:
     return h.hexdigest()[:16]
 
 
+def symbol_stage_config(cfg: HmarlConfig) -> HmarlConfig:
+    """``cfg`` with ``ppo.directive`` (when set) as the env's fixed master directive: symbol agents are
+    trained, and backtested, before a master exists, so the directive they face is a stage setting."""
+    if cfg.ppo.directive is None:
+        return cfg
+    try:
+        master = MasterGridConfig.model_validate(
+            {**cfg.env.master.model_dump(), "default": cfg.ppo.directive}
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"ppo.directive: {exc.errors()[0]['msg']}") from None
+    env = cfg.env.model_copy(update={"master": master})
+    return cfg.model_copy(update={"env": env})
+
+
 def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, float]:
+    cfg = symbol_stage_config(cfg)
     data = load_training_data(cfg, inputs)  # every input check happens before anything is trained
     key = run_key(cfg, data)
     checkpoints = Path(cfg.ppo.checkpoint_dir) / key

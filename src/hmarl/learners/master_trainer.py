@@ -1,0 +1,354 @@
+"""MAPPO for the master agent with the symbol agents frozen, top to bottom like a CleanRL script:
+
+    setup -> (resume) -> for each update: collect (symbol agents act under the master's directives)
+                                         -> GAE over env steps -> minibatch epochs -> guards -> log
+                                         -> checkpoint
+
+Hierarchical schedule: the symbol agents were trained under the neutral directive (train_symbols); here
+they are loaded frozen from its output and only the master learns. Divergence guards: a non-finite loss or
+a value loss above ``master.max_value_loss`` stops the run with :class:`MasterDivergence` before the
+optimizer applies it; checkpoints are written only after complete updates, so the last good one stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hmarl.agents import distributions as dist
+from hmarl.agents.hierarchy import Hierarchy
+from hmarl.agents.inputs import AgentTables
+from hmarl.agents.master import MasterAgent, benchmark_table, joint_width, obs_width
+from hmarl.agents.symbol import SymbolAgent
+from hmarl.config import HmarlConfig
+from hmarl.env.market import MarketData
+from hmarl.env.vec_env import MarketEnv, Observation
+from hmarl.errors import StepError
+from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_state, rng_state, set_rng_state
+from hmarl.learners.gae import gae
+from hmarl.learners.mappo import MasterBuffer, MasterCoefs, mappo_loss
+from hmarl.learners.symbol_trainer import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+class MasterDivergence(StepError):
+    """Training diverged (non-finite or exploding loss); the last good checkpoint is kept."""
+
+
+@dataclass
+class MasterResult:
+    master: MasterAgent
+    series: list[dict[str, float]]  # one row of metrics per update
+    directive_counts: list[list[int]]  # per update: how often each directive was chosen (histogram)
+    global_step: int
+    resumed_from: int | None
+
+
+def build_master(cfg: HmarlConfig, num_symbols: int, num_regime: int, num_directives: int) -> MasterAgent:
+    return MasterAgent(
+        cfg.master,
+        obs_dim=obs_width(num_regime),
+        joint_dim=joint_width(num_symbols),
+        num_directives=num_directives,
+        seed=cfg.seed,
+    )
+
+
+def set_determinism(cfg: HmarlConfig, device: torch.device) -> None:
+    if cfg.master.threads:
+        torch.set_num_threads(cfg.master.threads)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+
+# --------------------------------------------------------------------------- 1. rollout
+def collect(
+    env: MarketEnv,
+    h: Hierarchy,
+    buf: MasterBuffer,
+    obs: Observation,
+    gen: torch.Generator,
+    reward_scale: float,
+    counts: torch.Tensor,
+) -> Observation:
+    for t in range(buf.num_steps):
+        mobs, joint = h.master_inputs(obs)
+        with torch.no_grad():
+            logits, value = h.master(mobs, joint)
+        logp = torch.log_softmax(logits, -1)
+        directive = dist.sample(logp, gen)
+        due = obs.master_due
+        if bool(due.any()):
+            obs = env.set_directive(directive)
+        res = env.step(h.symbol_actions(obs, gen))
+        valid = ~res.info["reset"]
+        buf.obs[t], buf.joint[t], buf.action[t] = mobs, joint, directive
+        buf.logprob[t], buf.value[t] = dist.log_prob(logp, directive), value
+        buf.reward[t] = res.master_reward.float() * reward_scale
+        buf.due[t] = due & valid
+        buf.terminated[t] = res.terminated
+        buf.ended[t] = res.terminated | res.truncated
+        buf.valid[t] = valid
+        counts += torch.bincount(directive[due & valid], minlength=counts.numel())
+        obs = res.obs
+    return obs
+
+
+# --------------------------------------------------------------------------- 3. PPO epochs
+def ppo_update(
+    master: MasterAgent,
+    optimizer: torch.optim.Optimizer,
+    buf: MasterBuffer,
+    adv: torch.Tensor,
+    ret: torch.Tensor,
+    coefs: MasterCoefs,
+    cfg: HmarlConfig,
+    gen: torch.Generator,
+    where: str,
+) -> dict[str, float]:
+    m = cfg.master
+    rows = buf.num_steps * buf.num_envs
+    mb = max(1, rows // m.num_minibatches)
+    flat = {
+        k: v.flatten(0, 1)
+        for k, v in {
+            "obs": buf.obs,
+            "joint": buf.joint,
+            "action": buf.action,
+            "logprob": buf.logprob,
+            "value": buf.value,
+            "adv": adv,
+            "ret": ret,
+            "pw": (buf.due & buf.valid).float(),
+            "vw": buf.valid.float(),
+        }.items()
+    }
+    sums: dict[str, float] = {}
+    count, epochs = 0, 0
+    for _ in range(m.update_epochs):
+        perm = torch.randperm(rows, generator=gen, device=gen.device)
+        kls = []
+        for start in range(0, rows - mb + 1, mb):
+            idx = perm[start : start + mb]
+            b = {k: v[idx] for k, v in flat.items()}
+            logits, value = master(b["obs"], b["joint"])
+            loss, terms = mappo_loss(
+                logits=logits,
+                actions=b["action"],
+                new_value=value,
+                old_logprob=b["logprob"],
+                old_value=b["value"],
+                advantages=b["adv"],
+                returns=b["ret"],
+                policy_weight=b["pw"],
+                value_weight=b["vw"],
+                coefs=coefs,
+            )
+            # divergence guards, before the optimizer touches the weights
+            if not bool(torch.isfinite(loss)):
+                raise MasterDivergence(
+                    f"{where}: non-finite loss ({ {k: float(v) for k, v in terms.items()} })"
+                )
+            if float(terms["value_loss"]) > m.max_value_loss:
+                raise MasterDivergence(
+                    f"{where}: value loss {float(terms['value_loss']):.4g} exceeds "
+                    f"master.max_value_loss={m.max_value_loss:g}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(master.parameters(), m.max_grad_norm)
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            kls.append(float(terms["approx_kl"]))
+            count += 1
+        epochs += 1
+        if m.target_kl is not None and float(np.mean(kls)) > m.target_kl:
+            break
+    out = {f"loss_{k}": v / max(1, count) for k, v in sums.items()}
+    out["loss_epochs"] = float(epochs)
+    y, v = ret[buf.valid], buf.value[buf.valid]
+    ok = y.numel() > 1 and float(y.var()) > 0
+    out["loss_explained_variance"] = float(1.0 - (y - v).var() / y.var()) if ok else float("nan")
+    return out
+
+
+def directive_figures(counts: torch.Tensor, table: torch.Tensor) -> dict[str, float]:
+    """Entropy of the chosen directives and the mean risk multiplier / cap / open limit they set."""
+    total = float(counts.sum())
+    if total == 0:
+        return {}
+    p = counts.double() / total
+    nz = p[p > 0]
+    mean = (p.unsqueeze(1) * table.double().cpu()).sum(0)
+    return {
+        "master_directive_entropy": float(-(nz * nz.log()).sum()),
+        "master_risk_mean": float(mean[0]),
+        "master_cap_mean": float(mean[1]),
+        "master_open_limit_mean": float(mean[2]),
+    }
+
+
+# --------------------------------------------------------------------------- the training loop
+def train(
+    cfg: HmarlConfig,
+    market: MarketData,
+    tables: AgentTables,
+    symbols: SymbolAgent,
+    bar_range: tuple[int, int],
+    checkpoint_root: Path | None = None,
+    tracker=None,
+) -> MasterResult:
+    m = cfg.master
+    device = market.device
+    set_determinism(cfg, device)
+    seed = cfg.seed
+    seed_everything(seed)
+
+    # ---- setup: simulator on the fold's train bars, frozen symbol agents, master, optimizer
+    env = MarketEnv(
+        market,
+        cfg.env.model_copy(update={"check_actions": False}),
+        cfg.reward,
+        num_envs=m.num_envs or cfg.env.num_envs,
+        bar_range=bar_range,
+        min_history=cfg.features.window - 1,
+        seed=seed,
+    )
+    symbols.eval().requires_grad_(False)
+    master = build_master(cfg, env.num_symbols, market.regime.shape[1], env.num_directives).to(device)
+    h = Hierarchy(
+        symbols,
+        tables,
+        master,
+        benchmark_table(market.benchmark, cfg.env.master.interval).to(device),
+        symbol_greedy=m.symbol_policy == "greedy",
+    )
+    optimizer = torch.optim.Adam(master.parameters(), lr=m.lr, eps=1e-5)
+    gen = torch.Generator(device).manual_seed(seed)
+    buf = MasterBuffer(m.num_steps, env.num_envs, master.obs_dim, master.joint_dim, device)
+    num_updates = math.ceil(m.total_steps / m.num_steps)
+    store = CheckpointStore(checkpoint_root) if checkpoint_root is not None else None
+    obs = env.reset(seed=seed)
+    start_update, global_step, series, hist, episode, resumed_from = 0, 0, [], [], {}, None
+
+    # ---- resume from the latest complete checkpoint
+    payload = store.load_latest() if store is not None else None
+    if payload is not None:
+        master.load_state_dict(payload["master"])
+        optimizer.load_state_dict(payload["optimizer"])
+        set_rng_state(payload["rng"])
+        gen.set_state(payload["sample_generator"])
+        restore_state(env, payload["env"])
+        obs = env._obs  # the restored simulator's last observation (part of its captured state)
+        start_update, global_step = int(payload["update"]), int(payload["global_step"])
+        series, hist, episode = (
+            list(payload["series"]),
+            [list(c) for c in payload["hist"]],
+            dict(payload["episode"]),
+        )
+        resumed_from = start_update
+        log.info("train_master: resumed at update %d (env step %d)", start_update, global_step)
+
+    for update in range(start_update, num_updates):
+        t0 = time.perf_counter()
+        lr_now = m.lr * (1.0 - update / num_updates) if m.anneal_lr else m.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr_now
+        coefs = MasterCoefs(m.clip_coef, m.clip_vloss, m.vf_coef, m.ent_coef, m.norm_adv)
+
+        # ---- 1. collect: symbol agents frozen, the master decides where due
+        master.eval()
+        counts = torch.zeros(env.num_directives, dtype=torch.int64, device=device)
+        obs = collect(env, h, buf, obs, gen, m.reward_scale, counts)
+        global_step += m.num_steps
+
+        # ---- 2. advantages over env steps (policy terms only where the master decided)
+        with torch.no_grad():
+            next_value = master.value(*h.master_inputs(obs))
+        adv, ret = gae(
+            buf.reward.unsqueeze(-1),
+            buf.value.unsqueeze(-1),
+            next_value.unsqueeze(-1),
+            buf.terminated,
+            buf.ended,
+            buf.valid,
+            m.gamma,
+            m.gae_lambda,
+        )
+        adv, ret = adv.squeeze(-1), ret.squeeze(-1)
+
+        # ---- 3. minibatch epochs (guards raise before a bad step)
+        master.train()
+        where = f"train_master: update {update + 1}"
+        if store is not None and store.latest_update() is not None:
+            where += f" (last good checkpoint: update {store.latest_update()} in {store.root})"
+        losses = ppo_update(master, optimizer, buf, adv, ret, coefs, cfg, gen, where)
+
+        # ---- 4. log
+        ep = env.get_episode_stats()
+        if ep.get("episodes", 0) > 0:
+            episode = ep
+        valid = buf.valid.float()
+        metrics = {
+            **losses,
+            **directive_figures(counts, env.directives),
+            "update": float(update + 1),
+            "global_step": float(global_step),
+            "learning_rate": lr_now,
+            "master_reward_mean": float((buf.reward * valid).sum() / valid.sum().clamp_min(1.0))
+            / m.reward_scale,
+            "master_decisions": float(counts.sum()),
+            "SPS": m.num_steps * env.num_envs / (time.perf_counter() - t0),
+        }
+        for key in ("ep_return_mean", "ep_excess_return_mean", "ep_max_drawdown_mean", "ep_length_mean"):
+            if key in episode:
+                metrics[key] = float(episode[key])
+        series.append(metrics)
+        hist.append(counts.cpu().tolist())
+        if tracker is not None:
+            log_master_update(tracker, metrics, counts, global_step)
+
+        # ---- 5. checkpoint (atomic, complete)
+        if store is not None and ((update + 1) % m.checkpoint_every == 0 or update + 1 == num_updates):
+            store.save(
+                update + 1,
+                {
+                    "update": update + 1,
+                    "global_step": global_step,
+                    "master": master.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng_state(),
+                    "sample_generator": gen.get_state(),
+                    "env": capture_state(env),
+                    "series": series,
+                    "hist": hist,
+                    "episode": episode,
+                },
+            )
+    return MasterResult(master.eval(), series, hist, global_step, resumed_from)
+
+
+def log_master_update(tracker, metrics: dict[str, float], counts: torch.Tensor, step: int) -> None:
+    """TensorBoard ``charts/master_*`` / ``losses/master_*`` and MLflow metrics; the directive histogram."""
+    out = {}
+    for k, v in metrics.items():
+        if k.startswith("loss_"):
+            out[f"losses/master_{k[5:]}"] = v
+        elif k.startswith("master_"):
+            out[f"charts/{k}"] = v
+        else:
+            out[f"charts/master_{k}"] = v
+    tracker.log_metrics(out, step=step)
+    hist = getattr(tracker, "log_histogram", None)
+    if hist is not None:
+        ids = np.repeat(np.arange(counts.numel()), counts.cpu().numpy())
+        if ids.size:
+            hist("charts/master_directive", ids, step=step, bins=np.arange(counts.numel() + 1) - 0.5)

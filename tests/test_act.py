@@ -1,0 +1,130 @@
+"""``hmarl act`` on a bundle built by the real pipeline steps: it reproduces the pipeline's own inputs for
+the newest bar (normalized features, SL probabilities, encoder embedding), emits one order per symbol that
+respects the masks and the master's directive, writes JSON/CSV, and refuses data that does not match."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hmarl.act import act, decide, latest_inputs, load_bundle
+from hmarl.cli import main
+from hmarl.data.canonical import read_canonical
+from hmarl.data.store import FeatureStore
+from hmarl.env.actions import ACTION_NAMES
+from hmarl.errors import DataError
+from hmarl.sl.calibration import calibrated_probs
+from hmarl.sl.inputs import model_inputs
+from hmarl.steps.features import market_from_canonical
+from hmarl.steps.runner import execute
+
+sys.path.insert(0, str(Path(__file__).parent))
+from symbol_fixtures import AGENT, TINY, build_upstream, market_config  # noqa: E402
+
+MASTER = ["master.hidden=[32,16]", "master.num_envs=4", "master.num_steps=16", "master.total_steps=32"]
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    """The pipeline's outputs under their step output names: a model bundle."""
+    root = tmp_path_factory.mktemp("bundle")
+    up = build_upstream(root, market_config(TINY, "regime"))
+    cfg = market_config(TINY, "regime", *AGENT, "ppo.total_steps=32", f"ppo.checkpoint_dir={root / 'ck'}")
+    execute("train_symbols", cfg, up, {"model": str(root / "symbols")})
+    cfg = market_config(TINY, "regime", *AGENT, *MASTER, f"master.checkpoint_dir={root / 'mck'}")
+    execute("train_master", cfg, {**up, "symbols": str(root / "symbols")}, {"model": str(root / "master")})
+    return root
+
+
+def market(bundle_dir: Path):
+    return market_from_canonical(read_canonical(bundle_dir / "canonical"))
+
+
+def test_act_reproduces_the_pipeline_inputs_of_the_newest_bar(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    inputs = latest_inputs(bundle, market(bundle_dir))
+    store = FeatureStore.load(bundle_dir / "features")
+    expected = model_inputs(store, bundle.fold)[-bundle.window :].transpose(0, 1)
+    assert torch.equal(inputs.windows, expected)
+    with torch.no_grad():
+        sl = torch.cat([calibrated_probs(m(inputs.windows), t) for m, t in bundle.sl_models], -1)
+        emb = bundle.encoder(inputs.windows.unsqueeze(0), sl.unsqueeze(0))[0]
+    cached = np.load(bundle_dir / "sl_cache" / "probs.npy")[-1]
+    np.testing.assert_allclose(sl.numpy(), cached, atol=1e-5)
+    embedded = np.load(bundle_dir / "encoder" / "embeddings.npy")[-1].astype(np.float32)
+    np.testing.assert_allclose(emb.numpy(), embedded, atol=2e-3)  # the cache is float16
+
+
+def test_orders_respect_masks_and_the_directive(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    result = act(bundle_dir, bundle_dir / "canonical")
+    orders = result["orders"]
+    assert [o["symbol"] for o in orders] == bundle.symbols
+    d = result["directive"]
+    grid = bundle.cfg.env.master
+    assert d["risk_multiplier"] in grid.risk_multipliers and d["mode"] in grid.modes
+    alloc = bundle.cfg.env.initial_cash * d["risk_multiplier"] * d["position_cap"]
+    fractions = dict(zip(("BUY_SMALL", "BUY_MEDIUM", "BUY_LARGE"), bundle.cfg.env.buy_fractions, strict=True))
+    for o in orders:
+        assert o["action"] in o["allowed"] and "HOLD" in o["allowed"]
+        assert o["directive"] == d
+        assert o["buy_notional"] == pytest.approx(fractions.get(o["action"], 0.0) * alloc, abs=0.01)
+        assert not {"SELL_ALL", "SELL_PARTIAL"} & set(o["allowed"])  # a flat account has nothing to sell
+    # greedy and deterministic
+    assert act(bundle_dir, bundle_dir / "canonical") == result
+
+
+def test_cli_prints_json_and_writes_csv(bundle_dir, tmp_path, capsys):
+    assert main(["act", "--model", str(bundle_dir), "--data", str(bundle_dir / "canonical")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    out = tmp_path / "orders.csv"
+    assert (
+        main(["act", "--model", str(bundle_dir), "--data", str(bundle_dir / "canonical"), "--out", str(out)])
+        == 0
+    )
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert [r["symbol"] for r in rows] == [o["symbol"] for o in printed["orders"]]
+    assert [r["action"] for r in rows] == [o["action"] for o in printed["orders"]]
+    assert all(r["action"] in ACTION_NAMES and r["timestamp"] == printed["timestamp"] for r in rows)
+
+
+def test_data_that_does_not_match_the_model_is_refused_naming_the_difference(bundle_dir, tmp_path, capsys):
+    bundle = load_bundle(bundle_dir)
+    m = market(bundle_dir)
+    fewer = dataclasses.replace(m, symbols=m.symbols[:-1], ohlcv=m.ohlcv[:, :-1], tradable=m.tradable[:, :-1])
+    with pytest.raises(DataError, match=rf"missing \['{m.symbols[-1]}'\]"):
+        latest_inputs(bundle, fewer)
+    other = dataclasses.replace(bundle, feature_names=[*bundle.feature_names[:-1], "made_up"])
+    with pytest.raises(DataError, match="made_up"):
+        latest_inputs(other, m)
+    short = dataclasses.replace(
+        m,
+        timestamps=m.timestamps[-30:],
+        ohlcv=m.ohlcv[-30:],
+        tradable=m.tradable[-30:],
+        benchmark=m.benchmark[-30:],
+    )
+    with pytest.raises(DataError, match="needs at least"):
+        latest_inputs(bundle, short)
+    assert main(["act", "--model", str(tmp_path), "--data", str(bundle_dir / "canonical")]) == 2
+    assert "not a model bundle" in capsys.readouterr().err
+
+
+def test_decision_is_for_the_newest_bar(bundle_dir):
+    """Changing only the newest bar's prices changes the inputs of the decision; older bars are history."""
+    bundle = load_bundle(bundle_dir)
+    m = market(bundle_dir)
+    base = latest_inputs(bundle, m)
+    ohlcv = m.ohlcv.copy()
+    ohlcv[-1, :, :4] *= 1.2
+    moved = latest_inputs(bundle, dataclasses.replace(m, ohlcv=ohlcv))
+    assert torch.equal(base.windows[:, :-1], moved.windows[:, :-1])
+    assert not torch.equal(base.windows[:, -1], moved.windows[:, -1])
+    assert len(decide(bundle, moved)) == len(bundle.symbols)

@@ -1,0 +1,263 @@
+"""The master agent and the train_master step on a tiny crash-regime market built by the real upstream
+steps: the network and observation, MAPPO vs IPPO critics, outputs, determinism, exact resume, the
+divergence guards (last good checkpoint kept), bad inputs and the telemetry names."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hmarl.agents.master import MasterAgent, benchmark_table, master_observation, obs_width
+from hmarl.agents.master_params import MasterConfig
+from hmarl.agents.saved import load_agent
+from hmarl.agents.saved_master import load_master
+from hmarl.env.actions import grid_size
+from hmarl.errors import DataError
+from hmarl.io import read_json, write_json
+from hmarl.learners.checkpoint import CheckpointStore
+from hmarl.learners.master_trainer import MasterDivergence, train
+from hmarl.steps.runner import execute
+from hmarl.steps.train_master import load_inputs
+
+sys.path.insert(0, str(Path(__file__).parent))
+from symbol_fixtures import AGENT, TINY, build_upstream, market_config  # noqa: E402
+
+SYMBOLS = [*AGENT, "ppo.total_steps=64"]
+MASTER = [
+    "master.hidden=[32,16]",
+    "master.num_envs=4",
+    "master.num_steps=16",
+    "master.total_steps=64",
+    "master.eval_envs=2",
+]
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory) -> dict[str, str]:
+    """Upstream outputs of a crash-regime market plus briefly trained symbol agents."""
+    root = tmp_path_factory.mktemp("upstream")
+    up = build_upstream(root, market_config(TINY, "regime"))
+    cfg = market_config(TINY, "regime", *SYMBOLS, f"ppo.checkpoint_dir={root / 'ck'}")
+    execute("train_symbols", cfg, up, {"model": str(root / "symbols")})
+    return {**up, "symbols": str(root / "symbols")}
+
+
+def config(tmp_path: Path, *extra: str):
+    return market_config(
+        TINY, "regime", *SYMBOLS, *MASTER, f"master.checkpoint_dir={tmp_path / 'mck'}", *extra
+    )
+
+
+def train_step(upstream, tmp_path: Path, *extra: str, out: str = "master") -> tuple[dict, Path]:
+    metrics = execute("train_master", config(tmp_path, *extra), upstream, {"model": str(tmp_path / out)})
+    return metrics, tmp_path / out
+
+
+def master_weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "master.pt", weights_only=True)["state_dict"]
+
+
+def series(out: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "SPS"} for r in read_json(out / "telemetry.json")["series"]]
+
+
+# --------------------------------------------------------------------------- network and observation
+def test_master_network_has_the_seed_shape_and_a_48_way_actor():
+    m = MasterAgent(MasterConfig(), obs_dim=40, joint_dim=30, num_directives=48)
+    kinds = [type(layer).__name__ for layer in m.actor]
+    assert kinds == ["Linear", "LayerNorm", "GELU", "Linear", "GELU", "Linear"]
+    assert (m.actor[0].out_features, m.actor[3].out_features, m.actor[5].out_features) == (256, 128, 48)
+    with torch.no_grad():
+        logits, value = m(torch.randn(5, 40), torch.randn(5, 30))
+    assert logits.shape == (5, 48) and value.shape == (5,)
+    # near-uniform start: the actor output gain is small
+    assert float(torch.softmax(logits, -1).max()) < 0.1
+    ippo = MasterAgent(MasterConfig(critic="independent"), obs_dim=40, joint_dim=30, num_directives=48)
+    assert ippo.critic[0].in_features == 40 and m.critic[0].in_features == 70
+    # the independent critic ignores the joint state, the centralized one reads it
+    obs = torch.randn(3, 40)
+    torch.set_grad_enabled(False)
+    assert torch.equal(ippo.value(obs, torch.zeros(3, 30)), ippo.value(obs, torch.ones(3, 30)))
+    assert not torch.equal(m.value(obs, torch.zeros(3, 30)), m.value(obs, torch.ones(3, 30)))
+    torch.set_grad_enabled(True)
+
+
+def test_benchmark_state_is_causal():
+    b = torch.linspace(100.0, 130.0, 90, dtype=torch.float64)
+    t1 = benchmark_table(b, 5)
+    b2 = b.clone()
+    b2[50:] *= 0.5  # a crash after bar 49 changes nothing before it
+    t2 = benchmark_table(b2, 5)
+    assert torch.equal(t1[:50], t2[:50])
+    assert float(t2[50, 2]) < -0.45 and float(t1[50, 2]) == 0.0  # drawdown from the 60-bar high
+    assert abs(float(t1[10, 0]) - (float(b[10] / b[5]) - 1.0)) < 1e-6
+
+
+def test_master_observation_summarizes_symbol_intents(upstream, tmp_path):
+    from hmarl.agents.data import load_training_data
+    from hmarl.env.vec_env import MarketEnv
+
+    cfg = config(tmp_path)
+    agent, _ = load_agent(Path(upstream["symbols"]) / "agent.pt")
+    data = load_training_data(cfg, {k: Path(v) for k, v in upstream.items()})
+    market = data.market(cfg, torch.device("cpu"))
+    env = MarketEnv(market, cfg.env, cfg.reward, num_envs=3, min_history=cfg.features.window - 1)
+    obs = env.reset(seed=1)
+    s = env.num_symbols
+    # all agents put their mass on BUY_SMALL where allowed
+    logits = torch.full((3, s, 7), -30.0)
+    logits[..., 1] = 0.0
+    logp = torch.log_softmax(logits.masked_fill(~obs.mask, -1e9), -1)
+    value = torch.arange(3 * s, dtype=torch.float32).view(3, s)
+    bench = benchmark_table(market.benchmark, cfg.env.master.interval)
+    mobs, joint = master_observation(obs, logp, value, bench)
+    assert mobs.shape == (3, obs_width(market.regime.shape[1])) and joint.shape == (3, 3 * s)
+    assert torch.allclose(mobs[:, :7].sum(1), torch.ones(3))  # mean action probabilities
+    buy_share = obs.mask[..., 1].float().mean(1)
+    assert torch.allclose(mobs[:, 15], buy_share)  # fraction whose favourite action buys
+    assert torch.allclose(mobs[:, 14], value.mean(1))
+    assert torch.equal(joint[:, 2 * s :], value)
+    assert torch.isfinite(mobs).all()
+
+
+# --------------------------------------------------------------------------- the step
+def test_step_writes_master_manifest_telemetry_and_held_out_comparison(upstream, tmp_path):
+    metrics, out = train_step(upstream, tmp_path)
+    assert {p.name for p in out.iterdir()} >= {
+        "master.pt",
+        "manifest.json",
+        "telemetry.json",
+        "evaluation.json",
+        "summary.json",
+    }
+    master, meta = load_master(out / "master.pt")
+    assert master.num_directives == grid_size(config(tmp_path).env) == 48
+    symbols_meta = load_agent(Path(upstream["symbols"]) / "agent.pt")[1]
+    assert meta["symbols"] == symbols_meta["symbols"] and meta["fingerprint"] == symbols_meta["fingerprint"]
+    tele = read_json(out / "telemetry.json")
+    assert len(tele["series"]) == 4 == metrics["updates"]
+    for row, counts in zip(tele["series"], tele["directive_counts"], strict=True):
+        assert len(counts) == 48 and sum(counts) == row["master_decisions"] > 0
+        assert all(k in row for k in ("loss_policy_loss", "loss_value_loss", "master_directive_entropy"))
+    ev = read_json(out / "evaluation.json")
+    for arm in ("master", "neutral"):
+        assert 0.0 <= ev[arm]["max_drawdown"] < 1.0
+    assert ev["drawdown_reduction"] == pytest.approx(
+        1 - ev["master"]["max_drawdown"] / ev["neutral"]["max_drawdown"]
+    )
+    assert metrics["test_max_drawdown_master"] == ev["master"]["max_drawdown"]
+    manifest = read_json(out / "manifest.json")
+    assert manifest["critic"] == "centralized" and manifest["env_steps"] == 64
+
+
+def test_same_seed_gives_identical_training_other_seed_and_ippo_differ(upstream, tmp_path):
+    _, a = train_step(upstream, tmp_path / "a")
+    _, b = train_step(upstream, tmp_path / "b")
+    assert series(a) == series(b)
+    wa, wb = master_weights(a), master_weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    _, c = train_step(upstream, tmp_path / "c", "seed=5")
+    assert series(c) != series(a)
+    _, d = train_step(upstream, tmp_path / "d", "master.critic=independent")
+    wd = master_weights(d)
+    assert wd["critic.0.weight"].shape[1] < wa["critic.0.weight"].shape[1]  # IPPO: own observation only
+
+
+def test_resume_from_the_last_checkpoint_ends_with_the_uninterrupted_weights(upstream, tmp_path):
+    _, full = train_step(upstream, tmp_path, "master.checkpoint_every=1", out="full")
+    (run_dir,) = list((tmp_path / "mck").iterdir())
+    store = CheckpointStore(run_dir)
+    assert store.latest_update() == 4
+    # a crash after update 3's checkpoint: the latest marker still points at it (update 4 never landed)
+    write_json(run_dir / "latest.json", {"update": 3})
+    metrics, resumed = train_step(upstream, tmp_path, "master.checkpoint_every=1", out="resumed")
+    assert metrics["resumed"] == 1.0
+    wf, wr = master_weights(full), master_weights(resumed)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    assert series(full) == series(resumed)
+
+
+def _direct_train(upstream, tmp_path: Path, *extra: str):
+    cfg, data, symbols = load_inputs(config(tmp_path, *extra), {k: Path(v) for k, v in upstream.items()})
+    market = data.market(cfg, torch.device("cpu"))
+    tables = data.tables(cfg, torch.device("cpu")).restrict(*data.fold.train)
+    return lambda root: train(cfg, market, tables, symbols, data.fold.train, root)
+
+
+def test_exploding_value_loss_stops_the_run_and_keeps_the_last_good_checkpoint(upstream, tmp_path):
+    root = tmp_path / "run"
+    _direct_train(upstream, tmp_path, "master.total_steps=32")(root)
+    before = (root / "update_0000002" / "rank0.pt").read_bytes()
+    with pytest.raises(
+        MasterDivergence,
+        match=r"last good checkpoint: update 2 .*value loss .* exceeds master.max_value_loss",
+    ):
+        _direct_train(upstream, tmp_path, "master.max_value_loss=1e-9")(root)
+    assert CheckpointStore(root).latest_update() == 2
+    assert (root / "update_0000002" / "rank0.pt").read_bytes() == before
+
+
+def test_non_finite_loss_stops_the_run_with_a_clear_error(upstream, tmp_path):
+    with pytest.raises(MasterDivergence, match="non-finite loss"):
+        _direct_train(upstream, tmp_path, "master.reward_scale=1e39")(tmp_path / "run")
+
+
+def test_symbol_agents_from_other_data_are_refused_before_anything_is_written(upstream, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="agent.pt missing"):
+        execute(
+            "train_master",
+            config(tmp_path),
+            {**upstream, "symbols": str(empty)},
+            {"model": str(tmp_path / "m")},
+        )
+    # symbol agents trained on other data: same file, another data fingerprint
+    payload = torch.load(Path(upstream["symbols"]) / "agent.pt", weights_only=True)
+    payload["fingerprint"] = "other-data"
+    (tmp_path / "other").mkdir()
+    torch.save(payload, tmp_path / "other" / "agent.pt")
+    with pytest.raises(DataError, match="other-data.*rerun train_symbols"):
+        execute(
+            "train_master",
+            config(tmp_path),
+            {**upstream, "symbols": str(tmp_path / "other")},
+            {"model": str(tmp_path / "m")},
+        )
+    assert not (tmp_path / "m").exists()
+
+
+def test_tensorboard_and_mlflow_get_master_charts_and_the_directive_histogram(upstream, tmp_path):
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    train_step(
+        upstream,
+        tmp_path,
+        "tracking.enabled=true",
+        f"tracking.mlflow_uri={uri}",
+        f"tracking.artifact_root={tmp_path / 'artifacts'}",
+        f"tracking.tensorboard_dir={tmp_path / 'tb'}",
+    )
+    (run_dir,) = list((tmp_path / "tb" / "train_master").iterdir())
+    events = EventAccumulator(str(run_dir)).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in (
+        "charts/master_reward_mean",
+        "charts/master_directive_entropy",
+        "charts/master_risk_mean",
+        "charts/master_SPS",
+        "losses/master_policy_loss",
+        "losses/master_value_loss",
+    ):
+        assert tag in scalars, tag
+    assert "charts/master_directive" in events.Tags()["histograms"]
+    assert len(events.Scalars("charts/master_reward_mean")) == 4
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("hmarl").experiment_id])
+    assert "charts/master_reward_mean" in run.data.metrics and "final/drawdown_reduction" in run.data.metrics
+    assert "master/master.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "master")}
