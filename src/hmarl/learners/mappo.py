@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hmarl.learners.ppo import normalize_advantages, weighted_mean
+from hmarl.learners.ppo import normalize_advantages, value_errors, weighted_mean
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,7 @@ def mappo_loss(
     policy = weighted_mean(pg, policy_weight, pw)
 
     new_value = new_value.float()
-    if coefs.clip_vloss:
-        clipped = old_value + (new_value - old_value).clamp(-coefs.clip, coefs.clip)
-        v_err = torch.maximum((new_value - returns) ** 2, (clipped - returns) ** 2)
-    else:
-        v_err = (new_value - returns) ** 2
+    v_err = value_errors(new_value, old_value, returns, coefs.clip, coefs.clip_vloss)
     value = 0.5 * weighted_mean(v_err, value_weight, vw)
     ent = weighted_mean(entropy, policy_weight, pw)
     total = policy + coefs.vf * value - coefs.ent * ent

@@ -35,6 +35,16 @@ def normalize_advantages(adv: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     return (adv - mean) / (var.sqrt() + 1e-8)
 
 
+def value_errors(
+    new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor, clip: float, clip_vloss: bool
+) -> torch.Tensor:
+    """Squared value errors, with PPO's value clipping (the larger of the clipped and unclipped error)."""
+    if not clip_vloss:
+        return (new_value - returns) ** 2
+    clipped = old_value + (new_value - old_value).clamp(-clip, clip)
+    return torch.maximum((new_value - returns) ** 2, (clipped - returns) ** 2)
+
+
 def ppo_loss(
     *,
     logits: torch.Tensor,  # (B, S, 7) raw actor logits
@@ -63,11 +73,7 @@ def ppo_loss(
     pg2 = -adv * ratio.clamp(1.0 - coefs.clip, 1.0 + coefs.clip)
     policy = weighted_mean(torch.maximum(pg1, pg2), weight, total_w)
 
-    if coefs.clip_vloss:
-        clipped = old_value + (new_value - old_value).clamp(-coefs.clip, coefs.clip)
-        v_err = torch.maximum((new_value - returns) ** 2, (clipped - returns) ** 2)
-    else:
-        v_err = (new_value - returns) ** 2
+    v_err = value_errors(new_value, old_value, returns, coefs.clip, coefs.clip_vloss)
     value = 0.5 * weighted_mean(v_err, weight, total_w)
     ent = weighted_mean(entropy, weight, total_w)
     sl_kl = (
