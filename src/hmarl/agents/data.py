@@ -44,6 +44,16 @@ class TrainingData:
         return self.store.symbols
 
     @property
+    def identity(self) -> dict:
+        """What a saved model was trained on; loaders compare it with the data they are given."""
+        return {
+            "symbols": self.symbols,
+            "feature_names": self.store.feature_names,
+            "fingerprint": self.fingerprint,
+            "fold": self.fold.index,
+        }
+
+    @property
     def num_regime(self) -> int:
         return int(self.store.regime.shape[1])
 

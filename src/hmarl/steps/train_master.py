@@ -168,12 +168,7 @@ def _write_outputs(
     out: Path, cfg, data: TrainingData, result: MasterResult, evaluation, summary, key, checkpoints
 ) -> None:
     out.mkdir(parents=True)
-    meta = {
-        "symbols": data.symbols,
-        "feature_names": data.store.feature_names,
-        "fingerprint": data.fingerprint,
-        "fold": data.fold.index,
-    }
+    meta = data.identity
     save_master(out / "master.pt", result.master, interval=cfg.env.master.interval, **meta)
     write_json(
         out / "manifest.json",

@@ -186,12 +186,7 @@ def _write_outputs(
     checkpoints: str,
 ) -> None:
     out.mkdir(parents=True)
-    meta = {
-        "symbols": data.symbols,
-        "feature_names": data.store.feature_names,
-        "fingerprint": data.fingerprint,
-        "fold": data.fold.index,
-    }
+    meta = data.identity
     enc = result.agent.encoder
     encoder_info = (
         {"hparams": data.encoder_manifest["hparams"], "window": cfg.features.window}
