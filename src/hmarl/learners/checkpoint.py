@@ -16,6 +16,8 @@ so a kill at any moment leaves the previous complete checkpoint as the latest.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -171,3 +173,15 @@ class CheckpointStore:
         for folder in folders:
             if int(folder.name.split("_")[1]) <= latest and folder not in folders[-self.keep :]:
                 remove_path(folder)
+
+
+def run_key(tree: dict, section: str, bookkeeping: set[str], *inputs: bytes) -> str:
+    """Key of a training run's checkpoint folder: the config ``tree`` (minus tracking, the profile name and
+    the ``section``'s ``bookkeeping`` keys, which do not change what is trained) and the input digests, so
+    a changed config or input never resumes a stale run."""
+    tree = {k: v for k, v in tree.items() if k not in ("tracking", "profile")}
+    tree[section] = {k: v for k, v in tree[section].items() if k not in bookkeeping}
+    h = hashlib.sha256(json.dumps(tree, sort_keys=True).encode())
+    for digest in inputs:
+        h.update(digest)
+    return h.hexdigest()[:16]

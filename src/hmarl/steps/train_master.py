@@ -15,7 +15,6 @@ train_symbols): rerunning a killed step continues from its last complete checkpo
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from hmarl.config import HmarlConfig, config_dict
 from hmarl.errors import DataError
 from hmarl.evaluation.metrics import drawdown_reduction, finite_or_none, max_drawdown
 from hmarl.io import write_json
+from hmarl.learners.checkpoint import run_key as checkpoint_key
 from hmarl.learners.evaluate import agent_policy, backtest
 from hmarl.learners.master_trainer import MasterResult, train
 from hmarl.tracking import Tracker
@@ -74,14 +74,8 @@ def load_inputs(cfg: HmarlConfig, inputs: dict[str, Path]):
 
 
 def run_key(cfg: HmarlConfig, data: TrainingData, sym_dir: Path) -> str:
-    tree = config_dict(cfg)
-    for key in ("tracking", "profile"):
-        tree.pop(key)
-    tree["master"] = {k: v for k, v in tree["master"].items() if k not in _BOOKKEEPING}
-    h = hashlib.sha256(json.dumps(tree, sort_keys=True).encode())
-    h.update(data.digest().encode())
-    h.update(hashlib.sha256((sym_dir / "agent.pt").read_bytes()).digest())
-    return h.hexdigest()[:16]
+    agent_digest = hashlib.sha256((sym_dir / "agent.pt").read_bytes()).digest()
+    return checkpoint_key(config_dict(cfg), "master", _BOOKKEEPING, data.digest().encode(), agent_digest)
 
 
 def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, float]:

@@ -16,8 +16,6 @@ With ``ppo.world_size > 1`` training runs as that many DDP processes (gloo on CP
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from hmarl.env.actions import ACTION_NAMES
 from hmarl.env.params import MasterGridConfig
 from hmarl.evaluation.metrics import sharpe_ratio
 from hmarl.io import read_json, write_json
+from hmarl.learners.checkpoint import run_key as checkpoint_key
 from hmarl.learners.distributed import DistInfo, launch
 from hmarl.learners.evaluate import agent_policy as eval_agent_policy
 from hmarl.learners.evaluate import backtest, buy_and_hold_equity, random_policy
@@ -50,13 +49,7 @@ _BOOKKEEPING = {"checkpoint_dir", "checkpoint_every", "progress", "eval_envs"}
 
 
 def run_key(cfg: HmarlConfig, data: TrainingData) -> str:
-    tree = config_dict(cfg)
-    for key in ("tracking", "profile"):
-        tree.pop(key)
-    tree["ppo"] = {k: v for k, v in tree["ppo"].items() if k not in _BOOKKEEPING}
-    h = hashlib.sha256(json.dumps(tree, sort_keys=True).encode())
-    h.update(data.digest().encode())
-    return h.hexdigest()[:16]
+    return checkpoint_key(config_dict(cfg), "ppo", _BOOKKEEPING, data.digest().encode())
 
 
 def symbol_stage_config(cfg: HmarlConfig) -> HmarlConfig:
