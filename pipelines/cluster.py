@@ -141,11 +141,20 @@ def config_step(task: PipelineTask, cluster: Cluster = CLUSTER) -> PipelineTask:
     return use_env(task, cluster.config_env, cluster)
 
 
-def data_step(task: PipelineTask, cluster: Cluster = CLUSTER) -> PipelineTask:
-    """CPU node, cached: same config and inputs => KFP reuses the outputs instead of recomputing."""
+def data_step(task: PipelineTask, tracked: bool = False, cluster: Cluster = CLUSTER) -> PipelineTask:
+    """CPU node, cached: same config and inputs => KFP reuses the outputs instead of recomputing.
+    ``tracked``: the step logs to MLflow (sl_cache, gate, promote), so it also gets the MLflow env."""
     task.set_caching_options(enable_caching=True)
     _pod(task, cluster.data_resources, cluster)
-    return use_env(task, cluster.data_env, cluster)
+    return use_env(task, cluster.training_env if tracked else cluster.data_env, cluster)
+
+
+def registry_step(task: PipelineTask, cluster: Cluster = CLUSTER) -> PipelineTask:
+    """CPU node, never cached: the task changes the MLflow model registry (promote), so a rerun with the
+    same inputs must act again, not replay the last decision."""
+    data_step(task, tracked=True, cluster=cluster)
+    task.set_caching_options(enable_caching=False)
+    return task
 
 
 def training_step(task: PipelineTask, gpus: int | None = None, cluster: Cluster = CLUSTER) -> PipelineTask:

@@ -1,7 +1,9 @@
 """The hmarl DAG for Kubeflow Pipelines: the same steps as ``dvc.yaml``, wired through KFP artifacts.
 
-    resolve-config -> ingest -> validate -> features -> ...
+    resolve-config -> ingest -> validate -> features -> sl_cache -> pretrain_encoder -> train_symbols
+      -> train_master -> (for each seed: stage5) and (for each fold: walk_forward) -> gate -> if go: promote
 
+(pretrain_encoder reads the SL priors, so it follows sl_cache rather than running beside it.)
 Compile with ``hmarl pipeline compile`` (writes ``pipelines/hmarl_pipeline.yaml``); run on a cluster
 with ``hmarl pipeline submit`` / ``schedule``, or locally with ``hmarl pipeline run-local``.
 
@@ -14,7 +16,13 @@ Parameters (all optional; '' keeps the value of ``params_yaml``):
     data_uri     bars to ingest (path or object-store URI); '' = the params' source (synthetic default)
     mlflow_uri   MLflow tracking server; '' = the cluster's (MLFLOW_TRACKING_URI of the hmarl-pipeline-env
                  ConfigMap), else ``tracking.mlflow_uri`` of the params
-    seeds        training seeds of the stage5 fan-out
+    seeds        stage5 fan-out (becomes ``stage5.seeds``); default: the compile-time params'
+    folds        walk_forward fan-out (becomes ``walk_forward.folds``; must be every fold of
+                 ``splits.n_folds``, checked by resolve-config); default: the compile-time params'
+
+The loops iterate over the ``seeds`` / ``folds`` parameters themselves, not over a task output: kfp's
+local runner cannot resolve a ParallelFor over a task output. The gate's verdict is its single return
+value (output ``Output``): the local runner evaluates a ``dsl.If`` only on outputs of that name.
 """
 
 import json
@@ -22,17 +30,28 @@ from pathlib import Path
 
 import yaml
 from components.features import features
+from components.gate import gate
 from components.ingest import ingest
+from components.pretrain_encoder import pretrain_encoder
+from components.promote import promote
 from components.resolve_config import resolve_config
+from components.sl_cache import sl_cache
+from components.stage5 import stage5
+from components.train_master import train_master
+from components.train_symbols import train_symbols
 from components.validate import validate
+from components.walk_forward import walk_forward
 from kfp import dsl
 
-from pipelines.cluster import config_step, data_step
+from pipelines.cluster import CLUSTER, config_step, data_step, registry_step, training_step
 
 PIPELINE_NAME = "hmarl"
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
-DEFAULT_PARAMS_YAML = json.dumps(yaml.safe_load(PARAMS_FILE.read_text()))
-DEFAULT_SEEDS = [42, 1337, 9001]
+_PARAMS = yaml.safe_load(PARAMS_FILE.read_text())
+DEFAULT_PARAMS_YAML = json.dumps(_PARAMS)
+DEFAULT_SEEDS = list(_PARAMS["stage5"]["seeds"])
+DEFAULT_FOLDS = list(_PARAMS["walk_forward"]["folds"])
+CHECKPOINTS = CLUSTER.checkpoint_mount  # the training tasks' PVC: resume after a pre-emption
 
 
 @dsl.pipeline(
@@ -46,6 +65,7 @@ def hmarl_pipeline(
     data_uri: str = "",
     mlflow_uri: str = "",
     seeds: list = DEFAULT_SEEDS,
+    folds: list = DEFAULT_FOLDS,
 ):
     # every step receives this text as its `config` parameter, so it is part of each cache key
     config = config_step(
@@ -55,22 +75,65 @@ def hmarl_pipeline(
             overrides=overrides,
             data_uri=data_uri,
             mlflow_uri=mlflow_uri,
+            seeds=seeds,
+            folds=folds,
         )
     )
-    cfg = config.output
+    cfg = config.outputs["Output"]
+    cfg_file = config.outputs["config_file"]  # the config inside the loops (see components/resolve_config.py)
 
     ingested = data_step(ingest(config=cfg))
     validated = data_step(validate(config=cfg, canonical=ingested.outputs["canonical"]))
-    data_step(
+    store = data_step(
         features(
             config=cfg,
             canonical=ingested.outputs["canonical"],
             validation=validated.outputs["report"],
         )
+    ).outputs["store"]
+    sl = data_step(sl_cache(config=cfg, store=store), tracked=True).outputs["cache"]
+    encoder = training_step(
+        pretrain_encoder(config=cfg, checkpoint_root=CHECKPOINTS, store=store, sl_cache=sl)
+    ).outputs["encoder"]
+    trained = {"store": store, "sl_cache": sl, "encoder": encoder}
+    symbols_task = training_step(train_symbols(config=cfg, checkpoint_root=CHECKPOINTS, **trained))
+    symbols = symbols_task.outputs["model"]
+    master = training_step(
+        train_master(config=cfg, checkpoint_root=CHECKPOINTS, symbols=symbols, **trained)
+    ).outputs["model"]
+
+    with dsl.ParallelFor(seeds, name="seeds") as seed:
+        seed_runs = training_step(
+            stage5(config_file=cfg_file, seed=seed, checkpoint_root=CHECKPOINTS, **trained)
+        )
+    with dsl.ParallelFor(folds, name="folds") as fold:
+        fold_runs = training_step(
+            walk_forward(
+                config_file=cfg_file,
+                fold=fold,
+                checkpoint_root=CHECKPOINTS,
+                symbols=symbols,
+                master=master,
+                **trained,
+            )
+        )
+
+    verdict = data_step(
+        gate(
+            config=cfg,
+            stage5=dsl.Collected(seed_runs.outputs["run"]),
+            walk_forward=dsl.Collected(fold_runs.outputs["evaluation"]),
+        ),
+        tracked=True,
     )
-    # Training steps plug in here, one line each, on the GPU pool (pipelines.cluster.training_step);
-    # name the features task (`featurized = data_step(features(...))`) and continue:
-    #   sl = training_step(sl_cache(config=cfg, store=featurized.outputs["store"]))
-    #   encoder = training_step(pretrain_encoder(config=cfg, store=..., sl_cache=sl.outputs["cache"]))
-    #   with dsl.ParallelFor(seeds) as seed:
-    #       training_step(stage5(config=cfg, seed=seed, ...))
+    with dsl.If(verdict.outputs["Output"] == True, name="go"):  # noqa: E712 - a KFP condition, not a bool
+        registry_step(
+            promote(
+                config=cfg,
+                gate=verdict.outputs["report"],
+                walk_forward=verdict.outputs["evaluations"],
+                symbols=symbols,
+                master=master,
+                **trained,
+            )
+        )

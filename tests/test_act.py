@@ -18,6 +18,7 @@ from hmarl.act import act, decide, latest_inputs, load_bundle
 from hmarl.cli import main
 from hmarl.data.canonical import read_canonical
 from hmarl.data.store import FeatureStore
+from hmarl.decider import Decider
 from hmarl.env.actions import ACTION_NAMES
 from hmarl.errors import DataError
 from hmarl.sl.calibration import calibrated_probs
@@ -128,3 +129,56 @@ def test_decision_is_for_the_newest_bar(bundle_dir):
     assert torch.equal(base.windows[:, :-1], moved.windows[:, :-1])
     assert not torch.equal(base.windows[:, -1], moved.windows[:, -1])
     assert len(decide(bundle, moved)) == len(bundle.symbols)
+
+
+def test_positions_change_masks_and_sizes(bundle_dir, tmp_path, capsys):
+    """Held symbols may be sold (or added to) but not bought again; flat ones not sold; sizes follow the
+    account's equity; no cash, no buying."""
+    bundle = load_bundle(bundle_dir)
+    m = market(bundle_dir)
+    close, tradable = m.ohlcv[-1, :, 3], m.tradable[-1]
+    held = [int(i) for i in np.flatnonzero(tradable)[:2]]
+    rows = [{"symbol": bundle.symbols[i], "shares": 10, "entry_price": float(close[i]) / 2} for i in held]
+    cash = 50_000.0
+    path = tmp_path / "positions.json"
+    path.write_text(json.dumps({"cash": cash, "positions": rows}))
+    result = act(bundle_dir, bundle_dir / "canonical", positions=path)
+    equity = cash + sum(10 * close[i] for i in held)
+    d = result["directive"]
+    alloc = equity * d["risk_multiplier"] * d["position_cap"]
+    buys = {"BUY_SMALL", "BUY_MEDIUM", "BUY_LARGE"}
+    fraction = dict(zip(("BUY_SMALL", "BUY_MEDIUM", "BUY_LARGE"), bundle.cfg.env.buy_fractions, strict=True))
+    for i, o in enumerate(result["orders"]):
+        assert o["action"] in o["allowed"]
+        if i in held:
+            assert {"SELL_PARTIAL", "SELL_ALL"} <= set(o["allowed"]) and not buys & set(o["allowed"])
+        else:
+            assert not {"SELL_PARTIAL", "SELL_ALL", "ADD_TO_WINNER"} & set(o["allowed"])
+        assert o["buy_notional"] == pytest.approx(fraction.get(o["action"], 0.0) * alloc, abs=0.01)
+    # the same account through the CLI, as CSV; without cash nothing can be bought
+    csv_path = tmp_path / "positions.csv"
+    lines = ["symbol,shares,entry_price", *(f"{r['symbol']},{r['shares']},{r['entry_price']}" for r in rows)]
+    csv_path.write_text("\n".join([*lines, "CASH,0,"]) + "\n")
+    args = ["act", "--model", str(bundle_dir), "--data", str(bundle_dir / "canonical"), "--positions"]
+    assert main([*args, str(csv_path)]) == 0
+    broke = json.loads(capsys.readouterr().out)["orders"]
+    assert all(not buys & set(o["allowed"]) for o in broke)
+    assert all({"SELL_PARTIAL", "SELL_ALL"} <= set(broke[i]["allowed"]) for i in held)
+    csv_path.write_text("symbol,shares,entry_price\nNOPE,1,1\nCASH,1,\n")
+    assert main([*args, str(csv_path)]) == 2
+    assert "positions.csv: row 2: unknown symbol 'NOPE'" in capsys.readouterr().err
+
+
+def test_the_warm_decider_is_the_reference_decision_on_a_trained_bundle(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    inputs = latest_inputs(bundle, market(bundle_dir))
+    decider = Decider(bundle)
+    try:
+        fast = decider.decide(inputs)
+    finally:
+        decider.close()
+    ref = decide(bundle, inputs)
+    assert [(o["action"], o["allowed"], o["directive"]) for o in fast] == [
+        (o["action"], o["allowed"], o["directive"]) for o in ref
+    ]
+    np.testing.assert_allclose([o["probability"] for o in fast], [o["probability"] for o in ref], atol=1e-5)

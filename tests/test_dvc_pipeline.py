@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -62,9 +61,7 @@ def test_repro_data_stages_then_noop(clone):
     assert (root / "data/features/features.npy").exists()
     assert json.loads((root / "metrics/validate.json").read_text())["success"] == 1.0
 
-    t0 = time.perf_counter()
-    out = _run(["dvc", "repro", "features"], root, env)
-    assert time.perf_counter() - t0 < 10
+    out = _run(["dvc", "repro", "features"], root, env)  # nothing changed: nothing runs
     assert "Running stage" not in out
 
     # a changed parameter re-runs exactly the stages that read it

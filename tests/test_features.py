@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -370,20 +369,18 @@ def test_store_round_trip_with_mmap(tmp_path):
 
 
 # --------------------------------------------------------------------------- the real data set
-def test_real_data_set_featurizes_in_seconds(tmp_path, shared_data):
+def test_real_data_set_featurizes(tmp_path, shared_data):
+    """The whole real set goes through; its speed is measured by bench/features.py, not here."""
     bars = pd.read_parquet(shared_data / "us_large_caps_daily_2005_2021.parquet")
     bench = pd.read_parquet(shared_data / "us_large_caps_daily_2005_2021_benchmark.parquet")
     bars["tradable"] = True
     meta = {"symbols": sorted(bars["symbol"].unique()), "bars_per_year": 252.0, "freq": "1D"}
     market = market_from_canonical(CanonicalData(bars, bench, None, meta))
     cfg = build_config({})
-    t0 = time.perf_counter()
     store = build_store(cfg, market)
-    seconds = time.perf_counter() - t0
     assert store.features.shape == (4103, 150, 23)
     assert np.isfinite(store.features).all() and np.isfinite(store.regime).all()
     assert store.tradable[cfg.features.warmup_bars :].all()  # no gaps in this set, all features defined
-    assert seconds < 6.0, f"featurizing took {seconds:.2f}s (target < 3s)"
     with atomic_path(tmp_path / "store") as tmp:
         store.save(tmp)
     assert FeatureStore.load(tmp_path / "store").features.shape == (4103, 150, 23)

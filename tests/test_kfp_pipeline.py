@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from google.protobuf import json_format
 from kfp import compiler, dsl
 from kfp.dsl import Dataset, Metrics, Model, Output
 
@@ -18,9 +19,29 @@ from hmarl import cli
 from hmarl.config import ConfigError, build_config
 from hmarl.data.store import FeatureStore
 from hmarl.data.synthetic import generate
-from hmarl.errors import HmarlError
-from hmarl.kfp_glue import emit_metrics, load_config, resolve_config, run_step
-from hmarl.pipeline_cli import compile_pipeline, normalize_cron, pipeline_module, run_local
+from hmarl.errors import HmarlError, StepError
+from hmarl.kfp_glue import (
+    emit_metrics,
+    gather,
+    load_config,
+    nested,
+    resolve_config,
+    run_step,
+    training_overrides,
+    verdict,
+)
+from hmarl.pipeline_cli import (
+    LocalRun,
+    check_arguments,
+    compile_pipeline,
+    ir_defaults,
+    local_session,
+    normalize_cron,
+    pipeline_module,
+    read_local_run,
+    run_local,
+    without_retries,
+)
 from hmarl.steps.runner import execute, step_module
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,9 +49,28 @@ PARAMS_TEXT = (REPO / "params.yaml").read_text()
 COMMITTED_IR = REPO / "pipelines" / "hmarl_pipeline.yaml"
 DATA_STEPS = ("ingest", "validate", "features")
 SMALL = ["synthetic.num_symbols=8", "universe.top_n=6"]  # smoke profile, fewer symbols: ~5 s per run
+# task name -> step; the data steps (cached, CPU), the training steps (GPU pool), and the rest
+CACHED = {
+    "ingest": "ingest",
+    "validate": "validate",
+    "features": "features",
+    "sl-cache": "sl_cache",
+    "gate": "gate",
+}
+TRAINING = {
+    "pretrain-encoder": "pretrain_encoder",
+    "train-symbols": "train_symbols",
+    "train-master": "train_master",
+    "stage5": "stage5",
+    "walk-forward": "walk_forward",
+}
+STEPS = {**CACHED, **TRAINING, "promote": "promote"}
 
 pipeline_module()  # puts the checkout's components/ and pipelines/ on sys.path, as the CLI does
-from pipelines.cluster import CLUSTER, GPU_IMAGE, IMAGE, training_step  # noqa: E402
+from components.features import features  # noqa: E402
+from components.ingest import ingest  # noqa: E402
+from components.validate import validate  # noqa: E402
+from pipelines.cluster import CLUSTER, GPU_IMAGE, IMAGE, data_step, training_step  # noqa: E402
 
 NON_ROOT = {  # as the Kubernetes config records it
     "runAsNonRoot": True,
@@ -51,43 +91,147 @@ def ir(tmp_path_factory) -> tuple[dict, dict]:
     return load_ir(compile_pipeline(tmp_path_factory.mktemp("ir") / "hmarl_pipeline.yaml"))
 
 
+def dags(spec: dict) -> dict[str, dict]:
+    """Every DAG of the spec: the root and each group (ParallelFor body, dsl.If branch) by component."""
+    return {"root": spec["root"]["dag"]} | {n: c["dag"] for n, c in spec["components"].items() if "dag" in c}
+
+
+def leaf_tasks(spec: dict) -> dict[str, tuple[str, dict]]:
+    """Executor tasks (not groups) wherever they sit: name -> (DAG holding it, task)."""
+    groups = dags(spec)
+    return {
+        name: (d, t)
+        for d, dag in groups.items()
+        for name, t in dag["tasks"].items()
+        if t["componentRef"]["name"] not in groups
+    }
+
+
+def wiring(spec: dict) -> dict[tuple[str, str], tuple[str, str]]:
+    """(task, input) -> (producing task, output) through loops and conditions, ('pipeline', parameter)
+    for pipeline parameters (a loop item: the parameter looped over), ('constant', value) for constants."""
+    groups = dags(spec)
+    owner = {t["componentRef"]["name"]: (d, t) for d, dag in groups.items() for t in dag["tasks"].values()}
+
+    def source(d: str, src: dict) -> tuple[str, str]:
+        if "runtimeValue" in src:
+            return ("constant", src["runtimeValue"]["constant"])
+        ref = src.get("taskOutputArtifact") or src.get("taskOutputParameter")
+        if ref:
+            key = ref.get("outputArtifactKey") or ref["outputParameterKey"]
+            comp = groups[d]["tasks"][ref["producerTask"]]["componentRef"]["name"]
+            if comp in groups:  # a loop's collected output: the subtask producing it
+                sel = groups[comp]["outputs"]["artifacts"][key]["artifactSelectors"][0]
+                return (sel["producerSubtask"], sel["outputArtifactKey"])
+            return (ref["producerTask"], key)
+        kind, name = (
+            ("artifacts", src["componentInputArtifact"])
+            if "componentInputArtifact" in src
+            else ("parameters", src["componentInputParameter"])
+        )
+        if d == "root":
+            return ("pipeline", name)
+        parent, group = owner[d]
+        if name == group.get("parameterIterator", {}).get("itemInput"):
+            name = group["parameterIterator"]["items"]["inputParameter"]
+        return source(parent, group["inputs"][kind][name])
+
+    return {
+        (task, name): source(d, src)
+        for task, (d, t) in leaf_tasks(spec).items()
+        for kind in ("artifacts", "parameters")
+        for name, src in t.get("inputs", {}).get(kind, {}).items()
+    }
+
+
 def executor_of(spec: dict, task: str) -> str:
-    comp = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
-    return spec["components"][comp]["executorLabel"]
+    _, t = leaf_tasks(spec)[task]
+    return spec["components"][t["componentRef"]["name"]]["executorLabel"]
+
+
+def component_of(spec: dict, task: str) -> dict:
+    return spec["components"][leaf_tasks(spec)[task][1]["componentRef"]["name"]]
 
 
 # --------------------------------------------------------------------------- compiled IR
-def test_dag_has_the_steps_and_their_dependency_edges(ir):
+def test_dag_wires_every_step_to_its_producers(ir):
     spec, _ = ir
-    tasks = spec["root"]["dag"]["tasks"]
-    assert {name: set(t.get("dependentTasks", [])) for name, t in tasks.items()} == {
-        "resolve-config": set(),
-        "ingest": {"resolve-config"},
-        "validate": {"resolve-config", "ingest"},
-        "features": {"resolve-config", "ingest", "validate"},
+    assert set(leaf_tasks(spec)) == {"resolve-config", *STEPS}
+    cfg, cfg_file = ("resolve-config", "Output"), ("resolve-config", "config_file")
+    store, sl = ("features", "store"), ("sl-cache", "cache")
+    encoder, symbols, master = (
+        ("pretrain-encoder", "encoder"),
+        ("train-symbols", "model"),
+        ("train-master", "model"),
+    )
+    ckpt = ("constant", CLUSTER.checkpoint_mount)
+    trained = {"store": store, "sl_cache": sl, "encoder": encoder}
+
+    def task(name: str, **inputs) -> dict:
+        return {(name, k): v for k, v in inputs.items()}
+
+    expected = {
+        **task("resolve-config", **{p: ("pipeline", p) for p in ("params_yaml", "profile", "overrides",
+                                                                 "data_uri", "mlflow_uri", "seeds", "folds")}),
+        **task("ingest", config=cfg),
+        **task("validate", config=cfg, canonical=("ingest", "canonical")),
+        **task("features", config=cfg, canonical=("ingest", "canonical"), validation=("validate", "report")),
+        **task("sl-cache", config=cfg, store=store),
+        **task("pretrain-encoder", config=cfg, checkpoint_root=ckpt, store=store, sl_cache=sl),
+        **task("train-symbols", config=cfg, checkpoint_root=ckpt, **trained),
+        **task("train-master", config=cfg, checkpoint_root=ckpt, symbols=symbols, **trained),
+        # the fan-outs: one task per item of the seeds / folds parameters
+        **task("stage5", config_file=cfg_file, seed=("pipeline", "seeds"), checkpoint_root=ckpt, **trained),
+        **task("walk-forward", config_file=cfg_file, fold=("pipeline", "folds"), checkpoint_root=ckpt,
+               symbols=symbols, master=master, **trained),
+        # the fan-in: every seed's run and every fold's evaluation
+        **task("gate", config=cfg, stage5=("stage5", "run"), walk_forward=("walk-forward", "evaluation")),
+        **task("promote", config=cfg, gate=("gate", "report"), walk_forward=("gate", "evaluations"),
+               symbols=symbols, master=master, **trained),
+    }  # fmt: skip
+    assert wiring(spec) == expected
+
+
+def test_fan_outs_collect_into_the_gate_and_promote_waits_for_go(ir):
+    spec, _ = ir
+    root = spec["root"]["dag"]["tasks"]
+    loops = {leaf_tasks(spec)[t][0]: t for t in ("stage5", "walk-forward")}  # loop component -> body task
+    for comp, body in loops.items():
+        loop = next(t for t in root.values() if t["componentRef"]["name"] == comp)
+        items = loop["parameterIterator"]["items"]["inputParameter"]
+        param = {"stage5": "seeds", "walk-forward": "folds"}[body]
+        assert loop["inputs"]["parameters"][items] == {"componentInputParameter": param}
+    gate_inputs = component_of(spec, "gate")["inputDefinitions"]["artifacts"]
+    assert gate_inputs["stage5"]["isArtifactList"] and gate_inputs["walk_forward"]["isArtifactList"]
+    loop_tasks = {name for name, t in root.items() if t["componentRef"]["name"] in loops}
+    assert len(loop_tasks) == 2 and loop_tasks <= set(root["gate"]["dependentTasks"])
+    # promote sits alone in a branch taken only when the gate's verdict is true
+    cond_dag, _ = leaf_tasks(spec)["promote"]
+    assert set(dags(spec)[cond_dag]["tasks"]) == {"promote"}
+    branch = next(t for t in root.values() if t["componentRef"]["name"] == cond_dag)
+    assert (
+        branch["triggerPolicy"]["condition"]
+        == "inputs.parameter_values['pipelinechannel--gate-Output'] == true"
+    )
+    assert branch["inputs"]["parameters"]["pipelinechannel--gate-Output"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output",
+        "producerTask": "gate",
     }
-    wiring = {
-        (task, name): (
-            src["taskOutputArtifact"]["producerTask"],
-            src["taskOutputArtifact"]["outputArtifactKey"],
-        )
-        for task, t in tasks.items()
-        for name, src in t.get("inputs", {}).get("artifacts", {}).items()
-    }
-    assert wiring == {
-        ("validate", "canonical"): ("ingest", "canonical"),
-        ("features", "canonical"): ("ingest", "canonical"),
-        ("features", "validation"): ("validate", "report"),
-    }
-    for step in DATA_STEPS:  # every step gets the one resolved config
-        source = tasks[step]["inputs"]["parameters"]["config"]["taskOutputParameter"]
-        assert source["producerTask"] == "resolve-config"
+    assert (
+        component_of(spec, "gate")["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "BOOLEAN"
+    )
+
+
+# extra artifacts of a component beyond the step's INPUTS / OUTPUTS: the loop tasks' config copy, the
+# gate's laid-out folds for promote, UI views, metrics
+EXTRA_INPUTS = {"stage5": {"config_file"}, "walk-forward": {"config_file"}}
+EXTRA_OUTPUTS = {"gate": {"evaluations"}}
 
 
 def test_components_have_typed_artifacts_matching_the_step_contract(ir):
     spec, _ = ir
-    for step in DATA_STEPS:
-        comp = spec["components"][spec["root"]["dag"]["tasks"][step]["componentRef"]["name"]]
+    for task, step in STEPS.items():
+        comp = component_of(spec, task)
         ins = {
             k: v["artifactType"]["schemaTitle"]
             for k, v in comp["inputDefinitions"].get("artifacts", {}).items()
@@ -96,24 +240,53 @@ def test_components_have_typed_artifacts_matching_the_step_contract(ir):
             k: v["artifactType"]["schemaTitle"] for k, v in comp["outputDefinitions"]["artifacts"].items()
         }
         mod = step_module(step)
-        assert ins == dict.fromkeys(mod.INPUTS, "system.Dataset"), step
-        data_outs = {k: v for k, v in outs.items() if v in ("system.Dataset", "system.Model")}
-        assert set(data_outs) == set(mod.OUTPUTS), step
-        assert outs["metrics"] == "system.Metrics", step
-        assert comp["inputDefinitions"]["parameters"]["config"]["parameterType"] == "STRING"
-    validate_outs = spec["components"]["comp-validate"]["outputDefinitions"]["artifacts"]
-    assert validate_outs["report_html"]["artifactType"]["schemaTitle"] == "system.HTML"
+        assert set(ins) == set(mod.INPUTS) | EXTRA_INPUTS.get(task, set()), task
+        assert set(ins.values()) <= {"system.Dataset", "system.Model", "system.Artifact"}, task
+        data_outs = {k for k, v in outs.items() if v in ("system.Dataset", "system.Model")}
+        assert data_outs == set(mod.OUTPUTS) | EXTRA_OUTPUTS.get(task, set()), task
+        assert outs["metrics"] == "system.Metrics", task
+        params = comp["inputDefinitions"]["parameters"]
+        assert "config" in params or "config_file" in ins, task
+    # trained things are Models, so the UI and lineage tell them from data
+    for task, name in (
+        ("train-symbols", "model"),
+        ("train-master", "model"),
+        ("pretrain-encoder", "encoder"),
+    ):
+        assert (
+            component_of(spec, task)["outputDefinitions"]["artifacts"][name]["artifactType"]["schemaTitle"]
+            == "system.Model"
+        )
+    assert (
+        component_of(spec, "stage5")["inputDefinitions"]["parameters"]["seed"]["parameterType"]
+        == "NUMBER_INTEGER"
+    )
+    assert (
+        component_of(spec, "walk-forward")["inputDefinitions"]["parameters"]["fold"]["parameterType"]
+        == "NUMBER_INTEGER"
+    )
+    views = {
+        (task, name): v["artifactType"]["schemaTitle"]
+        for task in ("validate", "gate")
+        for name, v in component_of(spec, task)["outputDefinitions"]["artifacts"].items()
+        if name.startswith("report_")
+    }
+    assert views == {
+        ("validate", "report_html"): "system.HTML",
+        ("gate", "report_html"): "system.HTML",
+        ("gate", "report_md"): "system.Markdown",
+    }
 
 
 def test_components_run_on_the_project_image_without_installs(ir):
     spec, _ = ir
     executors = spec["deploymentSpec"]["executors"]
-    assert set(executors) == {f"exec-{n}" for n in ("resolve-config", *DATA_STEPS)}
-    for name, ex in executors.items():
-        container = ex["container"]
-        assert container["image"] == IMAGE, name
+    assert len(executors) == len(STEPS) + 1  # + resolve-config
+    for task in ("resolve-config", *STEPS):
+        container = executors[executor_of(spec, task)]["container"]
+        assert container["image"] == (GPU_IMAGE if task in TRAINING else IMAGE), task
         command = " ".join(container["command"])
-        assert "pip install" not in command and "from hmarl.kfp_glue import" in command, name
+        assert "pip install" not in command and "from hmarl.kfp_glue import" in command, task
 
 
 def env_sources(k8s: dict) -> dict[str, tuple[str, str, bool]]:
@@ -141,27 +314,73 @@ MLFLOW_AUTH_ENV = {
 }
 
 
-def test_data_steps_are_cached_with_requests_and_object_store_env(ir):
+def caching(spec: dict) -> dict[str, bool]:
+    return {
+        task: t.get("cachingOptions", {}).get("enableCache", False)
+        for task, (_, t) in leaf_tasks(spec).items()
+    }
+
+
+def test_data_steps_are_cached_on_cpu_nodes_with_object_store_env(ir):
     spec, platform = ir
-    tasks = spec["root"]["dag"]["tasks"]
-    caching = {name: t["cachingOptions"].get("enableCache", False) for name, t in tasks.items()}
-    assert caching == {"resolve-config": False, **dict.fromkeys(DATA_STEPS, True)}
-    for step in DATA_STEPS:
-        exe = executor_of(spec, step)
+    assert caching(spec) == {
+        "resolve-config": False,
+        **dict.fromkeys(CACHED, True),
+        **dict.fromkeys(TRAINING, False),
+        "promote": False,
+    }
+    for task in (*CACHED, "promote"):
+        exe = executor_of(spec, task)
         res = spec["deploymentSpec"]["executors"][exe]["container"]["resources"]
         assert res["resourceCpuRequest"] == CLUSTER.data_resources.cpu
         assert res["resourceMemoryRequest"] == CLUSTER.data_resources.memory
         assert res["resourceMemoryLimit"] == CLUSTER.data_resources.memory_limit
         assert "accelerator" not in res
         k8s = platform[exe]
-        assert "nodeSelector" not in k8s and "tolerations" not in k8s  # CPU nodes
+        assert "nodeSelector" not in k8s and "tolerations" not in k8s and "pvcMount" not in k8s  # CPU nodes
         assert k8s["securityContext"] == NON_ROOT
-        assert env_sources(k8s) == OBJECT_STORE_ENV
+        # steps logging to MLflow (sl_cache, gate) or registering (promote) also get its credentials
+        tracked = task in ("sl-cache", "gate", "promote")
+        assert env_sources(k8s) == (OBJECT_STORE_ENV | MLFLOW_AUTH_ENV if tracked else OBJECT_STORE_ENV), task
     # the cluster's tracking server (when a run names none) is read once, by resolve-config
     config_k8s = platform[executor_of(spec, "resolve-config")]
     assert env_sources(config_k8s) == {
         "MLFLOW_TRACKING_URI": ("hmarl-pipeline-env", "MLFLOW_TRACKING_URI", True)
     }
+
+
+def test_training_tasks_run_on_the_gpu_pool_and_resume_after_preemption(ir):
+    spec, platform = ir
+    pool = CLUSTER.gpu_pool
+    for task in TRAINING:
+        _, t = leaf_tasks(spec)[task]
+        assert t["retryPolicy"] == {
+            "maxRetryCount": CLUSTER.retry.num_retries,
+            "backoffDuration": CLUSTER.retry.backoff_duration,
+            "backoffFactor": CLUSTER.retry.backoff_factor,
+            "backoffMaxDuration": CLUSTER.retry.backoff_max_duration,
+        }, task
+        exe = executor_of(spec, task)
+        res = spec["deploymentSpec"]["executors"][exe]["container"]["resources"]
+        accelerator = res["accelerator"]
+        assert accelerator["resourceType"] == pool.accelerator, task
+        assert accelerator["resourceCount"] == str(pool.gpus_per_task), task
+        assert res["resourceCpuRequest"] == CLUSTER.training_resources.cpu
+        assert res["resourceMemoryRequest"] == CLUSTER.training_resources.memory
+        k8s = platform[exe]
+        assert k8s["nodeSelector"]["labels"] == {pool.node_selector_key: pool.node_selector_value}, task
+        assert k8s["tolerations"] == [
+            {"key": pool.toleration_key, "operator": "Exists", "effect": pool.toleration_effect}
+        ], task
+        (mount,) = k8s["pvcMount"]
+        assert mount["mountPath"] == CLUSTER.checkpoint_mount
+        assert mount["pvcNameParameter"]["runtimeValue"]["constant"] == CLUSTER.checkpoint_pvc
+        # ... and the task is told where: its checkpoints go under the mount (see training_overrides)
+        assert wiring(spec)[(task, "checkpoint_root")] == ("constant", CLUSTER.checkpoint_mount)
+        assert env_sources(k8s) == {**OBJECT_STORE_ENV, **MLFLOW_AUTH_ENV}
+        assert k8s["securityContext"] == NON_ROOT
+    for task in ("resolve-config", *CACHED, "promote"):  # nothing else retries or asks for GPUs
+        assert "retryPolicy" not in leaf_tasks(spec)[task][1], task
 
 
 def test_ir_carries_the_pipeline_parameters(ir):
@@ -175,12 +394,16 @@ def test_ir_carries_the_pipeline_parameters(ir):
         "data_uri": "STRING",
         "mlflow_uri": "STRING",
         "seeds": "LIST",
+        "folds": "LIST",
     }
     assert all(p["isOptional"] for p in params.values())
     # self-contained: the compile-time params.yaml, one line (a newline would break the IR header)
     default = params["params_yaml"]["defaultValue"]
-    assert "\n" not in default and yaml.safe_load(default) == yaml.safe_load(PARAMS_TEXT)
-    assert [int(s) for s in params["seeds"]["defaultValue"]] == [42, 1337, 9001]
+    params_file = yaml.safe_load(PARAMS_TEXT)
+    assert "\n" not in default and yaml.safe_load(default) == params_file
+    # the fan-outs default to the params' seeds and folds
+    assert [int(s) for s in params["seeds"]["defaultValue"]] == params_file["stage5"]["seeds"]
+    assert [int(k) for k in params["folds"]["defaultValue"]] == params_file["walk_forward"]["folds"]
     assert params["overrides"]["defaultValue"] == [] and params["data_uri"]["defaultValue"] == ""
 
 
@@ -281,7 +504,7 @@ def test_pipeline_parameters_resolve_with_the_documented_precedence():
     text = resolve_config(
         PARAMS_TEXT,
         profile="full",
-        overrides=["splits.n_folds=4"],
+        overrides=["splits.n_folds=4", "walk_forward.folds=[0,1,2,3]"],
         data_uri="on",  # YAML 1.1 would read a bare `on` as True: it must stay the string
         mlflow_uri="http://mlflow.hmarl:5000",
     )
@@ -314,11 +537,24 @@ def test_pipeline_parameters_resolve_with_the_documented_precedence():
         ({"profile": "huge"}, "unknown profile 'huge'"),
         ({"overrides": "seed=3"}, "overrides"),
         ({"overrides": [3]}, "overrides"),
+        ({"seeds": [1, 2.5]}, "seeds: 2.5 is not an integer"),
+        ({"folds": []}, "folds: expected a non-empty list"),
+        # the fan-outs must be what the gate demands: every fold, the seeds the config names
+        ({"folds": [0, 1]}, r"walk_forward.folds \[0, 1\]: the gate needs every fold of splits.n_folds=3"),
+        ({"profile": "full", "folds": [0, 1, 2]}, r"splits.n_folds=5, i.e. \[0, 1, 2, 3, 4\]"),
+        ({"seeds": [1], "overrides": ["stage5.seeds=[2]"]}, r"seeds \[1\] \(the stage5 fan-out\) differ"),
     ],
 )
 def test_bad_parameters_fail_naming_the_key(kwargs, named):
     with pytest.raises(ConfigError, match=named):
         resolve_config(PARAMS_TEXT, **kwargs)
+
+
+def test_fan_out_parameters_become_the_config_the_gate_checks():
+    cfg = load_config(resolve_config(PARAMS_TEXT, seeds=[7.0, 8.0], folds=[1.0, 0.0, 2.0]))
+    assert cfg.stage5.seeds == [7, 8] and cfg.walk_forward.folds == [1, 0, 2]  # KFP may send floats
+    full = load_config(resolve_config(PARAMS_TEXT, profile="full", folds=[0, 1, 2, 3, 4]))
+    assert full.walk_forward.folds == [0, 1, 2, 3, 4] and full.splits.n_folds == 5
 
 
 def test_emit_metrics_logs_to_the_kfp_artifact(tmp_path):
@@ -341,6 +577,49 @@ def test_run_step_maps_artifacts_onto_the_step_runner(tmp_path):
             pd.read_parquet(Path(canonical.path) / name),
             pd.read_parquet(tmp_path / "cli" / "canonical" / name),
         )
+
+
+def test_fan_out_outputs_are_laid_out_by_name_for_the_gate(tmp_path):
+    runs = [Dataset(name="run", uri=str(tmp_path / f"iteration-{i}" / "run")) for i in range(3)]
+    for art, seed in zip(runs, (9001, 42, 1337), strict=True):
+        out = nested(art, f"seed_{seed}")
+        out.mkdir()
+        (out / "values.json").write_text(json.dumps({"seed": seed}))
+    laid = gather(runs, tmp_path / "stage5")
+    assert sorted(p.name for p in laid.iterdir()) == ["seed_1337", "seed_42", "seed_9001"]
+    assert json.loads((laid / "seed_42" / "values.json").read_text()) == {"seed": 42}
+    # a seed produced twice (or an iteration that wrote nothing) is an error, not a silent overwrite
+    with pytest.raises(StepError, match="'seed_42' produced twice"):
+        gather([runs[1], runs[1]], tmp_path / "twice")
+    empty = Dataset(name="run", uri=str(tmp_path / "empty"))
+    with pytest.raises(StepError, match="empty"):
+        gather([empty], tmp_path / "none")
+
+
+def test_training_overrides_put_checkpoints_on_the_mount_and_a_process_on_each_gpu(tmp_path):
+    cfg = load_config(resolve_config(PARAMS_TEXT))
+    mount = tmp_path / "checkpoints"
+    assert training_overrides(cfg, str(mount), gpus=1) == []  # not mounted (run-local): params' folders
+    mount.mkdir()
+    moved = load_config(resolve_config(PARAMS_TEXT), training_overrides(cfg, str(mount), gpus=8))
+    assert moved.ppo.checkpoint_dir == str(mount / cfg.ppo.checkpoint_dir)
+    assert moved.master.checkpoint_dir == str(mount / cfg.master.checkpoint_dir)
+    assert moved.ppo.world_size == 8  # one DDP process per GPU of the node
+    # what is trained is unchanged: the resume key ignores where checkpoints live
+    assert moved.model_copy(update={"ppo": cfg.ppo, "master": cfg.master}) == cfg
+    # an explicit world size or an absolute checkpoint folder is left alone
+    pinned = load_config(
+        resolve_config(PARAMS_TEXT, overrides=["ppo.world_size=2", "ppo.checkpoint_dir=/ck"])
+    )
+    assert training_overrides(pinned, str(mount), gpus=8) == [
+        f"master.checkpoint_dir={json.dumps(str(mount / cfg.master.checkpoint_dir))}"
+    ] + (["master.world_size=8"] if getattr(cfg.master, "world_size", None) == 1 else [])
+
+
+def test_gate_verdict_is_the_go_metric():
+    assert verdict({"go": 1.0, "sharpe": 0.3}) is True and verdict({"go": 0.0}) is False
+    with pytest.raises(StepError, match="no 'go'"):
+        verdict({"sharpe": 0.3})
 
 
 # --------------------------------------------------------------------------- submit / schedule
@@ -398,7 +677,7 @@ def test_submit_sends_the_compiled_pipeline_and_arguments(kfp_api, capsys):
     rc = cli.main(
         ["pipeline", "submit", "--host", host, "--experiment", "nightly", "--run-name", "r1",
          "--profile", "full", "--data-uri", "s3://bars/us.parquet", "--set", "splits.n_folds=4",
-         "--seeds", "1,2"]
+         "--seeds", "1,2", "--folds", "0,1,2,3"]
     )  # fmt: skip
     assert rc == 0 and "submitted run run-1" in capsys.readouterr().out
     assert {auth for *_, auth in requests} == {None}  # no token outside a pod
@@ -410,14 +689,25 @@ def test_submit_sends_the_compiled_pipeline_and_arguments(kfp_api, capsys):
         "data_uri": "s3://bars/us.parquet",
         "overrides": ["splits.n_folds=4"],
         "seeds": [1, 2],
+        "folds": [0, 1, 2, 3],
     }
     spec = run["pipeline_spec"]["pipeline_spec"]
     assert spec["pipelineInfo"]["name"] == "hmarl"
-    assert set(spec["root"]["dag"]["tasks"]) == {"resolve-config", *DATA_STEPS}
+    assert set(leaf_tasks(spec)) == {"resolve-config", *STEPS}
     executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"][
         "executors"
     ]
     assert env_sources(executors["exec-ingest"]) == OBJECT_STORE_ENV
+
+
+def test_fan_outs_follow_the_config_unless_given():
+    defaults = ir_defaults(COMMITTED_IR)
+    # the full profile's five folds come along; the smoke defaults are not repeated
+    assert check_arguments({"profile": "full"}, defaults) == {"profile": "full", "folds": [0, 1, 2, 3, 4]}
+    assert check_arguments({}, defaults) == {}
+    assert check_arguments({"overrides": ["stage5.seeds=[5]"]}, defaults)["seeds"] == [5]
+    with pytest.raises(ConfigError, match="splits.n_folds=4"):
+        check_arguments({"overrides": ["splits.n_folds=4"]}, defaults)
 
 
 def test_submit_from_a_pod_authenticates_with_the_service_account_token(kfp_api, tmp_path, monkeypatch):
@@ -435,6 +725,7 @@ def test_submit_from_a_pod_authenticates_with_the_service_account_token(kfp_api,
         (["--set", "splits.nfolds=4"], "splits.nfolds: unknown key"),
         (["--params", "missing.yaml"], "--params missing.yaml: file not found"),
         (["--seeds", "a,b"], "--seeds 'a,b': expected comma-separated integers"),
+        (["--folds", "0,1"], "walk_forward.folds [0, 1]: the gate needs every fold"),
     ],
 )
 def test_submit_refuses_bad_arguments_before_contacting_the_cluster(kfp_api, capsys, args, named):
@@ -468,10 +759,26 @@ def test_cron_expressions():
 
 
 # --------------------------------------------------------------------------- local runs of the DAG
+@dsl.pipeline(name="hmarl-data")
+def data_pipeline(config: str):
+    """The DAG's data front (the same components and task settings): the fast local run."""
+    ingested = data_step(ingest(config=config))
+    validated = data_step(validate(config=config, canonical=ingested.outputs["canonical"]))
+    data_step(
+        features(
+            config=config, canonical=ingested.outputs["canonical"], validation=validated.outputs["report"]
+        )
+    )
+
+
 @pytest.mark.integration
-def test_run_local_executes_the_dag_end_to_end(tmp_path):
-    run = run_local({"overrides": SMALL}, tmp_path / "kfp", cache=True)
-    assert run.cached == [] and set(run.outputs) >= set(DATA_STEPS)
+def test_data_components_run_locally_and_cache(tmp_path):
+    cfg = resolve_config(PARAMS_TEXT, overrides=SMALL)
+    with local_session(tmp_path / "outputs", tmp_path / "cache", cache=True):
+        data_pipeline(config=cfg)
+    (run_dir,) = (tmp_path / "outputs").iterdir()
+    run = read_local_run(run_dir)
+    assert set(run.outputs) == set(DATA_STEPS)
     store = FeatureStore.load(run.outputs["features"]["store"])
     assert store.num_symbols == 6 and store.num_bars == 1200
     assert np.isfinite(store.features).all() and store.tradable.any()
@@ -479,13 +786,94 @@ def test_run_local_executes_the_dag_end_to_end(tmp_path):
     assert run.metrics["validate"]["success"] == 1.0 and run.metrics["validate"]["expectations_failed"] == 0.0
     assert run.metrics["features"]["bars"] == store.num_bars and run.metrics["features"]["nonfinite"] == 0.0
     assert "<html" in run.outputs["validate"]["report_html"].read_text().lower()
-    resolved = yaml.safe_load(run.output_parameters["resolve-config"]["Output"])
-    assert resolved["synthetic"]["num_symbols"] == 8 and resolved["profile"] == "smoke"
+    # the same config again: every data task is a cache hit, nothing executes
+    with local_session(tmp_path / "outputs", tmp_path / "cache", cache=True):
+        data_pipeline(config=cfg)
+    assert len(list((tmp_path / "outputs").iterdir())) == 1
 
-    # unchanged parameters: every task is a cache hit (data steps are cached), nothing re-executes
-    # (resolve-config is never cached, it reads MLFLOW_TRACKING_URI; its unchanged text still hits)
-    again = run_local({"overrides": SMALL}, tmp_path / "kfp", cache=True)
-    assert again.cached == sorted(DATA_STEPS) and set(again.output_parameters) == {"resolve-config"}
+
+# a pipeline small enough for a laptop: 5 symbols x 420 bars, 2 folds, 2 seeds, a few hundred env steps
+TINY = [
+    *(
+        "synthetic.num_symbols=6",
+        "universe.top_n=5",
+        "synthetic.num_bars=420",
+        "universe.dollar_volume_window=60",
+    ),
+    *("splits.n_folds=2", "splits.train_bars=150", "splits.val_bars=40", "splits.test_bars=50"),
+    *("stage5.total_steps=256", "env.num_envs=4", "ppo.num_steps=32", "ppo.total_steps=256"),
+    *("master.total_steps=128", "master.num_steps=32", "sl.max_epochs=1", "agent.warm_start_steps=10"),
+    *("encoder.epochs=1", "encoder.d_model=16", "encoder.embed_dim=32", "encoder.max_bars_per_epoch=16"),
+    *("encoder.branches={transformer: true, lstm: false, cnn: false, graph: false}", "encoder.scales=[1]"),
+    *("encoder.probe_l2=[1.0]", "encoder.attribution_bars=2", "encoder.probe_max_samples=500"),
+    "ppo.progress=false",
+]
+ALL_TIERS_ADVISORY = (
+    "gate.tiers={learning: false, master: false, stage5: false, stability: false, strategic: false}"
+)
+
+
+def tiny_run(tmp_path: Path, *extra: str) -> tuple[LocalRun, Path]:
+    """The whole DAG, locally, on the TINY config; MLflow, TensorBoard and checkpoints under tmp_path."""
+    local_files = [
+        f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlruns.db",
+        f"tracking.artifact_root={tmp_path}/mlartifacts",
+        f"tracking.tensorboard_dir={tmp_path}/runs",
+        f"ppo.checkpoint_dir={tmp_path}/checkpoints/symbols",
+        f"master.checkpoint_dir={tmp_path}/checkpoints/master",
+    ]
+    args = {"overrides": [*TINY, *local_files, *extra], "seeds": [1, 2], "folds": [0, 1]}
+    run = run_local(args, tmp_path / "kfp")
+    return run, tmp_path / "mlruns.db"
+
+
+def check_data_in_verdict_out(run: LocalRun) -> dict:
+    """The run went from bars to a gate verdict over both seeds and both folds; returns gate.json."""
+    executed = {"resolve-config", "ingest", "validate", "features", "sl-cache", "pretrain-encoder",
+                "train-symbols", "train-master", "stage5[0]", "stage5[1]", "walk-forward[0]", "walk-forward[1]",
+                "gate"}  # fmt: skip
+    assert executed <= set(run.outputs)
+    assert run.metrics["ingest"]["symbols"] == 5.0
+    seeds = sorted(p.name for t in ("stage5[0]", "stage5[1]") for p in run.outputs[t]["run"].iterdir())
+    assert seeds == ["seed_1", "seed_2"]
+    report = run.outputs["gate"]["report"]
+    gate_json = json.loads((report / "gate.json").read_text())
+    go = run.output_parameters["gate"]["Output"]
+    assert go is gate_json["go"] and run.metrics["gate"]["go"] == float(go)  # one verdict, three views
+    assert run.metrics["gate"]["n_seeds"] == 2.0 and run.metrics["gate"]["n_folds"] == 2.0
+    assert sorted(p.name for p in run.outputs["gate"]["evaluations"].iterdir()) == ["fold_0", "fold_1"]
+    assert run.outputs["gate"]["report_html"].read_text() == (report / "report.html").read_text()
+    assert run.outputs["gate"]["report_md"].read_text() == (report / "report.md").read_text()
+    return gate_json
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_run_local_end_to_end_gate_verdict_decides_promotion(tmp_path):
+    run, _ = tiny_run(tmp_path)
+    gate_json = check_data_in_verdict_out(run)
+    # a few hundred env steps cannot pass the blocking criteria: no-go, and promote never runs
+    assert gate_json["go"] is False and gate_json["failing"]
+    assert "promote" not in run.outputs
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_run_local_end_to_end_promotes_on_go(tmp_path):
+    run, mlruns = tiny_run(tmp_path, ALL_TIERS_ADVISORY)  # every criterion reported, none blocking
+    gate_json = check_data_in_verdict_out(run)
+    assert gate_json["go"] is True
+    decision = json.loads((run.outputs["promote"]["decision"] / "decision.json").read_text())
+    assert decision["gate"]["decision"] == "go" and decision["decision"] == "promoted"
+    assert decision["periods"] == ["fold_0", "fold_1"]  # judged on the folds the gate laid out
+    assert run.metrics["promote"]["promoted"] == 1.0
+    # promotion out: the registry's champion is the version the task registered
+    from mlflow import MlflowClient
+
+    champion = MlflowClient(tracking_uri=f"sqlite:///{mlruns}").get_model_version_by_alias(
+        "hmarl", "champion"
+    )
+    assert str(champion.version) == decision["version"]
 
 
 @pytest.mark.integration
@@ -506,6 +894,16 @@ def test_run_local_stops_at_a_failed_validation(tmp_path, capsys):
     assert not (run_dir / "validate" / "report").exists()  # all-or-nothing: no passed report
     assert not (run_dir / "features").exists()  # the run stopped before features
     assert "return_outliers" in (run_dir / "validate" / "report.failed" / "report.html").read_text()
+
+
+def test_run_local_runs_without_retry_backoff():
+    spec = pipeline_module().hmarl_pipeline.pipeline_spec
+    assert (
+        leaf_tasks(json_format.MessageToDict(spec))["train-symbols"][1]["retryPolicy"]["maxRetryCount"] == 3
+    )
+    local_spec = json_format.MessageToDict(without_retries(spec))
+    assert all("retryPolicy" not in t for _, t in leaf_tasks(local_spec).values())
+    assert set(leaf_tasks(local_spec)) == set(leaf_tasks(json_format.MessageToDict(spec)))
 
 
 def test_run_local_rejects_bad_parameters_before_running(tmp_path):

@@ -4,6 +4,7 @@ divergence guards (last good checkpoint kept), bad inputs and the telemetry name
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hmarl.io import read_json, write_json
 from hmarl.learners.checkpoint import CheckpointStore
 from hmarl.learners.master_trainer import MasterDivergence, train
 from hmarl.steps.runner import execute
-from hmarl.steps.train_master import load_inputs
+from hmarl.steps.train_master import load_inputs, run_key
 
 sys.path.insert(0, str(Path(__file__).parent))
 from symbol_fixtures import AGENT, TINY, build_upstream, market_config  # noqa: E402
@@ -261,3 +262,103 @@ def test_tensorboard_and_mlflow_get_master_charts_and_the_directive_histogram(up
     (run,) = client.search_runs([client.get_experiment_by_name("hmarl").experiment_id])
     assert "charts/master_reward_mean" in run.data.metrics and "final/drawdown_reduction" in run.data.metrics
     assert "master/master.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "master")}
+
+
+# --------------------------------------------------------------------------- alternating rounds, DDP
+ROUND = [
+    "master.alternating_rounds=1",
+    "master.finetune_symbol_steps=32",
+    "master.finetune_master_steps=32",
+    "master.checkpoint_every=1",
+    "ppo.checkpoint_every=1",  # the symbol fine-tuning's checkpoints
+]
+
+
+def symbol_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_symbol_trainer_applies_a_director_where_the_master_is_due(upstream, tmp_path):
+    from hmarl.learners.distributed import DistInfo
+    from hmarl.learners.symbol_trainer import train as train_symbols
+
+    cfg, data, agent = load_inputs(
+        config(tmp_path, "ppo.total_steps=16"), {k: Path(v) for k, v in upstream.items()}
+    )
+    init = agent.state_dict()
+    chosen = 0  # the most restrictive directive: risk 0.5, cap 0.01, defensive
+
+    def directed(agent, tables, gen):
+        return lambda obs: torch.full((obs.bar.shape[0],), chosen, dtype=torch.long)
+
+    train_symbols(cfg, data, DistInfo(), tmp_path / "directed", init_state=init, directed=directed)
+    train_symbols(cfg, data, DistInfo(), tmp_path / "plain", init_state=init)
+    env_directed = CheckpointStore(tmp_path / "directed").load_latest()["env"]
+    env_plain = CheckpointStore(tmp_path / "plain").load_latest()["env"]
+    assert (env_directed["directive"] == chosen).all()
+    assert (env_plain["directive"] != chosen).all()  # the env's default directive otherwise
+
+
+def test_alternating_round_writes_fine_tuned_agents_and_resumes_mid_round(upstream, tmp_path):
+    metrics, full = train_step(upstream, tmp_path, *ROUND, out="full")
+    agent, meta = load_agent(full / "symbols" / "agent.pt")  # train_symbols' format
+    given = symbol_weights(Path(upstream["symbols"]) / "agent.pt")
+    tuned = symbol_weights(full / "symbols" / "agent.pt")
+    assert same(agent.state_dict(), tuned) and not same(given, tuned)
+    _, given_meta = load_agent(Path(upstream["symbols"]) / "agent.pt")
+    for key in ("fingerprint", "symbols", "fold", "feature_names"):
+        assert meta[key] == given_meta[key]
+    # the fine-tuned agents are the symbol agents of this master: train_master accepts them as input
+    load_inputs(config(tmp_path), {**{k: Path(v) for k, v in upstream.items()}, "symbols": full / "symbols"})
+    tele = read_json(full / "telemetry.json")
+    assert [r["round"] for r in tele["series"]] == [0.0] * 4 + [1.0] * 2
+    assert len(read_json(full / "symbols" / "telemetry.json")["series"]) == 2
+    ev = read_json(full / "evaluation.json")
+    assert {"master", "neutral", "neutral_pretrained"} <= ev.keys()
+    assert metrics["alternating_rounds"] == 1.0 and metrics["symbol_finetune_env_steps"] == 32
+    assert metrics["env_steps"] == 64 + 32 and metrics["updates"] == 6
+    # the rounds are part of the run key
+    (run_dir,) = list((tmp_path / "mck").iterdir())
+    cfg, data, _ = load_inputs(config(tmp_path), {k: Path(v) for k, v in upstream.items()})
+    assert (
+        read_json(full / "manifest.json")["run_key"]
+        == run_dir.name
+        != run_key(cfg, data, Path(upstream["symbols"]))
+    )
+
+    # killed during the round's symbol fine-tuning: its first update stands, the round's master never ran
+    store = CheckpointStore(run_dir / "round_1" / "symbols")
+    assert store.latest_update() == 2
+    write_json(store.root / "latest.json", {"update": 1})
+    shutil.rmtree(run_dir / "round_1" / "master")
+    metrics, resumed = train_step(upstream, tmp_path, *ROUND, out="resumed")
+    assert metrics["resumed"] == 1.0
+    assert same(master_weights(full), master_weights(resumed))
+    assert same(tuned, symbol_weights(resumed / "symbols" / "agent.pt"))
+    assert series(full) == series(resumed)
+
+
+def test_ddp_on_two_gloo_processes_keeps_master_replicas_identical(upstream, tmp_path):
+    metrics, out = train_step(upstream, tmp_path, "master.world_size=2", "device=cpu", *ROUND)
+    assert metrics["env_steps"] == 96 and read_json(out / "manifest.json")["world_size"] == 2
+    (run_dir,) = list((tmp_path / "mck").iterdir())
+    for phase, update, key in (
+        ("", 4, "master"),
+        ("round_1/symbols", 2, "agent"),
+        ("round_1/master", 2, "master"),
+    ):
+        folder = run_dir / phase / f"update_{update:07d}"
+        ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+        assert same(ranks[0][key], ranks[1][key]), phase  # replicas identical after training
+        # each rank stepped its own envs (its own seed)
+        assert not torch.equal(ranks[0]["env"]["_account"], ranks[1]["env"]["_account"]), phase
+    final = torch.load(folder / "rank0.pt", weights_only=True)["master"]
+    assert same(final, master_weights(out))
+    # and training moves the shared weights
+    before = torch.load(run_dir / "update_0000003" / "rank0.pt", weights_only=True)["master"]
+    after = torch.load(run_dir / "update_0000004" / "rank0.pt", weights_only=True)["master"]
+    assert not same(before, after)

@@ -112,7 +112,7 @@ def test_missing_sections_say_so():
         )
     )
     assert text.count("src='data:image/png") == 2  # only equity and drawdowns
-    assert text.count("not available") == 6 and "<h2>Gate</h2>" not in text
+    assert text.count("not available") == 7 and "<h2>Gate</h2>" not in text  # + stress windows
 
 
 def test_markdown_summary():

@@ -147,6 +147,26 @@ def test_regime_mode_crashes_produce_large_drawdowns():
     assert crash[max(0, trough - 5) : trough + 1].any()
 
 
+def test_planted_alpha_with_crashes_keeps_its_signal():
+    """``crashes: true``: crash regimes on top of the planted signal (both hierarchy levels have work)."""
+    c = cfg(
+        mode="planted_alpha", crashes=True, crash_prob=0.01, ic=0.2, num_symbols=30, num_bars=1500, seed=5
+    )
+    m = simulate(c)
+    assert (m.regime == CRASH).sum() >= 10
+    assert m.loading > 0
+    plain = simulate(cfg(mode="planted_alpha", ic=0.2, num_symbols=30, num_bars=1500, seed=5))
+    assert not (plain.regime == CRASH).any()
+    assert (
+        max_drawdown(m.benchmark["close"].to_numpy())
+        > max_drawdown(plain.benchmark["close"].to_numpy()) + 0.1
+    )
+    close = m.bars.pivot(index="timestamp", columns="symbol", values="close").to_numpy()
+    nxt = np.diff(np.log(close), axis=0)
+    ic, se = pooled_ic(m.signal[:-1], nxt)
+    assert ic > 0.2 - 4 * se
+
+
 @pytest.mark.parametrize(("freq", "per_day"), [("1h", 7), ("5min", 78)])
 def test_intraday_bars_inside_the_new_york_session(freq, per_day):
     m = simulate(cfg(freq=freq, num_symbols=5, num_bars=per_day * 20))

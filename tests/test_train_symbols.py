@@ -226,6 +226,25 @@ def test_ddp_on_two_gloo_processes_keeps_replicas_identical_and_learns(upstream,
     assert read_json(out / "telemetry.json")["world_size"] == 2
 
 
+def test_torchrun_ranks_join_one_job_and_only_rank_0_writes(upstream, tmp_path):
+    """The multi-node path (manifests/training/pytorchjob.yaml): torchrun starts every rank with the same
+    ``hmarl step`` command; they train as one DDP job and only rank 0 writes the step's outputs."""
+    ckpt, out = tmp_path / "ck", tmp_path / "out"
+    args = _cli(tmp_path, upstream, out, ckpt, ["device=cpu"])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*torchrun, *args[1:]], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_json(out / "telemetry.json")["world_size"] == 2  # torchrun's count wins over ppo.world_size
+    key = read_json(out / "manifest.json")["run_key"]
+    root = ckpt / key
+    final = CheckpointStore(root).latest_update()
+    ranks = [torch.load(root / f"update_{final:07d}" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert same_weights(ranks[0]["agent"], ranks[1]["agent"])
+    assert same_weights(ranks[0]["agent"], weights(out))
+    assert not torch.equal(ranks[0]["env"]["_account"], ranks[1]["env"]["_account"])
+
+
 def test_bf16_autocast_is_a_no_op_on_cpu(upstream, tmp_path):
     _, plain = train(upstream, tmp_path / "plain")
     _, bf16 = train(upstream, tmp_path / "bf16", "ppo.bf16=true", "device=cpu")

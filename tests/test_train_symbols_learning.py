@@ -27,8 +27,8 @@ import pytest
 import torch
 
 from hmarl.agents.data import load_training_data
+from hmarl.evaluation.backtest import backtest, oracle_policy
 from hmarl.io import read_json
-from hmarl.learners.evaluate import backtest, oracle_policy
 from hmarl.steps.runner import execute
 
 sys.path.insert(0, str(Path(__file__).parent))

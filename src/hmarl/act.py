@@ -11,14 +11,16 @@ A bundle is a folder holding the pipeline's outputs under their step output name
 or a registry URI ``models:/<name>@<alias>`` whose artifact is such a folder. ``--data`` is a canonical bar
 folder (the ingest step's output format) with enough history for the feature windows (``features.window``
 bars past the ``features.warmup_bars``). Features of the history are computed with the pipeline's own code
-and normalized with the model fold's train statistics; the decision is for the newest bar, for a flat
-account holding ``env.initial_cash`` (positions are not an input yet). Data whose symbols, feature list or
+and normalized with the model fold's train statistics; the decision is for the newest bar, for the
+account in ``--positions`` (:mod:`hmarl.positions`; default a flat account holding ``env.initial_cash``),
+by a warm :class:`hmarl.decider.Decider` (a desk keeps one across bars). Data whose symbols, feature list or
 regime features differ from the model's is refused, naming the difference.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import tempfile
@@ -37,18 +39,19 @@ from hmarl.agents.saved_master import load_master
 from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig, build_config
 from hmarl.data.canonical import read_canonical
-from hmarl.data.features import FEATURE_NAMES, compute_features
-from hmarl.data.regime import REGIME_NAMES, compute_regime, exogenous_regime
+from hmarl.data.features import FEATURE_NAMES
+from hmarl.data.store import FeatureStore
+from hmarl.decider import Decider, newest_bar, orders, set_account
 from hmarl.encoders.model import load_encoder
-from hmarl.env.actions import ACTION_NAMES, decode_directive, order_table
 from hmarl.env.market import MarketData
 from hmarl.env.vec_env import MarketEnv
 from hmarl.errors import DataError
 from hmarl.io import atomic_path, read_json
+from hmarl.positions import Account, read_positions
 from hmarl.sl.calibration import calibrated_probs
-from hmarl.sl.inputs import CLIP, feature_mismatch
+from hmarl.sl.inputs import feature_mismatch, model_inputs
 from hmarl.sl.models import load_checkpoint
-from hmarl.steps.features import Market, market_from_canonical
+from hmarl.steps.features import Market, market_features, market_from_canonical
 
 PARTS = ("features", "sl_cache", "encoder", "symbols", "master")
 ORDER_FIELDS = ("symbol", "action", "probability", "buy_notional", "sell_fraction", "allowed", "directive")
@@ -130,26 +133,61 @@ def load_bundle(folder: str | Path) -> Bundle:
 
 
 # --------------------------------------------------------------------------- checks and inputs
-def check_data(bundle: Bundle, market: Market, regime_names: list[str], where: str) -> None:
-    if market.symbols != bundle.symbols:
-        missing = [s for s in bundle.symbols if s not in market.symbols]
-        extra = [s for s in market.symbols if s not in bundle.symbols]
+def check_data(bundle: Bundle, store: FeatureStore, where: str) -> None:
+    """DataError naming how ``store`` (features of the data given) differs from what the model knows."""
+    if store.symbols != bundle.symbols:
+        missing = [s for s in bundle.symbols if s not in store.symbols]
+        extra = [s for s in store.symbols if s not in bundle.symbols]
         what = f"missing {missing}, unexpected {extra}" if missing or extra else "same symbols, another order"
         raise DataError(f"{where}: symbols differ from the model's ({what})")
-    if list(FEATURE_NAMES) != bundle.feature_names:
+    if store.feature_names != bundle.feature_names:
         raise DataError(
-            f"{where}: {feature_mismatch(list(FEATURE_NAMES), bundle.feature_names, 'data', 'model')}"
+            f"{where}: {feature_mismatch(store.feature_names, bundle.feature_names, 'data', 'model')}"
         )
-    if regime_names != bundle.regime_names:
+    if store.regime_names != bundle.regime_names:
         raise DataError(
-            f"{where}: regime features {regime_names} differ from the model's {bundle.regime_names} "
+            f"{where}: regime features {store.regime_names} differ from the model's {bundle.regime_names} "
             "(exogenous series?)"
         )
     need = bundle.cfg.features.warmup_bars + bundle.window
-    if len(market.timestamps) < need:
-        raise DataError(
-            f"{where}: {len(market.timestamps)} bars; the model needs at least {need} (warm-up + window)"
-        )
+    if store.num_bars < need:
+        raise DataError(f"{where}: {store.num_bars} bars; the model needs at least {need} (warm-up + window)")
+
+
+def with_model_norm(bundle: Bundle, store: FeatureStore, where: str = "data") -> FeatureStore:
+    """``store`` checked against the model, holding the model fold's train statistics as its only fold
+    (``model_inputs(store, 0)`` is then what the model's SL models, encoder and agents read)."""
+    check_data(bundle, store, where)
+    return dataclasses.replace(store, norm_mean=bundle.norm_mean[None], norm_std=bundle.norm_std[None])
+
+
+def featurize(bundle: Bundle, market: Market, where: str = "data") -> FeatureStore:
+    """New bars as the pipeline's feature store (its own code, over the whole history given: EMA-type
+    features depend on where they start), normalized with the model's statistics."""
+    features, usable, regime, regime_names = market_features(market, bundle.cfg.features.warmup_bars)
+    meta = {
+        "symbols": market.symbols,
+        "feature_names": list(FEATURE_NAMES),
+        "regime_names": regime_names,
+        "freq": market.meta.get("freq"),
+        "bar_seconds": market.meta.get("bar_seconds"),
+        "bars_per_year": market.bars_per_year,
+        "fingerprint": market.meta.get("fingerprint"),
+        "window": bundle.window,
+        "warmup_bars": bundle.cfg.features.warmup_bars,
+    }
+    store = FeatureStore(
+        features=features,
+        ohlcv=market.ohlcv,
+        tradable=usable,
+        regime=regime,
+        benchmark=market.benchmark,
+        timestamps=market.timestamps,
+        norm_mean=bundle.norm_mean[None],
+        norm_std=bundle.norm_std[None],
+        meta=meta,
+    )
+    return with_model_norm(bundle, store, where)
 
 
 @dataclass
@@ -160,44 +198,36 @@ class LatestInputs:
 
 
 def latest_inputs(bundle: Bundle, market: Market, where: str = "data") -> LatestInputs:
-    regime = compute_regime(market.ohlcv, market.tradable, market.benchmark, market.bars_per_year)
-    names = list(REGIME_NAMES)
-    if market.exogenous:
-        exo_names, exo = exogenous_regime(market.exogenous)
-        regime, names = np.concatenate([regime, exo], axis=1), names + exo_names
-    check_data(bundle, market, names, where)
-    w = bundle.window
-    # over the whole history given: EMA-type features depend on where they start, as in the pipeline
-    features = compute_features(market.ohlcv, market.tradable)[-w:]
-    usable = market.tradable[-w:] & np.isfinite(features).all(-1)
-    z = np.where(usable[..., None], (features - bundle.norm_mean) / bundle.norm_std, 0.0)
-    z = np.clip(np.nan_to_num(z, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP).astype(np.float32)
-    regime = np.where(np.isfinite(regime), regime, 0.0).astype(np.float32)
+    store = featurize(bundle, market, where)
+    z = model_inputs(store, 0)[-bundle.window :]
     pad = lambda a: np.concatenate([a, a[-1:]])  # noqa: E731 (the placeholder bar repeats the newest)
     data = MarketData.from_arrays(
-        open_=pad(market.ohlcv[..., 0]),
-        high=pad(market.ohlcv[..., 1]),
-        low=pad(market.ohlcv[..., 2]),
-        close=pad(market.ohlcv[..., 3]),
-        volume=pad(market.ohlcv[..., 4]),
-        tradable=pad(market.tradable),
-        benchmark=pad(market.benchmark),
-        regime=pad(regime),
-        bars_per_year=market.bars_per_year,
-        symbols=market.symbols,
-        timestamps=np.concatenate([market.timestamps, market.timestamps[-1:] + 1]),
+        open_=pad(store.price("open")),
+        high=pad(store.price("high")),
+        low=pad(store.price("low")),
+        close=pad(store.price("close")),
+        volume=pad(store.price("volume")),
+        tradable=pad(store.tradable),
+        benchmark=pad(store.benchmark),
+        regime=pad(store.regime),
+        bars_per_year=store.bars_per_year,
+        symbols=store.symbols,
+        timestamps=np.concatenate([store.timestamps, store.timestamps[-1:] + 1]),
         cfg=bundle.cfg.env,
     )
-    stamp = pd.Timestamp(int(market.timestamps[-1]), tz="UTC")
-    return LatestInputs(torch.from_numpy(z).transpose(0, 1).contiguous(), data, stamp)
+    stamp = pd.Timestamp(int(store.timestamps[-1]), tz="UTC")
+    return LatestInputs(z.transpose(0, 1).contiguous(), data, stamp)
 
 
 # --------------------------------------------------------------------------- the decision
 @torch.no_grad()
-def decide(bundle: Bundle, inputs: LatestInputs) -> list[dict]:
-    """One full decision for the newest bar: SL models, encoder, master, symbol agents (all greedy)."""
+def decide(bundle: Bundle, inputs: LatestInputs, account: Account | None = None) -> list[dict]:
+    """One full decision for the newest bar: SL models, encoder, master, symbol agents (all greedy).
+
+    The reference computation, everything from scratch over the history given; :class:`Decider` is the
+    same function kept warm between bars (what :func:`act` and a desk run)."""
     cfg, windows = bundle.cfg, inputs.windows
-    t = inputs.market.num_bars - 2  # the newest real bar
+    t = newest_bar(inputs.market)
     sl = torch.cat([calibrated_probs(m(windows), temp) for m, temp in bundle.sl_models], -1).unsqueeze(0)
     if bundle.encoder is not None:
         emb = bundle.encoder(windows.unsqueeze(0), sl)
@@ -208,46 +238,35 @@ def decide(bundle: Bundle, inputs: LatestInputs) -> list[dict]:
         )
     env = MarketEnv(inputs.market, cfg.env, cfg.reward, num_envs=1, bar_range=(t, t + 2))
     obs = env.reset(seed=0)  # the episode starts at the newest bar: the master is due
+    if account is not None:
+        obs = set_account(env, account)
     bench = benchmark_table(inputs.market.benchmark, cfg.env.master.interval)
     h = Hierarchy(bundle.symbol_agent, tables, bundle.master, bench, symbol_greedy=True)
     directive = h.director(greedy=True)(obs)
     obs = env.set_directive(directive)
     logp, _ = h.symbol_outputs(obs)
-    action = logp.argmax(-1)[0]
-    prob = logp[0].exp().gather(-1, action.unsqueeze(-1)).squeeze(-1)
-    risk, cap, mode = decode_directive(cfg.env, int(directive[0]))
-    m = cfg.env.master
-    label = {
-        "risk_multiplier": m.risk_multipliers[risk],
-        "position_cap": m.position_caps[cap],
-        "mode": m.modes[mode],
-    }
-    table = order_table(cfg.env, torch.float64, torch.device("cpu"))
-    alloc = float(env.equity[0]) * label["risk_multiplier"] * label["position_cap"]
-    orders = []
-    for i, sym in enumerate(bundle.symbols):
-        a = int(action[i])
-        orders.append(
-            {
-                "symbol": sym,
-                "action": ACTION_NAMES[a],
-                "probability": round(float(prob[i]), 6),
-                "buy_notional": round(float(table[0, a]) * alloc, 2),
-                "sell_fraction": float(table[1, a]),
-                "allowed": [ACTION_NAMES[k] for k in range(len(ACTION_NAMES)) if bool(obs.mask[0, i, k])],
-                "directive": dict(label, index=int(directive[0])),
-            }
-        )
-    return orders
+    return orders(cfg.env, bundle.symbols, logp[0], obs.mask[0], int(directive[0]), float(env.equity[0]))
 
 
-def act(model: str | Path, data: str | Path, cfg: HmarlConfig | None = None) -> dict:
-    """Load the bundle and the bars, decide for the newest bar; returns {"timestamp", "directive", "orders"}."""
+def act(
+    model: str | Path,
+    data: str | Path,
+    cfg: HmarlConfig | None = None,
+    positions: str | Path | None = None,
+) -> dict:
+    """Load the bundle and the bars, decide for the newest bar; returns {"timestamp", "directive", "orders"}.
+
+    ``positions``: the account's file (:mod:`hmarl.positions`); default a flat ``env.initial_cash``."""
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_bundle(resolve_model(model, cfg, Path(tmp)))
+    account = read_positions(positions, bundle.symbols) if positions is not None else None
     market = market_from_canonical(read_canonical(data), source=str(data))
     inputs = latest_inputs(bundle, market, where=str(data))
-    orders = decide(bundle, inputs)
+    decider = Decider(bundle)
+    try:
+        orders = decider.decide(inputs, account)
+    finally:
+        decider.close()
     return {"timestamp": inputs.timestamp.isoformat(), "directive": orders[0]["directive"], "orders": orders}
 
 

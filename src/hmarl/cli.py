@@ -73,7 +73,17 @@ def _cmd_act(args: argparse.Namespace) -> int:
     # the params file matters only for a registry URI (tracking.mlflow_uri)
     cfg = load_config(args.params, args.overrides) if args.model.startswith("models:/") else None
     fmt = args.format or ("csv" if args.out and args.out.endswith(".csv") else "json")
-    write_output(render(act(args.model, args.data, cfg), fmt), args.out)
+    write_output(render(act(args.model, args.data, cfg, args.positions), fmt), args.out)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from hmarl.evaluate_model import evaluate_model
+    from hmarl.evaluation.aggregate import json_safe
+
+    # the params give the evaluation settings (walk_forward, tracking); the model keeps its own
+    doc = evaluate_model(args.model, args.data, args.out, load_config(args.params, args.overrides))
+    print(json.dumps(json_safe({"out": args.out, "policy": doc["policy"]}), sort_keys=True))
     return 0
 
 
@@ -116,7 +126,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="canonical bar folder (the ingest step's output format)")
     p.add_argument("--out", default=None, help="write here (atomic) instead of printing")
     p.add_argument("--format", choices=("json", "csv"), default=None, help="default: from --out, else json")
+    p.add_argument(
+        "--positions",
+        default=None,
+        help="the account: JSON or CSV of symbol, shares, entry_price plus cash (default: flat, env.initial_cash)",
+    )
     p.set_defaults(func=_cmd_act)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a model on a dataset",
+        description="Evaluate a model bundle (folder or models:/name@alias) on every bar of --data past the "
+        "feature warm-up: the policy and every baseline at every cost level; writes OUT/metrics.json, "
+        "OUT/report.html (+ report.md, evaluation.json, period/).",
+    )
+    _add_config_args(p)
+    p.add_argument("--model", required=True, help="bundle folder or models:/<name>@<alias>")
+    p.add_argument("--data", required=True, help="canonical bar folder (the ingest step's output format)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_evaluate)
 
     from hmarl.pipeline_cli import add_parser as add_pipeline_parser
 

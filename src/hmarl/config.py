@@ -18,7 +18,7 @@ from hmarl.agents.master_params import MasterConfig
 from hmarl.agents.params import AgentConfig
 from hmarl.encoders.params import EncoderConfig
 from hmarl.env.params import EnvConfig, RewardConfig
-from hmarl.evaluation.params import GateConfig
+from hmarl.evaluation.params import GateConfig, PromoteConfig, Stage5RunConfig, WalkForwardConfig
 from hmarl.learners.params import PPOConfig
 from hmarl.params_base import Section
 from hmarl.sl.params import SLConfig
@@ -62,6 +62,7 @@ class SyntheticConfig(Section):
     ic: float = Field(0.10, ge=0.0, lt=1.0)  # planted_alpha: corr(signal_t, return_{t+1})
     num_factors: int = Field(3, ge=1)
     annual_vol: float = Field(0.25, gt=0.0)
+    crashes: bool = False  # crash regimes in planted_alpha / random_walk too (always on in regime mode)
     crash_prob: float = Field(0.004, ge=0.0, le=1.0)  # regime: per-bar chance a crash regime starts
     crash_depth: float = Field(0.35, gt=0.0, lt=5.0)  # regime: expected market log drop over one crash
     crash_days: float = Field(15.0, gt=0.0)  # regime: mean crash length in trading days
@@ -127,6 +128,9 @@ class HmarlConfig(Section):
     ppo: PPOConfig = PPOConfig()
     master: MasterConfig = MasterConfig()
     gate: GateConfig = GateConfig()
+    stage5: Stage5RunConfig = Stage5RunConfig()
+    walk_forward: WalkForwardConfig = WalkForwardConfig()
+    promote: PromoteConfig = PromoteConfig()
 
 
 # --------------------------------------------------------------------------- loading

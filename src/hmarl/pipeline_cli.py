@@ -6,8 +6,9 @@
     hmarl pipeline run-local [--workdir .kfp-local] [--cache] [run arguments]
 
 Run arguments set the pipeline parameters: ``--params FILE`` (its text becomes ``params_yaml``),
-``--profile``, ``--data-uri``, ``--mlflow-uri``, ``--seeds 42,1337`` and ``--set KEY.PATH=VALUE``
-(repeatable, the ``overrides`` list). They are validated here before anything is sent.
+``--profile``, ``--data-uri``, ``--mlflow-uri``, ``--seeds 42,1337``, ``--folds 0,1,2`` and ``--set
+KEY.PATH=VALUE`` (repeatable, the ``overrides`` list). They are validated here before anything is sent;
+seeds and folds not given follow the resolved config (``stage5.seeds``, ``walk_forward.folds``).
 
 The DAG lives in ``pipelines/`` and ``components/`` of the source checkout (not in the installed
 package): they are found next to this package's ``src/`` folder, or in the current directory.
@@ -36,11 +37,12 @@ import yaml
 import hmarl
 from hmarl.errors import HmarlError, StepError
 from hmarl.io import write_text
-from hmarl.kfp_glue import parse_overrides, resolve_config
+from hmarl.kfp_glue import fan_out, parse_overrides, resolve
 
 PIPELINE_MODULE = "pipelines.hmarl_pipeline"
 DEFAULT_OUTPUT = Path("pipelines") / "hmarl_pipeline.yaml"
 DEFAULT_EXPERIMENT = "hmarl"
+FAN_OUTS = ("seeds", "folds")  # list pipeline parameters the loops iterate over
 
 
 # --------------------------------------------------------------------------- the DAG
@@ -108,21 +110,36 @@ def run_arguments(args: argparse.Namespace) -> dict[str, Any]:
             out[name] = getattr(args, name)
     if args.overrides:
         out["overrides"] = parse_overrides(args.overrides)
-    if args.seeds:
+    for name in FAN_OUTS:
+        text = getattr(args, name)
+        if not text:
+            continue
         try:
-            out["seeds"] = [int(s) for s in args.seeds.split(",") if s.strip()]
+            out[name] = [int(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise HmarlError(f"--seeds {args.seeds!r}: expected comma-separated integers") from None
-        if not out["seeds"]:
-            raise HmarlError("--seeds: at least one seed is needed")
+            raise HmarlError(f"--{name} {text!r}: expected comma-separated integers") from None
+        if not out[name]:
+            raise HmarlError(f"--{name}: at least one value is needed")
     return out
 
 
-def check_arguments(arguments: dict[str, Any], defaults: dict[str, Any]) -> None:
-    """Resolve the config as the pipeline's first task will, so a bad key fails here, not on the cluster."""
+def check_arguments(arguments: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Resolve the config as the pipeline's first task will, so a bad key fails here, not on the cluster.
+
+    Returns ``arguments`` completed with the fan-outs (seeds, folds) the config asks for, where they were
+    not given and differ from the compiled-in defaults: ``--profile full`` brings its five folds along.
+    """
     values = {**defaults, **arguments}
     names = ("profile", "overrides", "data_uri", "mlflow_uri")
-    resolve_config(values.get("params_yaml") or "", **{k: values[k] for k in names if values.get(k)})
+    given = {k: values[k] for k in names if values.get(k)}
+    params_yaml = values.get("params_yaml") or ""
+    cfg = resolve(params_yaml, **given, **{k: arguments[k] for k in FAN_OUTS if k in arguments})
+    out = dict(arguments)
+    for name, wanted in (("seeds", cfg.stage5.seeds), ("folds", cfg.walk_forward.folds)):
+        if name not in out and fan_out(name, defaults.get(name)) != wanted:
+            out[name] = wanted
+    resolve(params_yaml, **given, **{k: out.get(k, defaults.get(k)) for k in FAN_OUTS})  # as the task will
+    return out
 
 
 def _client(host: str, namespace: str | None):
@@ -163,7 +180,7 @@ def submit(
 ) -> str:
     """Start one run on a Kubeflow Pipelines endpoint; returns its run id."""
     with _package(package) as path:
-        check_arguments(arguments, ir_defaults(path))
+        arguments = check_arguments(arguments, ir_defaults(path))
         client = _client(host, namespace)
         result = client.create_run_from_pipeline_package(
             str(path), arguments=arguments, run_name=run_name, experiment_name=experiment, namespace=namespace
@@ -184,7 +201,7 @@ def schedule(
     """Create a recurring run (scheduled retraining); returns its id. One run at a time, no backfill."""
     cron = normalize_cron(cron)
     with _package(package) as path:
-        check_arguments(arguments, ir_defaults(path))
+        arguments = check_arguments(arguments, ir_defaults(path))
         client = _client(host, namespace)
         experiment_id = client.create_experiment(name=experiment, namespace=namespace).experiment_id
         job = client.create_recurring_run(
@@ -211,11 +228,21 @@ class LocalRun:
     cached: list[str] = field(default_factory=list)  # top-level tasks served from the local cache
 
 
+_ITERATION = re.compile(r"-iteration-(\d+)$")
+
+
+def task_key(run_dir: Path, task_dir: Path) -> str:
+    """``features`` for a top-level task; ``stage5[1]`` for iteration 1 of a ParallelFor."""
+    iterations = [m.group(1) for p in task_dir.relative_to(run_dir).parts[:-1] if (m := _ITERATION.search(p))]
+    return task_dir.name + "".join(f"[{i}]" for i in iterations)
+
+
 def read_local_run(run_dir: Path) -> LocalRun:
-    """Collect every task's executor output (KFP's ExecutorOutput JSON) under a local run folder."""
+    """Collect every task's executor output (KFP's ExecutorOutput JSON) under a local run folder,
+    loop iterations and conditional tasks included."""
     run = LocalRun(run_dir)
-    for out_file in sorted(run_dir.glob("*/executor_output.json")):
-        task = out_file.parent.name
+    for out_file in sorted(run_dir.glob("**/executor_output.json")):
+        task = task_key(run_dir, out_file.parent)
         data = json.loads(out_file.read_text())
         run.output_parameters[task] = data.get("parameterValues", {})
         for name, entry in data.get("artifacts", {}).items():
@@ -229,37 +256,73 @@ def read_local_run(run_dir: Path) -> LocalRun:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def run_local(arguments: dict[str, Any], workdir: str | Path = ".kfp-local", cache: bool = False) -> LocalRun:
-    """Execute the DAG here with kfp's SubprocessRunner (this Python environment, no containers)."""
+@contextmanager
+def local_session(pipeline_root: Path, cache_root: Path, cache: bool = False) -> Iterator[None]:
+    """kfp's SubprocessRunner on this environment (where hmarl is installed), its outputs under
+    ``pipeline_root``; silences its two expected warnings: the project image is not a python image
+    (the runner uses this environment instead) and Kubernetes settings have no effect locally."""
     from kfp import local
 
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(pipeline_root),
+        enable_caching=cache,
+        cache_root=str(cache_root),
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "You may be attemping to run a task", RuntimeWarning)
+        warnings.filterwarnings("ignore", ".*have no effect in the current local runner", UserWarning)
+        yield
+
+
+def without_retries(spec):
+    """A copy of a pipeline spec whose tasks never retry. On the cluster a retry outlives a pre-empted
+    node; here a failure is a bug, and kfp's local runner would sleep out the backoff (60 s, 120 s, ...)
+    before failing the same way again."""
+    spec = type(spec).FromString(spec.SerializeToString())
+    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
+    for dag in dags:
+        for task in dag.tasks.values():
+            task.ClearField("retry_policy")
+    return spec
+
+
+def run_local(arguments: dict[str, Any], workdir: str | Path = ".kfp-local", cache: bool = False) -> LocalRun:
+    """Execute the DAG here with kfp's SubprocessRunner (this Python environment, no containers).
+
+    The compiled DAG as it is (loops, condition, caching), less the retry policies (see
+    :func:`without_retries`); Kubernetes settings (GPU pool, Secrets, PVC) have no effect locally, so the
+    training tasks keep their checkpoints where the params put them (relative: under the current folder).
+    """
+    from kfp.local import pipeline_orchestrator
+
     module = pipeline_module()
-    check_arguments(arguments, {"params_yaml": module.DEFAULT_PARAMS_YAML})
+    defaults = {
+        "params_yaml": module.DEFAULT_PARAMS_YAML,
+        "seeds": module.DEFAULT_SEEDS,
+        "folds": module.DEFAULT_FOLDS,
+    }
+    arguments = check_arguments(arguments, defaults)
+    spec = module.hmarl_pipeline.pipeline_spec
     root = Path(workdir).resolve() / "outputs"
     root.mkdir(parents=True, exist_ok=True)
     before = set(root.iterdir())
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(root),
-        enable_caching=cache,
-        cache_root=str(Path(workdir).resolve() / "cache"),
-    )
-    with warnings.catch_warnings():
-        # the runner warns that the project image is not a python image (it runs this environment
-        # instead, where hmarl is installed) and that Kubernetes settings are ignored: both expected
-        warnings.filterwarnings("ignore", "You may be attemping to run a task", RuntimeWarning)
-        warnings.filterwarnings("ignore", ".*have no effect in the current local runner", UserWarning)
+    with local_session(root, Path(workdir).resolve() / "cache", cache):
         try:
-            module.hmarl_pipeline(**arguments)
+            pipeline_orchestrator.run_local_pipeline(pipeline_spec=without_retries(spec), arguments=arguments)
         except RuntimeError as exc:
             new = sorted(set(root.iterdir()) - before)
             where = f" (task outputs under {new[-1]}; task logs above)" if new else ""
-            failed = sorted(str(p) for d in new for p in d.glob("*/*.failed/report.html"))
+            failed = sorted(str(p) for d in new for p in d.glob("**/*.failed/report.html"))
             hint = f"; failure report: {failed[0]}" if failed else ""
             raise StepError(f"local pipeline run failed: {_ANSI.sub('', str(exc))}{where}{hint}") from None
     new = sorted(set(root.iterdir()) - before)  # no folder when every task was a cache hit
     run = read_local_run(new[-1]) if new else LocalRun(None)
-    run.cached = sorted(set(module.hmarl_pipeline.pipeline_spec.root.dag.tasks) - set(run.output_parameters))
+    comps = spec.components
+    top = {
+        n for n, t in spec.root.dag.tasks.items() if comps[t.component_ref.name].HasField("executor_label")
+    }
+    run.cached = sorted(top - set(run.output_parameters))  # top-level tasks: not in a loop or condition
     return run
 
 
@@ -270,7 +333,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--profile", default="", help="profile overlay, e.g. smoke or full")
     g.add_argument("--data-uri", default="", help="bars to ingest: path or object-store URI")
     g.add_argument("--mlflow-uri", default="", help="MLflow tracking URI for the training steps")
-    g.add_argument("--seeds", default="", metavar="S1,S2,...", help="training seeds (stage5 fan-out)")
+    g.add_argument("--seeds", default="", metavar="S1,S2,...", help="stage5 seeds (default: stage5.seeds)")
+    g.add_argument(
+        "--folds", default="", metavar="K1,K2,...", help="walk-forward folds (default: walk_forward.folds)"
+    )
     g.add_argument(
         "--set",
         dest="overrides",
@@ -333,6 +399,11 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
         for name, path in outputs.items():
             print(f"  {task}.{name}: {path}")
     print(json.dumps(run.metrics, indent=2, sort_keys=True))
+    if "gate" in run.output_parameters:
+        go = run.output_parameters["gate"].get("Output")
+        print(
+            f"gate verdict: {'go' if go else 'no-go'}; promote {'ran' if 'promote' in run.outputs else 'skipped'}"
+        )
     return 0
 
 

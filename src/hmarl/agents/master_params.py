@@ -47,3 +47,11 @@ class MasterConfig(Section):
     checkpoint_every: int = Field(10, ge=1)  # updates
     threads: int = Field(1, ge=0)  # torch threads (0: torch's default)
     eval_envs: int = Field(8, ge=1)  # held-out evaluation: accounts per arm (master vs neutral directive)
+    # alternating fine-tuning rounds after the first master phase (0: off). Each round fine-tunes the symbol
+    # agents for finetune_symbol_steps env steps with PPO (ppo.*) under the master's directives, then the
+    # master for finetune_master_steps env steps with the fine-tuned symbol agents frozen
+    alternating_rounds: int = Field(0, ge=0)
+    finetune_symbol_steps: int = Field(4096, ge=1)
+    finetune_master_steps: int = Field(2048, ge=1)
+    finetune_directive: Literal["greedy", "sample"] = "greedy"  # the master's directives while symbols learn
+    world_size: int = Field(1, ge=1)  # DDP processes (gloo on CPU, NCCL on CUDA, one GPU each)

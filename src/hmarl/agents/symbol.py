@@ -50,11 +50,12 @@ class BatchedMLP(nn.Module):
         self.w2 = nn.Parameter(_orthogonal((num_symbols, hidden, d_out), out_gain, g))
         self.b2 = nn.Parameter(torch.zeros(num_symbols, 1, d_out))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """``(B, S, d_in)`` -> ``(B, S, d_out)``: einsum('bsd,sdh->bsh') as a batched product over S."""
+    def forward(self, h: torch.Tensor, symbols: slice = slice(None)) -> torch.Tensor:
+        """``(B, S, d_in)`` -> ``(B, S, d_out)``: einsum('bsd,sdh->bsh') as a batched product over S.
+        ``symbols``: only that block of symbols (``h`` holds just them), e.g. one thread's share."""
         x = h.transpose(0, 1)  # (S, B, d_in)
-        x = torch.tanh(torch.baddbmm(self.b1, x, self.w1))
-        return torch.baddbmm(self.b2, x, self.w2).transpose(0, 1)
+        x = torch.tanh(torch.baddbmm(self.b1[symbols], x, self.w1[symbols]))
+        return torch.baddbmm(self.b2[symbols], x, self.w2[symbols]).transpose(0, 1)
 
     @torch.no_grad()
     def shrink_output(self, symbols: torch.Tensor, factor: float) -> None:

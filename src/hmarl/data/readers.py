@@ -4,11 +4,17 @@ Values are never fixed here: NaN, zero or negative prices and OHLC inconsistenci
 validate step to report. What is rejected (as :class:`DataError` naming file, column, symbol and row):
 missing files, unreadable or empty files, missing columns, non-numeric values, unparseable timestamps and
 duplicate (symbol, timestamp) bars. Naive timestamps are taken as UTC.
+
+Paths may be local or object-store URIs (``s3://bucket/bars/``, ``gs://…``, ``memory://…``): a URI is
+listed and read through fsspec (pandas hands it to pyarrow / fsspec), so a cluster run ingests straight
+from the bucket. ``s3://`` needs s3fs and ``gs://`` gcsfs installed (the ``cloud`` extra); credentials
+come from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, … from a Kubernetes Secret).
 """
 
 from __future__ import annotations
 
 import glob
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +28,8 @@ RAW_COLUMNS = ("symbol", "timestamp", *VALUE_COLUMNS)
 DATA_SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz")
 _ALIASES = {"date": "timestamp", "datetime": "timestamp", "time": "timestamp", "ticker": "symbol"}
 _NA_TEXT = {"", "nan", "na", "n/a", "null", "none"}
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+DataFile = Path | str  # a local path, or an object-store URI (str: Path would fold its '//')
 
 
 @dataclass
@@ -52,14 +60,57 @@ class Panel:
 
 
 # --------------------------------------------------------------------------- files
-def data_suffix(path: Path) -> str | None:
-    name = path.name.lower()
+def is_uri(spec: str | Path) -> bool:
+    """``scheme://…`` (s3, gs, memory, file, …): read through fsspec."""
+    return isinstance(spec, str) and bool(_URI.match(spec))
+
+
+def _name(path: DataFile) -> str:
+    return path.name if isinstance(path, Path) else path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def data_suffix(path: DataFile) -> str | None:
+    name = _name(path).lower()
     return next((s for s in DATA_SUFFIXES if name.endswith(s)), None)
 
 
-def resolve_files(spec: str | Path, key: str = "data.path") -> list[Path]:
-    """A file, a folder (its data files) or a glob -> sorted data files; nothing found is an error."""
+def filesystem(uri: str, key: str = "data.path"):
+    """(fsspec filesystem, path inside it) of ``uri``; a missing driver names the package to install."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(uri)
+    except ImportError as exc:  # fsspec: "Install s3fs to access S3"
+        raise DataError(f"{key}: {uri}: {exc} (pip install 'hmarl[cloud]')") from None
+    except ValueError as exc:  # "Protocol not known: …"
+        raise DataError(f"{key}: {uri}: {exc}") from None
+
+
+def _resolve_uri(uri: str, key: str) -> list[str]:
+    fs, path = filesystem(uri, key)
+    if any(c in path for c in "*?["):
+        files = [p for p in fs.glob(path) if fs.isfile(p) and data_suffix(p)]
+        if not files:
+            raise DataError(f"{key}: glob {uri!r} matches no .parquet or .csv file")
+    elif fs.isdir(path):
+        files = [p for p in fs.ls(path, detail=False) if fs.isfile(p) and data_suffix(p)]
+        if not files:
+            raise DataError(f"{key}: folder {uri} holds no .parquet or .csv file")
+    elif not fs.exists(path):
+        raise DataError(f"{key}: file not found: {uri}")
+    elif not data_suffix(path):
+        raise DataError(f"{key}: {uri}: unsupported file type (expected {', '.join(DATA_SUFFIXES)})")
+    else:
+        return [uri]  # as given
+    return sorted(fs.unstrip_protocol(p) for p in files)  # fsspec's canonical URIs (memory:///…)
+
+
+def resolve_files(spec: str | Path, key: str = "data.path") -> list[DataFile]:
+    """A file, a folder (its data files) or a glob -> sorted data files; nothing found is an error.
+    Local paths come back as :class:`Path`, object-store URIs as ``str``."""
     text = str(spec)
+    if is_uri(text):
+        return _resolve_uri(text, key)
     if any(c in text for c in "*?["):
         files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
         files = [f for f in files if data_suffix(f)]
@@ -79,9 +130,16 @@ def resolve_files(spec: str | Path, key: str = "data.path") -> list[Path]:
     return [path]
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """One Parquet/CSV file with lower-cased column names; empty or unreadable files are errors."""
-    if path.stat().st_size == 0:
+def _size(path: DataFile) -> int:
+    if isinstance(path, Path):
+        return path.stat().st_size
+    fs, inner = filesystem(path)
+    return fs.size(inner)
+
+
+def read_table(path: DataFile) -> pd.DataFrame:
+    """One Parquet/CSV file (local or URI) with lower-cased column names; empty or unreadable files are errors."""
+    if _size(path) == 0:
         raise DataError(f"{path}: empty file")
     try:
         df = pd.read_parquet(path) if data_suffix(path) in (".parquet", ".pq") else pd.read_csv(path)
@@ -211,17 +269,18 @@ def build_panel(parts: list[tuple[pd.DataFrame, str]]) -> Panel:
     return Panel([str(u) for u in uniques], codes, ts, values)
 
 
-def wide_symbol(path: Path) -> str:
-    suffix = data_suffix(path) or path.suffix
-    return path.name[: len(path.name) - len(suffix)]
+def wide_symbol(path: DataFile) -> str:
+    name = _name(path)
+    suffix = data_suffix(path) or Path(name).suffix
+    return name[: len(name) - len(suffix)]
 
 
-def read_bars(spec: str | Path, layout: str = "long", key: str = "data.path") -> tuple[Panel, list[Path]]:
+def read_bars(spec: str | Path, layout: str = "long", key: str = "data.path") -> tuple[Panel, list[DataFile]]:
     """Read every file of ``spec`` (file, folder or glob) in ``layout`` into one :class:`Panel`."""
     files = resolve_files(spec, key)
     parts = []
     if layout == "wide":
-        seen: dict[str, Path] = {}
+        seen: dict[str, DataFile] = {}
         for f in files:
             sym = wide_symbol(f)
             if sym in seen:

@@ -30,6 +30,10 @@ Modes
     bar, lasts ~``crash_days`` days with sharply negative market drift (``crash_depth`` log drop on
     average, scaled by each symbol's market beta) and 3x volatility, then a recovery regime wins back
     half of the drop over ~3x as long at 1.5x volatility. No planted signal.
+
+``crashes: true`` adds the same crash regimes to ``planted_alpha`` or ``random_walk``: a market with
+something for both levels of the hierarchy (a stock-picking edge for the symbol agents, crashes for the
+master's risk control).
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ def regime_path(
 ) -> np.ndarray:
     """Semi-Markov regime labels, sampled spell by spell (starts calm)."""
     calm_exit = 1.0 / (CALM_DAYS * bars_per_day)
-    crash = cfg.crash_prob if cfg.mode == "regime" else 0.0
+    crash = cfg.crash_prob if cfg.mode == "regime" or cfg.crashes else 0.0
     crash_bars = cfg.crash_days * bars_per_day
     labels = np.empty(num_bars, dtype=np.int8)
     t, state = 0, CALM

@@ -62,7 +62,10 @@ class SharedEncoder(nn.Module):
 
     def forward(self, windows: torch.Tensor, priors: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, S, W, F)`` (+ SL probabilities ``(B, S, 9)``; NaN means none) -> ``(B, S, embed_dim)``."""
-        z = self.learned(windows)
+        return self.embed(self.learned(windows), priors)
+
+    def embed(self, z: torch.Tensor, priors: torch.Tensor | None) -> torch.Tensor:
+        """The embedding from the fused learned part ``z`` (``(B, S, learned_dim)``) and the priors."""
         if not self.priors:
             return z
         if priors is None:

@@ -97,3 +97,42 @@ class GateConfig(Section):
         if unknown:
             raise ValueError(f"criteria with an unknown tier: {unknown} (tiers: {sorted(self.tiers)})")
         return self
+
+
+# --------------------------------------------------------------------------- evaluation steps
+class Stage5RunConfig(Section):
+    """``stage5:``: the short cross-seed retrain (the checklist itself is ``gate.stage5``)."""
+
+    seeds: list[int] = Field(default_factory=lambda: [42, 1337, 9001], min_length=1)
+    total_steps: int = Field(8192, ge=1)  # env steps per seed (the seed's 5-10k smoke run)
+
+
+class WalkForwardConfig(Section):
+    """``walk_forward:``: which folds are evaluated (one DVC stage / KFP task each) and how."""
+
+    folds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # must cover splits.n_folds
+    cost_bps: list[float] = Field(default_factory=lambda: [0.0, 15.0, 30.0, 50.0], min_length=1)
+    stress_windows: dict[str, tuple[str, str]] = Field(  # name -> [first day, last day], when covered
+        default_factory=lambda: {
+            "gfc_2008": ("2008-09-01", "2009-03-31"),
+            "covid_2020": ("2020-02-19", "2020-04-30"),
+        }
+    )
+    eval_envs: int = Field(8, ge=1)  # accounts of sampling policies (masked random)
+    pbo_splits: int = Field(8, ge=2)  # CSCV blocks (even)
+
+    @model_validator(mode="after")
+    def _checks(self) -> WalkForwardConfig:
+        if len(set(self.folds)) != len(self.folds) or min(self.folds) < 0:
+            raise ValueError(f"folds: distinct fold indices >= 0 expected, got {self.folds}")
+        if any(c < 0 for c in self.cost_bps):
+            raise ValueError(f"cost_bps: round-trip costs must be >= 0, got {self.cost_bps}")
+        if self.pbo_splits % 2:
+            raise ValueError(f"pbo_splits: must be even, got {self.pbo_splits}")
+        return self
+
+
+class PromoteConfig(Section):
+    """``promote:``: the MLflow registered model the pipeline promotes into."""
+
+    model_name: str = Field("hmarl", min_length=1)

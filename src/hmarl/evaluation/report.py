@@ -40,7 +40,8 @@ class EvaluationResult:
     reward_contributions: dict[str, float] = field(default_factory=dict)  # component -> weighted contribution
     symbol_sharpes: dict[str, float] = field(default_factory=dict)  # symbol -> walk-forward Sharpe
     folds: list[dict] = field(default_factory=list)  # one row per fold
-    cost_stress: list[dict] = field(default_factory=list)  # one row per cost level / stress window
+    cost_stress: list[dict] = field(default_factory=list)  # one row per cost level (and name)
+    stress_windows: list[dict] = field(default_factory=list)  # named market windows, covered or not
     seeds: list[dict] = field(default_factory=list)  # cross-seed telemetry rows (SeedDiff.rows())
     overfitting: dict[str, float] = field(default_factory=dict)  # deflated Sharpe, PBO, trials ...
     gate: dict | None = None  # Verdict.to_dict()
@@ -282,6 +283,7 @@ def render_html(result: EvaluationResult) -> str:
     )
     sections.append(("Folds", _html_table(result.folds)))
     sections.append(("Cost stress", _html_table(result.cost_stress)))
+    sections.append(("Stress windows", _html_table(result.stress_windows)))
     if result.seeds:
         sections.append(("Cross-seed telemetry", _html_table(result.seeds)))
     if result.notes:
@@ -309,6 +311,7 @@ def render_markdown(result: EvaluationResult) -> str:
     if result.overfitting:
         parts += ["## Overfitting\n", _md_table([result.overfitting])]
     parts += ["## Folds\n", _md_table(result.folds), "## Cost stress\n", _md_table(result.cost_stress)]
+    parts += ["## Stress windows\n", _md_table(result.stress_windows)]
     if result.seeds:
         parts += ["## Cross-seed telemetry\n", _md_table(result.seeds)]
     return "\n".join(parts)

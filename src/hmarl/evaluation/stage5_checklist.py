@@ -24,8 +24,9 @@ key                                required   meaning
 =================================  =========  ====================================================
 
 The six ``MANDATORY`` names of :mod:`hmarl.learners.telemetry` are the ones above marked mandatory.
-``mask_blocked_buy`` / ``mask_restored_sell`` are not written by the trainer yet: without them
-``warmup_masking_events`` is NaN and the gate fails that criterion (fails closed) until they are.
+The trainer writes every key above (``mask_blocked_buy`` / ``mask_restored_sell`` from
+``hmarl.learners.collect.masking_events``); a series without the masking keys (an older run) gives a NaN
+``warmup_masking_events``, which the gate fails (fails closed).
 
 Every value here is a float; NaN means "not measurable from this series" (a run too short for the check
 step, a key never recorded) and fails its gate criterion.

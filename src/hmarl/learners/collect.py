@@ -2,7 +2,8 @@
 
 A policy maps the compact observation to (action, log-prob, value, masking events); the trained agent
 samples from its masked distribution, the masked random policy is uniform over the allowed actions.
-``collect`` runs ``buffer.num_steps`` env steps, timing the simulator and the policy separately.
+``collect`` runs ``buffer.num_steps`` env steps, timing the simulator and the policy separately; with a
+``director`` (the master, in alternating fine-tuning rounds) the directive changes where the master is due.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from hmarl.agents.inputs import AgentTables, PolicyObs, compact
 from hmarl.agents.symbol import SymbolAgent
 from hmarl.env.actions import Action
 from hmarl.env.params import REWARD_COMPONENTS
-from hmarl.env.vec_env import MarketEnv
+from hmarl.env.vec_env import MarketEnv, Observation
 from hmarl.learners.normalize import RewardScaler
 from hmarl.learners.rollout import RolloutBuffer
 
 # obs -> action, logprob, value, masking events (2,): picks of the unmasked policy that the mask ruled out
 Policy = Callable[[PolicyObs], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+# full simulator observation -> directive ids (N,): the master
+Director = Callable[[Observation], torch.Tensor]
 
 
 def sync(device: torch.device) -> None:
@@ -97,6 +100,7 @@ def collect(
     timers: dict[str, float],
     amp: contextlib.AbstractContextManager,
     scaler: RewardScaler | None = None,
+    director: Director | None = None,
 ) -> tuple[PolicyObs, RolloutSums]:
     device = buf.reward.device
     sums = RolloutSums(
@@ -106,6 +110,8 @@ def collect(
     )
     for t in range(buf.num_steps):
         t0 = time.perf_counter()
+        if director is not None:
+            obs = apply_director(env, director, obs)
         with torch.no_grad(), amp:
             action, logprob, value, events = act(obs)
             sums.mask_events += events
@@ -125,3 +131,11 @@ def collect(
         timers["env"] += t2 - t1
     sums.agent_steps = float(buf.valid.sum()) * buf.num_symbols
     return obs, sums
+
+
+def apply_director(env: MarketEnv, director: Director, obs: PolicyObs) -> PolicyObs:
+    """The master's directive where it is due; ``obs`` refreshed (allocations and masks follow it)."""
+    full = env._obs  # the full observation behind ``obs``: the master reads the portfolio state too
+    if not bool(full.master_due.any()):
+        return obs
+    return compact(env.set_directive(director(full)))

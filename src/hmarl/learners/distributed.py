@@ -60,8 +60,35 @@ def _worker(rank: int, fn: Callable, world_size: int, init_file: str, device_nam
         torch_dist.destroy_process_group()
 
 
+def torchrun_env() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when this process was started by torchrun / a PyTorchJob."""
+    env = os.environ
+    if not all(k in env for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+        return None
+    return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
+
+
 def launch(fn: Callable, world_size: int, device_name: str, *args) -> None:
-    """Run ``fn(DistInfo, *args)`` on ``world_size`` ranks (``fn`` must be a module-level function)."""
+    """Run ``fn(DistInfo, *args)`` on ``world_size`` ranks (``fn`` must be a module-level function).
+
+    Under torchrun (multi-node PyTorchJob: every process runs the same ``hmarl step`` command) the ranks
+    already exist: this process joins them (``env://``) and torchrun's world size wins over
+    ``world_size``. Only rank 0 continues into the step's output writing; the other ranks exit when
+    training is done, so nothing but rank 0 touches the step outputs."""
+    ranks = torchrun_env()
+    if ranks is not None:
+        rank, size, local = ranks
+        device = resolve_device(device_name, local)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch_dist.init_process_group(backend_for(device), init_method="env://", rank=rank, world_size=size)
+        try:
+            fn(DistInfo(rank, size, device), *args)
+        finally:
+            torch_dist.destroy_process_group()
+        if rank != 0:
+            raise SystemExit(0)
+        return
     if world_size == 1:
         fn(DistInfo(0, 1, resolve_device(device_name)), *args)
         return

@@ -8,6 +8,10 @@ Hierarchical schedule: the symbol agents were trained under the neutral directiv
 they are loaded frozen from its output and only the master learns. Divergence guards: a non-finite loss or
 a value loss above ``master.max_value_loss`` stops the run with :class:`MasterDivergence` before the
 optimizer applies it; checkpoints are written only after complete updates, so the last good one stays.
+
+Under DDP (``master.world_size``) each rank collects its own rollouts (its own env seed) and gradients are
+averaged; the KL early stop and the guards use statistics reduced over ranks, so every rank stops alike.
+``init_state`` continues a master (alternating fine-tuning rounds, :mod:`hmarl.learners.alternating`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from hmarl.env.market import MarketData
 from hmarl.env.vec_env import MarketEnv, Observation
 from hmarl.errors import StepError
 from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_state, rng_state, set_rng_state
+from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
 from hmarl.learners.gae import gae
 from hmarl.learners.mappo import MasterBuffer, MasterCoefs, mappo_loss
 from hmarl.learners.symbol_trainer import seed_everything
@@ -103,6 +108,7 @@ def collect(
 
 # --------------------------------------------------------------------------- 3. PPO epochs
 def ppo_update(
+    model: torch.nn.Module,
     master: MasterAgent,
     optimizer: torch.optim.Optimizer,
     buf: MasterBuffer,
@@ -112,7 +118,9 @@ def ppo_update(
     cfg: HmarlConfig,
     gen: torch.Generator,
     where: str,
+    info: DistInfo,
 ) -> dict[str, float]:
+    """``model``: ``master`` itself, or its DDP wrapper (gradients averaged over ranks)."""
     m = cfg.master
     rows = buf.num_steps * buf.num_envs
     mb = max(1, rows // m.num_minibatches)
@@ -138,7 +146,7 @@ def ppo_update(
         for start in range(0, rows - mb + 1, mb):
             idx = perm[start : start + mb]
             b = {k: v[idx] for k, v in flat.items()}
-            logits, value = master(b["obs"], b["joint"])
+            logits, value = model(b["obs"], b["joint"])
             loss, terms = mappo_loss(
                 logits=logits,
                 actions=b["action"],
@@ -151,12 +159,15 @@ def ppo_update(
                 value_weight=b["vw"],
                 coefs=coefs,
             )
-            # divergence guards, before the optimizer touches the weights
-            if not bool(torch.isfinite(loss)):
+            # divergence guards, before the optimizer touches the weights (any rank's trips every rank)
+            trips = [not bool(torch.isfinite(loss)), float(terms["value_loss"]) > m.max_value_loss]
+            trips = all_reduce_mean(torch.tensor(trips, dtype=torch.float64, device=loss.device), info)
+            nonfinite, exploding = (float(x) > 0 for x in trips)
+            if nonfinite:
                 raise MasterDivergence(
                     f"{where}: non-finite loss ({ {k: float(v) for k, v in terms.items()} })"
                 )
-            if float(terms["value_loss"]) > m.max_value_loss:
+            if exploding:
                 raise MasterDivergence(
                     f"{where}: value loss {float(terms['value_loss']):.4g} exceeds "
                     f"master.max_value_loss={m.max_value_loss:g}"
@@ -170,7 +181,9 @@ def ppo_update(
             kls.append(float(terms["approx_kl"]))
             count += 1
         epochs += 1
-        if m.target_kl is not None and float(np.mean(kls)) > m.target_kl:
+        kl = torch.tensor(float(np.mean(kls)), dtype=torch.float64, device=buf.obs.device)
+        kl = float(all_reduce_mean(kl, info))
+        if m.target_kl is not None and kl > m.target_kl:
             break
     out = {f"loss_{k}": v / max(1, count) for k, v in sums.items()}
     out["loss_epochs"] = float(epochs)
@@ -205,11 +218,13 @@ def train(
     bar_range: tuple[int, int],
     checkpoint_root: Path | None = None,
     tracker=None,
+    info: DistInfo | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
 ) -> MasterResult:
-    m = cfg.master
+    m, info = cfg.master, info or DistInfo()
     device = market.device
     set_determinism(cfg, device)
-    seed = cfg.seed
+    seed = cfg.seed + 10_007 * info.rank  # ranks differ in envs and samples, never in the initial weights
     seed_everything(seed)
 
     # ---- setup: simulator on the fold's train bars, frozen symbol agents, master, optimizer
@@ -224,6 +239,9 @@ def train(
     )
     symbols.eval().requires_grad_(False)
     master = build_master(cfg, env.num_symbols, market.regime.shape[1], env.num_directives).to(device)
+    if init_state is not None:
+        master.load_state_dict(init_state)
+    model = wrap(master, info)
     h = Hierarchy(
         symbols,
         tables,
@@ -235,7 +253,7 @@ def train(
     gen = torch.Generator(device).manual_seed(seed)
     buf = MasterBuffer(m.num_steps, env.num_envs, master.obs_dim, master.joint_dim, device)
     num_updates = math.ceil(m.total_steps / m.num_steps)
-    store = CheckpointStore(checkpoint_root) if checkpoint_root is not None else None
+    store = CheckpointStore(checkpoint_root, info.rank) if checkpoint_root is not None else None
     obs = env.reset(seed=seed)
     start_update, global_step, series, hist, episode, resumed_from = 0, 0, [], [], {}, None
 
@@ -290,7 +308,7 @@ def train(
         where = f"train_master: update {update + 1}"
         if store is not None and store.latest_update() is not None:
             where += f" (last good checkpoint: update {store.latest_update()} in {store.root})"
-        losses = ppo_update(master, optimizer, buf, adv, ret, coefs, cfg, gen, where)
+        losses = ppo_update(model, master, optimizer, buf, adv, ret, coefs, cfg, gen, where, info)
 
         # ---- 4. log
         ep = env.get_episode_stats()
@@ -306,7 +324,7 @@ def train(
             "master_reward_mean": float((buf.reward * valid).sum() / valid.sum().clamp_min(1.0))
             / m.reward_scale,
             "master_decisions": float(counts.sum()),
-            "SPS": m.num_steps * env.num_envs / (time.perf_counter() - t0),
+            "SPS": m.num_steps * env.num_envs * info.world_size / (time.perf_counter() - t0),
         }
         for key in ("ep_return_mean", "ep_excess_return_mean", "ep_max_drawdown_mean", "ep_length_mean"):
             if key in episode:
@@ -332,6 +350,7 @@ def train(
                     "hist": hist,
                     "episode": episode,
                 },
+                barrier=lambda: barrier(info),
             )
     return MasterResult(master.eval(), series, hist, global_step, resumed_from)
 

@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig
 from hmarl.env.vec_env import MarketEnv
 from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_state, rng_state, set_rng_state
-from hmarl.learners.collect import agent_policy, collect, sync
+from hmarl.learners.collect import Director, agent_policy, collect, sync
 from hmarl.learners.curriculum import active_symbols
 from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
 from hmarl.learners.entropy import EntropyController
@@ -187,8 +188,17 @@ def ppo_update(
 
 # --------------------------------------------------------------------------- the training loop
 def train(
-    cfg: HmarlConfig, data: TrainingData, info: DistInfo, checkpoint_root: Path | None = None, tracker=None
+    cfg: HmarlConfig,
+    data: TrainingData,
+    info: DistInfo,
+    checkpoint_root: Path | None = None,
+    tracker=None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    directed: Callable[[SymbolAgent, AgentTables, torch.Generator], Director] | None = None,
 ) -> TrainResult:
+    """``init_state``: start from these weights instead of a warm start (fine-tuning). ``directed``: the
+    master for alternating rounds, ``(agent, tables, generator) -> director`` built per rollout (its view
+    of the symbol agents follows their updates); it sets the directive wherever it is due."""
     p, device = cfg.ppo, info.device
     set_determinism(cfg, device)
     seed = cfg.seed + 10_007 * info.rank  # ranks differ in envs and samples, never in the initial weights
@@ -207,6 +217,8 @@ def train(
     )
     num_symbols = env.num_symbols
     agent = build_agent(cfg, data, device)
+    if init_state is not None:
+        agent.load_state_dict(init_state)
     model = wrap(agent, info)
     optimizer = build_optimizer(agent, cfg)
     entropy = EntropyController(p.entropy, p.adaptive_entropy, p.entropy_guard)
@@ -237,7 +249,7 @@ def train(
         series, episode, warm = list(payload["series"]), dict(payload["episode"]), dict(payload["warm_start"])
         resumed_from = start_update
         log.info("train_symbols: resumed at update %d (env step %d)", start_update, global_step)
-    elif cfg.agent.warm_start:
+    elif cfg.agent.warm_start and init_state is None:
         warm = warm_start(agent, env, tables, buf, obs, gen, cfg, info)
         obs = compact(env.reset(seed=seed))
         log.info("train_symbols: warm start %s", warm)
@@ -261,7 +273,9 @@ def train(
 
         # ---- 1. collect a rollout
         agent.eval()
-        obs, sums = collect(env, agent_policy(agent, tables, gen, active), buf, obs, timers, amp, scaler)
+        director = directed(agent, tables, gen) if directed is not None else None
+        act = agent_policy(agent, tables, gen, active)
+        obs, sums = collect(env, act, buf, obs, timers, amp, scaler, director)
         global_step += p.num_steps
 
         # ---- 2. advantages

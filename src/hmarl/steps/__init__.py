@@ -16,4 +16,8 @@ STEP_NAMES: tuple[str, ...] = (
     "pretrain_encoder",
     "train_symbols",
     "train_master",
+    "stage5",
+    "walk_forward",
+    "gate",
+    "promote",
 )

@@ -106,13 +106,12 @@ def market_from_canonical(canon: CanonicalData, source: str = "canonical") -> Ma
 
 
 # --------------------------------------------------------------------------- the store
-def build_store(cfg: HmarlConfig, market: Market) -> FeatureStore:
-    """Features, regime, usable mask and per-fold train statistics for one market."""
-    n_bars = len(market.timestamps)
-    folds = folds_for(cfg, n_bars)
+def market_features(market: Market, warmup_bars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``(features, usable, regime, regime_names)`` of a market, as the store holds them (also used by
+    ``hmarl act`` / ``hmarl evaluate`` on new data, so a model sees its inputs computed one way)."""
     features = compute_features(market.ohlcv, market.tradable)
     usable = market.tradable & np.isfinite(features).all(axis=-1)
-    usable[: cfg.features.warmup_bars] = False
+    usable[:warmup_bars] = False
     features[~usable] = 0.0
 
     regime = compute_regime(market.ohlcv, market.tradable, market.benchmark, market.bars_per_year)
@@ -121,7 +120,14 @@ def build_store(cfg: HmarlConfig, market: Market) -> FeatureStore:
         exo_names, exo = exogenous_regime(market.exogenous)
         regime, regime_names = np.concatenate([regime, exo], axis=1), regime_names + exo_names
     regime = np.where(np.isfinite(regime), regime, 0.0).astype(np.float32)
+    return features, usable, regime, regime_names
 
+
+def build_store(cfg: HmarlConfig, market: Market) -> FeatureStore:
+    """Features, regime, usable mask and per-fold train statistics for one market."""
+    n_bars = len(market.timestamps)
+    folds = folds_for(cfg, n_bars)
+    features, usable, regime, regime_names = market_features(market, cfg.features.warmup_bars)
     mean, std = fold_norm_stats(features, usable, [fold.train for fold in folds])
     meta = {
         "symbols": market.symbols,

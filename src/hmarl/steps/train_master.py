@@ -7,9 +7,15 @@ Output ``model`` (default ``models/master``)::
     telemetry.json   the per-update series and the directive histogram of every update
     evaluation.json  held-out backtest on the fold's test bars: the same symbol agents under the trained
                      master vs under the fixed neutral directive (max drawdown, total return, Sharpe)
+    symbols/         only with master.alternating_rounds > 0: the symbol agents fine-tuned in the rounds
+                     (agent.pt in train_symbols' format, manifest.json, telemetry.json); they are the
+                     symbol agents of this master (evaluation.json, walk-forward, promote use them)
 
-Resume checkpoints live in ``master.checkpoint_dir/<run key>`` (config + input identities, as in
-train_symbols): rerunning a killed step continues from its last complete checkpoint.
+Schedule (hmarl.learners.alternating): the master over the frozen symbol agents, then the optional
+alternating rounds. Resume checkpoints live in ``master.checkpoint_dir/<run key>`` (config + input
+identities, as in train_symbols; the rounds are part of the config): rerunning a killed step continues
+from its last complete checkpoint. With ``master.world_size > 1`` training runs as that many DDP
+processes (gloo on CPU, NCCL on GPUs); rank 0 evaluates and writes the outputs.
 """
 
 from __future__ import annotations
@@ -26,15 +32,17 @@ from hmarl.agents.data import TrainingData, load_training_data
 from hmarl.agents.hierarchy import Hierarchy
 from hmarl.agents.master import benchmark_table
 from hmarl.agents.params import AgentConfig
-from hmarl.agents.saved import load_agent
+from hmarl.agents.saved import AGENT_VERSION, load_agent
 from hmarl.agents.saved_master import MASTER_VERSION, save_master
 from hmarl.config import HmarlConfig, config_dict
 from hmarl.errors import DataError
+from hmarl.evaluation.backtest import agent_policy, backtest
 from hmarl.evaluation.metrics import drawdown_reduction, finite_or_none, max_drawdown
-from hmarl.io import write_json
+from hmarl.io import read_json, write_json
+from hmarl.learners.alternating import ScheduleResult, train_schedule
 from hmarl.learners.checkpoint import run_key as checkpoint_key
-from hmarl.learners.evaluate import agent_policy, backtest
-from hmarl.learners.master_trainer import MasterResult, train
+from hmarl.learners.distributed import DistInfo, launch
+from hmarl.steps.train_symbols import write_agent
 from hmarl.tracking import Tracker
 from hmarl.tracking.tensorboard import TensorBoardTracker, Trackers
 
@@ -79,29 +87,40 @@ def run_key(cfg: HmarlConfig, data: TrainingData, sym_dir: Path) -> str:
 
 
 def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, float]:
-    cfg, data, symbols = load_inputs(cfg, inputs)  # every input check happens before anything is trained
+    cfg, data, _ = load_inputs(cfg, inputs)  # every input check happens before anything is trained
     key = run_key(cfg, data, Path(inputs["symbols"]))
     checkpoints = Path(cfg.master.checkpoint_dir) / key
-    device = torch.device("cuda" if cfg.device == "cuda" else "cpu")
-    if cfg.device == "auto" and torch.cuda.is_available():
-        device = torch.device("cuda")
-    market = data.market(cfg, device)
-    tables = data.tables(cfg, device)
-    symbols = symbols.to(device)
-    trackers = Trackers(Tracker(cfg.tracking), TensorBoardTracker(cfg.tracking))
+    out = Path(outputs["model"])
+    args = (cfg, {k: str(v) for k, v in inputs.items()}, str(checkpoints), str(out), key)
+    launch(_worker, cfg.master.world_size, cfg.device, *args)
+    return {k: float(v) for k, v in read_json(out / "summary.json").items()}
+
+
+def _worker(
+    info: DistInfo, cfg: HmarlConfig, inputs: dict[str, str], checkpoints: str, out: str, key: str
+) -> None:
+    """One rank's training; rank 0 also backtests, writes the output folder and logs to the trackers."""
+    cfg, data, symbols = load_inputs(cfg, {k: Path(v) for k, v in inputs.items()})
+    market = data.market(cfg, info.device)
+    symbols = symbols.to(info.device)
+    tracking = cfg.tracking if info.is_main else cfg.tracking.model_copy(update={"enabled": False})
+    trackers = Trackers(Tracker(tracking), TensorBoardTracker(tracking))
     t0 = time.perf_counter()
     with trackers.start_run(
         "train_master", tags={"step": "train_master", "profile": cfg.profile, "run_key": key}
     ) as tracker:
         tracker.log_params({"master": cfg.master.model_dump(), "env": cfg.env.model_dump(), "seed": cfg.seed})
-        result = train(
-            cfg, market, tables.restrict(*data.fold.train), symbols, data.fold.train, checkpoints, tracker
+        result = train_schedule(
+            cfg, data, market, symbols, info, Path(checkpoints), tracker if info.is_main else None
         )
-        evaluation = evaluate(cfg, market, tables, symbols, result, data.fold.test)
+        if not info.is_main:
+            return
+        pretrained = symbols if cfg.master.alternating_rounds else None
+        tables = data.tables(cfg, info.device)
+        evaluation = evaluate(cfg, market, tables, result.symbols, result.master, data.fold.test, pretrained)
         summary = _summary(result, evaluation, time.perf_counter() - t0)
-        out = Path(outputs["model"])
-        _write_outputs(out, cfg, data, result, evaluation, summary, key, str(checkpoints))
-        tracker.log_metrics({f"final/{k}": v for k, v in summary.items()}, step=result.global_step)
+        _write_outputs(Path(out), cfg, data, result, evaluation, summary, key, checkpoints)
+        tracker.log_metrics({f"final/{k}": v for k, v in summary.items()}, step=int(summary["env_steps"]))
         tracker.log_artifacts(out, "master")
     log.info(
         "train_master: held-out max drawdown %.4f with the master vs %.4f neutral (reduction %.1f %%); "
@@ -115,17 +134,24 @@ def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> 
     return summary
 
 
-def evaluate(cfg: HmarlConfig, market, tables, symbols, result: MasterResult, bars: tuple[int, int]) -> dict:
+def evaluate(
+    cfg: HmarlConfig, market, tables, symbols, master, bars: tuple[int, int], pretrained=None
+) -> dict:
     """The same symbol agents on the held-out bars, with the trained (greedy) master and with the fixed
     neutral directive; both arms sample the symbol agents with the same seeds (``master.eval_envs``
-    accounts each). Max drawdown and return are of the mean account equity (the portfolio of the arm)."""
+    accounts each). Max drawdown and return are of the mean account equity (the portfolio of the arm).
+    After alternating rounds ``symbols`` are the fine-tuned agents; ``pretrained`` (the input agents)
+    under the neutral directive is reported too, as ``neutral_pretrained``."""
     tables = tables.restrict(*bars)
     bench = benchmark_table(market.benchmark, cfg.env.master.interval).to(market.device)
-    h = Hierarchy(symbols, tables, result.master, bench)
+    h = Hierarchy(symbols, tables, master, bench)
     n, out = cfg.master.eval_envs, {"bars": list(bars)}
-    for name, director in (("master", h.director()), ("neutral", None)):
+    arms = [("master", symbols, h.director()), ("neutral", symbols, None)]
+    if pretrained is not None:
+        arms.append(("neutral_pretrained", pretrained, None))
+    for name, agents, director in arms:
         gen = torch.Generator(market.device).manual_seed(cfg.seed)
-        bt = backtest(market, cfg, bars, agent_policy(symbols, tables, False, gen), n, cfg.seed, director)
+        bt = backtest(market, cfg, bars, agent_policy(agents, tables, False, gen), n, cfg.seed, director)
         per_account = np.asarray(max_drawdown(bt.equity))
         out[name] = {
             "max_drawdown": float(max_drawdown(bt.equity.mean(1))),
@@ -140,45 +166,80 @@ def evaluate(cfg: HmarlConfig, market, tables, symbols, result: MasterResult, ba
     return out
 
 
-def _summary(result: MasterResult, evaluation: dict, seconds: float) -> dict[str, float]:
+def _summary(result: ScheduleResult, evaluation: dict, seconds: float) -> dict[str, float]:
+    masters = result.of("master")
     summary = {
-        "env_steps": float(result.global_step),
-        "updates": float(len(result.series)),
-        "resumed": float(result.resumed_from is not None),
+        "env_steps": float(sum(p.env_steps for p in masters)),  # the master's, over all its phases
+        "updates": float(sum(len(p.series) for p in masters)),
+        "resumed": float(result.resumed),
         "seconds": seconds,
         "drawdown_reduction": float(
             evaluation["drawdown_reduction"] if evaluation["drawdown_reduction"] is not None else float("nan")
         ),
         "return_difference": evaluation["return_difference"],
     }
-    for arm in ("master", "neutral"):
+    arms = ["master", "neutral"]
+    if "neutral_pretrained" in evaluation:
+        arms.append("neutral_pretrained")
+        summary["alternating_rounds"] = float(len(masters) - 1)
+        summary["symbol_finetune_env_steps"] = float(sum(p.env_steps for p in result.of("symbols")))
+    for arm in arms:
         summary[f"test_max_drawdown_{arm}"] = evaluation[arm]["max_drawdown"]
         summary[f"test_return_{arm}"] = evaluation[arm]["total_return"]
         summary[f"test_sharpe_{arm}"] = evaluation[arm]["sharpe"]
     return summary
 
 
+def _rows(phases) -> list[dict[str, float]]:
+    """The phases' per-update rows, each tagged with its round (0: the first master phase)."""
+    return [{**row, "round": float(p.round)} for p in phases for row in p.series]
+
+
 def _write_outputs(
-    out: Path, cfg, data: TrainingData, result: MasterResult, evaluation, summary, key, checkpoints
+    out: Path, cfg, data: TrainingData, result: ScheduleResult, evaluation, summary, key, checkpoints
 ) -> None:
     out.mkdir(parents=True)
     meta = data.identity
+    masters, finetunes = result.of("master"), result.of("symbols")
     save_master(out / "master.pt", result.master, interval=cfg.env.master.interval, **meta)
+    common = {
+        "run_key": key,
+        "checkpoint_dir": checkpoints,
+        "config": config_dict(cfg),
+        "fold": data.fold.to_dict(),
+    }
     write_json(
         out / "manifest.json",
         {
             "version": MASTER_VERSION,
-            "run_key": key,
-            "checkpoint_dir": checkpoints,
-            "config": config_dict(cfg),
-            "fold": data.fold.to_dict(),
-            "env_steps": result.global_step,
-            "updates": len(result.series),
-            "resumed_from_update": result.resumed_from,
+            **common,
+            "env_steps": int(summary["env_steps"]),
+            "updates": int(summary["updates"]),
+            "resumed_from_update": masters[0].resumed_from,
             "critic": cfg.master.critic,
+            "alternating_rounds": cfg.master.alternating_rounds,
+            "world_size": cfg.master.world_size,
             **meta,
         },
     )
-    write_json(out / "telemetry.json", {"series": result.series, "directive_counts": result.directive_counts})
+    counts = [c for p in masters for c in p.directive_counts]
+    write_json(out / "telemetry.json", {"series": _rows(masters), "directive_counts": counts})
     write_json(out / "evaluation.json", evaluation)
     write_json(out / "summary.json", summary)
+    if finetunes:  # the symbol agents of this master, in train_symbols' format
+        sym = out / "symbols"
+        sym.mkdir()
+        write_agent(sym / "agent.pt", cfg, data, result.symbols)
+        write_json(
+            sym / "manifest.json",
+            {
+                "version": AGENT_VERSION,
+                **common,
+                "env_steps": sum(p.env_steps for p in finetunes),
+                "step_unit": "env steps of fine-tuning under the master's directives (alternating rounds)",
+                "alternating_rounds": cfg.master.alternating_rounds,
+                "encoder": cfg.agent.encoder,
+                **meta,
+            },
+        )
+        write_json(sym / "telemetry.json", {"series": _rows(finetunes), "num_symbols": len(data.symbols)})

@@ -26,15 +26,16 @@ from pydantic import ValidationError
 
 from hmarl.agents.data import TrainingData, load_training_data
 from hmarl.agents.saved import AGENT_VERSION, save_agent
+from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import ConfigError, HmarlConfig, config_dict
 from hmarl.env.actions import ACTION_NAMES
 from hmarl.env.params import MasterGridConfig
+from hmarl.evaluation.backtest import agent_policy as eval_agent_policy
+from hmarl.evaluation.backtest import backtest, buy_and_hold, random_policy
 from hmarl.evaluation.metrics import sharpe_ratio
 from hmarl.io import read_json, write_json
 from hmarl.learners.checkpoint import run_key as checkpoint_key
 from hmarl.learners.distributed import DistInfo, launch
-from hmarl.learners.evaluate import agent_policy as eval_agent_policy
-from hmarl.learners.evaluate import backtest, buy_and_hold_equity, random_policy
 from hmarl.learners.symbol_trainer import TIMING_KEYS, TrainResult, train
 from hmarl.learners.telemetry import MANDATORY
 from hmarl.tracking import Tracker
@@ -67,25 +68,37 @@ def symbol_stage_config(cfg: HmarlConfig) -> HmarlConfig:
     return cfg.model_copy(update={"env": env})
 
 
-def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, float]:
+def run(
+    cfg: HmarlConfig,
+    inputs: dict[str, Path],
+    outputs: dict[str, Path],
+    tags: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """``tags``: extra run tags for the trackers (a caller's context, e.g. stage5's seed)."""
     cfg = symbol_stage_config(cfg)
     data = load_training_data(cfg, inputs)  # every input check happens before anything is trained
     key = run_key(cfg, data)
     checkpoints = Path(cfg.ppo.checkpoint_dir) / key
     out = Path(outputs["model"])
-    args = (cfg, {k: str(v) for k, v in inputs.items()}, str(checkpoints), str(out), key)
+    args = (cfg, {k: str(v) for k, v in inputs.items()}, str(checkpoints), str(out), key, dict(tags or {}))
     launch(_worker, cfg.ppo.world_size, cfg.device, *args)
     return {k: float(v) for k, v in read_json(out / "summary.json").items()}
 
 
 def _worker(
-    info: DistInfo, cfg: HmarlConfig, inputs: dict[str, str], checkpoints: str, out: str, key: str
+    info: DistInfo,
+    cfg: HmarlConfig,
+    inputs: dict[str, str],
+    checkpoints: str,
+    out: str,
+    key: str,
+    extra_tags: dict[str, str],
 ) -> None:
     """One rank's training; rank 0 also backtests, writes the output folder and logs to the trackers."""
     data = load_training_data(cfg, {k: Path(v) for k, v in inputs.items()})
     tracking = cfg.tracking if info.is_main else cfg.tracking.model_copy(update={"enabled": False})
     trackers = Trackers(Tracker(tracking), TensorBoardTracker(tracking))
-    tags = {"step": "train_symbols", "profile": cfg.profile, "run_key": key}
+    tags = {"step": "train_symbols", "profile": cfg.profile, "run_key": key, **extra_tags}
     t0 = time.perf_counter()
     with trackers.start_run("train_symbols", tags=tags) as tracker:
         tracker.log_params(
@@ -103,6 +116,8 @@ def _worker(
         if not info.is_main:
             return
         evaluation = evaluate(cfg, data, result, info.device)
+        # the world size that trained (torchrun's, when it started the ranks), not the requested one
+        cfg = cfg.model_copy(update={"ppo": cfg.ppo.model_copy(update={"world_size": info.world_size})})
         summary = _summary(result, evaluation, time.perf_counter() - t0)
         _write_outputs(Path(out), cfg, data, result, evaluation, summary, key, checkpoints)
         tracker.log_metrics({f"final/{k}": v for k, v in summary.items()}, step=result.global_step)
@@ -119,7 +134,7 @@ def _worker(
 def evaluate(cfg: HmarlConfig, data: TrainingData, result: TrainResult, device: torch.device) -> dict:
     """Backtest on the fold's test bars (never seen by the agents, nor by the SL models / encoder that made
     their inputs): the greedy agent, the sampling agent and the masked random policy (``ppo.eval_envs``
-    accounts each), and equal-weight buy-and-hold."""
+    accounts each), and equal-weight buy-and-hold (entry costs charged)."""
     bars = data.fold.test
     market, tables = data.market(cfg, device), data.tables(cfg, device).restrict(*bars)
     agent = result.agent.eval()
@@ -143,10 +158,10 @@ def evaluate(cfg: HmarlConfig, data: TrainingData, result: TrainResult, device: 
             "timing_edge_t": t_stat,
             "executed_shares": dict(zip(ACTION_NAMES, shares.tolist(), strict=True)),
         }
-    bh = buy_and_hold_equity(market, bars)
+    bh = buy_and_hold(market, cfg, bars).equity
     out["buy_hold"] = {
         "sharpe": float(sharpe_ratio(bh, market.bars_per_year)),
-        "total_return": float(bh[-1] - 1.0),
+        "total_return": float(bh[-1] / bh[0] - 1.0),
     }
     return out
 
@@ -168,6 +183,16 @@ def _summary(result: TrainResult, evaluation: dict, seconds: float) -> dict[str,
     return summary
 
 
+def write_agent(path: Path, cfg: HmarlConfig, data: TrainingData, agent: SymbolAgent) -> None:
+    """``agent.pt`` (loads with hmarl.agents.saved.load_agent; train_master writes fine-tuned ones too)."""
+    encoder_info = (
+        {"hparams": data.encoder_manifest["hparams"], "window": cfg.features.window}
+        if agent.encoder is not None
+        else None
+    )
+    save_agent(path, agent, agent.state_dict(), encoder=encoder_info, **data.identity)
+
+
 def _write_outputs(
     out: Path,
     cfg: HmarlConfig,
@@ -180,13 +205,7 @@ def _write_outputs(
 ) -> None:
     out.mkdir(parents=True)
     meta = data.identity
-    enc = result.agent.encoder
-    encoder_info = (
-        {"hparams": data.encoder_manifest["hparams"], "window": cfg.features.window}
-        if enc is not None
-        else None
-    )
-    save_agent(out / "agent.pt", result.agent, result.agent.state_dict(), encoder=encoder_info, **meta)
+    write_agent(out / "agent.pt", cfg, data, result.agent)
     write_json(
         out / "manifest.json",
         {

@@ -1,0 +1,279 @@
+"""Register the model bundle in MLflow with lineage; on the gate's go, champion/challenger, then the alias.
+
+The bundle is what ``hmarl act`` serves; on go, the current champion is evaluated on the same walk-forward
+test folds before the ``champion`` alias moves (:class:`hmarl.tracking.registry.ModelRegistry`).
+
+The bundle (one registered model version; :func:`hmarl.act.load_bundle` reads it)::
+
+    features/   meta.json + norm.npz of the feature store (no feature arrays)
+    sl_cache/   manifest.json + checkpoints/<model>/fold_<k>.pt of the model's fold (no probabilities)
+    encoder/    manifest.json + the fold's encoder checkpoint (no embeddings)
+    symbols/    agent.pt + manifest.json (from train_master's ``symbols/`` when the master fine-tuned them)
+    master/     master.pt + manifest.json (the config the model was trained with)
+    gate.json   the gate verdict      params.yaml   the resolved params of this run
+    manifest.json   bundle version, data fingerprint, fold, symbols, features, component versions, gate
+                    decision, and the run keys of the training steps
+
+Champion/challenger: the challenger's metrics are the walk-forward policy metrics over all folds
+(:func:`hmarl.evaluation.aggregate.aggregate`, as the gate computes them); the current champion bundle is
+evaluated on the same test bars of this run's data with the same code (:mod:`hmarl.evaluate_model`) and
+aggregated the same way. A champion that cannot be evaluated on this data (other symbols, features or
+regime inputs, an unreadable bundle) is compared by its recorded metric instead, and the reason says so.
+On no-go the version is registered with ``status=rejected`` and no alias moves.
+
+Output ``decision`` (default ``reports/promote``): ``decision.json`` (decision, version, champion, previous
+champion, reason, comparison, challenger / champion metrics, lineage).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+import hmarl
+from hmarl.config import ConfigError, HmarlConfig, config_dict
+from hmarl.errors import DataError, HmarlError
+from hmarl.evaluation.aggregate import aggregate, json_safe, mlflow_trial_sharpes
+from hmarl.evaluation.period import POLICY, PeriodEvaluation
+from hmarl.io import read_json, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+INPUTS = {
+    "gate": "reports/gate",
+    "walk_forward": "reports/walk_forward",
+    "store": "data/features",
+    "sl_cache": "data/sl_cache",
+    "encoder": "models/encoder",
+    "symbols": "models/symbols",
+    "master": "models/master",
+}
+OUTPUTS = {"decision": "reports/promote"}
+BUNDLE_VERSION = 1
+
+
+# --------------------------------------------------------------------------- the bundle
+def _copy(src: Path, dst: Path) -> None:
+    if not src.is_file():
+        raise DataError(f"{src}: missing (needed in the model bundle)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
+
+
+def symbol_agent_dir(symbols: Path, master: Path) -> Path:
+    """The symbol agents the master was trained over: fine-tuned ones in ``master/symbols`` win."""
+    return master / "symbols" if (master / "symbols" / "agent.pt").is_file() else symbols
+
+
+def assemble_bundle(cfg: HmarlConfig, inputs: dict[str, Path], out: Path, verdict: dict) -> dict:
+    """Write the bundle into the new folder ``out``; returns its manifest. The pieces must describe one
+    model (same data fingerprint, symbols and fold), which :func:`hmarl.act.load_bundle` verifies."""
+    from hmarl.act import load_bundle
+
+    store, sl, enc = Path(inputs["store"]), Path(inputs["sl_cache"]), Path(inputs["encoder"])
+    master = Path(inputs["master"])
+    symbols = symbol_agent_dir(Path(inputs["symbols"]), master)
+    master_manifest = read_json(master / "manifest.json") if (master / "manifest.json").is_file() else None
+    if master_manifest is None:
+        raise DataError(f"{master}: not a master folder (manifest.json missing); run train_master")
+    fold = master_manifest["fold"]  # the training data's identity (an index; older manifests: the fold)
+    fold = int(fold["index"] if isinstance(fold, dict) else fold)
+    for name in ("meta.json", "norm.npz"):
+        _copy(store / name, out / "features" / name)
+    _copy(sl / "manifest.json", out / "sl_cache" / "manifest.json")
+    sl_manifest = read_json(sl / "manifest.json")
+    for model in sl_manifest.get("models", {}):
+        rel = Path("checkpoints") / model / f"fold_{fold}.pt"
+        _copy(sl / rel, out / "sl_cache" / rel)
+    _copy(enc / "manifest.json", out / "encoder" / "manifest.json")
+    enc_manifest = read_json(enc / "manifest.json")
+    for fit in enc_manifest.get("fits", []):
+        if fit["fold"] == fold:
+            _copy(enc / fit["checkpoint"], out / "encoder" / fit["checkpoint"])
+    _copy(symbols / "agent.pt", out / "symbols" / "agent.pt")
+    sym_manifest = read_json(symbols / "manifest.json") if (symbols / "manifest.json").is_file() else {}
+    if sym_manifest:
+        _copy(symbols / "manifest.json", out / "symbols" / "manifest.json")
+    _copy(master / "master.pt", out / "master" / "master.pt")
+    _copy(master / "manifest.json", out / "master" / "manifest.json")
+    write_json(out / "gate.json", verdict)
+    write_text(out / "params.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
+    bundle = load_bundle(out)  # the bundle must load as hmarl act loads it
+    meta = read_json(store / "meta.json")
+    manifest = {
+        "version": BUNDLE_VERSION,
+        "hmarl_version": hmarl.__version__,
+        "model_name": cfg.promote.model_name,
+        "fingerprint": meta.get("fingerprint"),
+        "fold": fold,
+        "num_symbols": len(bundle.symbols),
+        "symbols": bundle.symbols,
+        "feature_names": bundle.feature_names,
+        "regime_names": bundle.regime_names,
+        "bars_per_year": meta.get("bars_per_year"),
+        "gate_decision": verdict.get("decision"),
+        "gate_failing": ",".join(verdict.get("failing", [])),
+        "symbol_agents": "master/symbols" if symbols != Path(inputs["symbols"]) else "symbols",
+        "versions": {
+            "sl_models": {k: v.get("version") for k, v in sl_manifest.get("models", {}).items()},
+            "encoder": enc_manifest.get("version"),
+            "symbol_agent": sym_manifest.get("version"),
+            "master": master_manifest.get("version"),
+        },
+        "run_keys": {
+            "train_symbols": sym_manifest.get("run_key"),
+            "train_master": master_manifest.get("run_key"),
+        },
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+# --------------------------------------------------------------------------- lineage
+def _digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+
+
+def lineage(cfg: HmarlConfig, inputs: dict[str, Path], manifest: dict) -> dict[str, str]:
+    """step -> MLflow run id of the run that produced the input (found by its ``run_key`` tag); steps whose
+    runs carry no such key are identified by the digest of their manifest (or verdict) instead."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=cfg.tracking.mlflow_uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    out = {
+        "sl_cache": _digest(Path(inputs["sl_cache"]) / "manifest.json"),
+        "pretrain_encoder": _digest(Path(inputs["encoder"]) / "manifest.json"),
+        "gate": _digest(Path(inputs["gate"]) / "gate.json"),
+    }
+    for step, key in manifest["run_keys"].items():
+        runs = []
+        if key and exp is not None:
+            runs = client.search_runs(
+                [exp.experiment_id],
+                filter_string=f"tags.run_key = '{key}' and tags.step = '{step}' and attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+        out[step] = runs[0].info.run_id if runs else f"run_key:{key}"
+    return out
+
+
+# --------------------------------------------------------------------------- champion / challenger
+def walk_forward_periods(cfg: HmarlConfig, folder: Path, notes: list[str]) -> list[PeriodEvaluation]:
+    """This run's evaluated folds (every fold of splits.n_folds, as the gate requires)."""
+    from hmarl.steps.gate import fold_folders
+
+    return [PeriodEvaluation.load(p) for p in fold_folders(cfg, folder, notes).values()]
+
+
+def champion_metrics(
+    cfg: HmarlConfig, champion_uri: str, store_dir: Path, periods: list[PeriodEvaluation], trials
+) -> tuple[dict | None, str]:
+    """(metrics, how): the champion evaluated on the periods' bars of this run's data, or (None, why not)."""
+    from hmarl.act import load_bundle
+    from hmarl.data.splits import folds_for
+    from hmarl.data.store import FeatureStore
+    from hmarl.evaluate_model import evaluate_bundle
+    from hmarl.tracking.registry import ModelRegistry
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = ModelRegistry(cfg.tracking).download(champion_uri, tmp)
+            champion = load_bundle(folder)
+            fingerprint = read_json(folder / "features" / "meta.json").get("fingerprint")
+        store = FeatureStore.load(store_dir)
+        evaluated = evaluate_bundle(
+            champion, store, [(p.label, p.bars) for p in periods], cfg, where=f"{store_dir} (this run's data)"
+        )
+        # same data: bars before the champion's own test window were in its train/validation range
+        own_test = folds_for(champion.cfg, store.num_bars)[champion.fold].test[0]
+    except (HmarlError, ConfigError) as exc:
+        return None, f"not evaluable on this run's data ({exc}): compared by its recorded metric"
+    how = f"evaluated on this run's test bars ({', '.join(p.label for p in periods)}) with the same code"
+    seen = sum(max(0, min(hi, own_test) - lo) for lo, hi in (p.bars for p in periods))
+    if fingerprint == store.meta.get("fingerprint") and seen:
+        how += f"; {seen} of these bars precede its own test window on the same data (in its training range)"
+    return aggregate(evaluated, cfg, trials).metrics[POLICY], how
+
+
+# --------------------------------------------------------------------------- the step
+def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, float]:
+    if not cfg.tracking.enabled:
+        raise ConfigError(
+            "tracking.enabled: false, but promotion registers the model in the MLflow model registry "
+            f"({cfg.tracking.mlflow_uri}); set tracking.enabled=true"
+        )
+    from hmarl.tracking.registry import CHAMPION, ModelRegistry
+
+    gate_path = Path(inputs["gate"]) / "gate.json"
+    if not gate_path.is_file():
+        raise DataError(f"{gate_path}: gate verdict not found; run the gate step")
+    verdict = read_json(gate_path)
+    go = bool(verdict.get("go")) and verdict.get("decision") == "go"
+    notes: list[str] = []
+    periods = walk_forward_periods(cfg, Path(inputs["walk_forward"]), notes)
+    name, promotion = cfg.promote.model_name, cfg.gate.promotion
+    registry = ModelRegistry(cfg.tracking)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "bundle"
+        manifest = assemble_bundle(cfg, inputs, folder, verdict)
+        runs = lineage(cfg, inputs, manifest)
+        version = registry.register(
+            name, folder, lineage=runs, tags={"gate.decision": verdict.get("decision")}
+        )
+    trials = mlflow_trial_sharpes(cfg, notes)
+    challenger = aggregate(periods, cfg, trials).metrics[POLICY]
+    champion, how, current = None, "no champion yet", registry.champion(name)
+    if not go:
+        how = "gate no-go: no comparison"
+    elif current is not None and str(current.version) != version:
+        uri = f"models:/{name}@{CHAMPION}"
+        champion, how = champion_metrics(cfg, uri, Path(inputs["store"]), periods, trials)
+        how = f"v{current.version}: {how}"
+    decision = registry.promote(
+        name,
+        version,
+        verdict,
+        challenger,
+        champion,
+        metric=promotion.metric,
+        margin=promotion.margin,
+        higher_is_better=promotion.higher_is_better,
+    )
+    status = "promoted" if decision.promoted else ("not-promoted" if go else "rejected")
+    doc = {
+        "decision": status,
+        "model_name": name,
+        "version": version,
+        "uri": f"models:/{name}/{version}",
+        "champion": decision.champion,
+        "previous_champion": decision.previous_champion,
+        "replaced_champion": str(current.version) if current is not None and decision.promoted else None,
+        "reason": decision.reason,
+        "comparison": how,
+        "metric": promotion.metric,
+        "margin": promotion.margin,
+        "higher_is_better": promotion.higher_is_better,
+        "gate": {"decision": verdict.get("decision"), "failing": verdict.get("failing", [])},
+        "metrics": {"challenger": challenger, "champion": champion},
+        "periods": [p.label for p in periods],
+        "lineage": runs,
+        "bundle": manifest,
+        "notes": notes,
+    }
+    out = Path(outputs["decision"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "decision.json", json_safe(doc))
+    log.info("promote: %s v%s (%s)", status, version, decision.reason)
+    result = {"promoted": float(decision.promoted), "go": float(go), "version": float(version)}
+    for side, m in (("challenger", challenger), ("champion", champion or {})):
+        value = m.get(promotion.metric)
+        if value is not None:
+            result[f"{side}_{promotion.metric}"] = float(value)
+    return result

@@ -1,0 +1,119 @@
+"""The warm decision path (:class:`hmarl.decider.Decider`) is the reference decision (:func:`hmarl.act.decide`)
+at the full profile's model sizes, bar after bar, on one or two threads, for flat and holding accounts;
+the encoder's inference forward is the branch's; positions files are read strictly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hmarl.act import decide
+from hmarl.config import load_config
+from hmarl.decider import Decider
+from hmarl.encoders.inference import transformer_forward
+from hmarl.encoders.model import SharedEncoder
+from hmarl.errors import DataError
+from hmarl.positions import Account, read_positions
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("act_latency", ROOT / "bench" / "act_latency.py")
+act_latency = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(act_latency)
+
+
+def assert_same_orders(fast: list[dict], ref: list[dict]) -> None:
+    assert [o["symbol"] for o in fast] == [o["symbol"] for o in ref]
+    for f, r in zip(fast, ref, strict=True):
+        assert (f["action"], f["allowed"], f["directive"]) == (r["action"], r["allowed"], r["directive"])
+        assert f["probability"] == pytest.approx(r["probability"], abs=1e-5)
+        assert f["buy_notional"] == pytest.approx(r["buy_notional"], abs=0.01)
+        assert f["sell_fraction"] == r["sell_fraction"]
+
+
+@pytest.fixture(scope="module")
+def full():
+    """Full-profile model sizes (all four encoder branches), 24 symbols, 2 consecutive newest bars."""
+    return act_latency.full_bundle("full", bars=2, symbols=24)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: a second one spins at every barrier while the test box is busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def holding(bundle, inputs, cash: float) -> Account:
+    """Positions in every third symbol, half of them bought at half the newest close (winners)."""
+    close = inputs.market.table[1, inputs.market.num_bars - 2].numpy()
+    shares = np.zeros(len(bundle.symbols))
+    shares[::3] = 10.0
+    entry = np.where(np.arange(len(shares)) % 2 == 0, 0.5, 1.2) * close * (shares > 0)
+    return Account(cash, shares, entry, "test account")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_decider_is_the_reference_decision_bar_after_bar(full, workers, one_thread):
+    bundle, bars = full
+    decider = Decider(bundle, workers=workers)
+    try:
+        for inputs in bars:  # one warm Decider across consecutive bars, as a desk runs it
+            assert_same_orders(decider.decide(inputs), decide(bundle, inputs))
+            account = holding(bundle, inputs, cash=20_000.0)
+            fast = decider.decide(inputs, account)
+            assert_same_orders(fast, decide(bundle, inputs, account))
+            assert fast != decider.decide(inputs)  # the account matters, and does not stick to the Decider
+    finally:
+        decider.close()
+
+
+def test_transformer_inference_is_the_branch():
+    cfg = load_config(ROOT / "params.yaml", ["profile=full"]).encoder
+    for window, scales in ((24, cfg.scales), (10, [1, 3, 4])):  # 10: pooled scales drop the oldest steps
+        encoder = SharedEncoder(cfg.model_copy(update={"scales": scales}), window, 5, torch.eye(7)).eval()
+        branch = encoder.branches["transformer"]
+        x = torch.randn(2, 7, window, 5, generator=torch.Generator().manual_seed(window))
+        with torch.inference_mode():
+            torch.testing.assert_close(transformer_forward(branch, x), branch(x), atol=1e-5, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- positions files
+SYMBOLS = ["AAA", "BBB", "CCC"]
+
+
+def test_positions_from_json_and_csv(tmp_path):
+    doc = {"cash": 5000, "positions": [{"symbol": "BBB", "shares": 12.5, "entry_price": 40}]}
+    (tmp_path / "p.json").write_text(json.dumps(doc))
+    (tmp_path / "p.csv").write_text("symbol,shares,entry_price\nBBB,12.5,40\nCASH,5000,\nCCC,0,\n")
+    for name in ("p.json", "p.csv"):
+        account = read_positions(tmp_path / name, SYMBOLS)
+        assert account.cash == 5000.0
+        np.testing.assert_array_equal(account.shares, [0.0, 12.5, 0.0])
+        np.testing.assert_array_equal(account.entry, [0.0, 40.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("unknown.csv", "symbol,shares,entry_price\nZZZ,1,2\nCASH,10,\n", r"unknown.csv: row 2: unknown symbol 'ZZZ'"),
+        ("neg.csv", "symbol,shares,entry_price\nAAA,1,2\nBBB,-3,2\nCASH,1,\n", r"neg.csv: row 3 \(BBB\).*'shares'.*negative"),
+        ("col.csv", "symbol,qty,entry_price\nAAA,1,2\n", r"col.csv: missing column 'shares'"),
+        ("nocash.csv", "symbol,shares,entry_price\nAAA,1,2\n", r"nocash.csv: no cash"),
+        ("entry.csv", "symbol,shares,entry_price\nAAA,1,\nCASH,1,\n", r"entry.csv: row 2 \(AAA\).*'entry_price'"),
+        ("twice.csv", "symbol,shares,entry_price\nAAA,1,2\nAAA,1,2\nCASH,1,\n", r"twice.csv: row 3.*'AAA' listed twice"),
+        ("key.json", '{"cash": 1, "positions": [{"symbol": "CCC", "shares": 1}]}', r"key.json: positions\[0\] \(CCC\): missing column 'entry_price'"),
+        ("bad.json", '{"cash": "lots", "positions": []}', r"bad.json: cash.*'cash' must be a finite number"),
+        ("p.txt", "AAA 1 2", r"p.txt: positions file must be .json or .csv"),
+    ],
+)  # fmt: skip
+def test_bad_positions_files_are_refused_naming_what_is_wrong(tmp_path, name, text, match):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=match):
+        read_positions(tmp_path / name, SYMBOLS)
