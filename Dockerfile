@@ -9,7 +9,7 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- builder: venv + `pip install -c requirements.lock .` ----------------------------------------
+# ---- builder: venv + `pip install -c requirements.lock ".[cloud]"` ----------------------------------------
 FROM ${PYTHON_IMAGE} AS builder
 
 # torch==2.13.0 is pinned by the lock; the CPU wheel index serves 2.13.0+cpu, which pip prefers over
@@ -27,7 +27,7 @@ WORKDIR /src
 # Only what the install needs, so code-only edits to the app files below reuse this layer.
 COPY requirements.lock pyproject.toml README.md ./
 COPY src/ ./src/
-RUN PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}" pip install -c requirements.lock .
+RUN PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}" pip install -c requirements.lock ".[cloud]"
 
 # ---- runtime: the venv and the app files, no compilers, no pip cache, non-root --------------------
 FROM ${PYTHON_IMAGE} AS runtime

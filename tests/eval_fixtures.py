@@ -56,6 +56,8 @@ def make_period(
             by_name[name] = PolicySeries(equity, turnover[name], frac * equity[:-1], np.full(t, 0.8))
         series[cost] = by_name
     actions = rng.dirichlet(np.ones(7), size=t)
+    # drift-free selection excess per step: the names' edge above the market's (benchmark) drift
+    timing = {n: rng.normal(edge.get(n, 0.0) - edge["benchmark"], 0.01, t).tolist() for n in gross}
     return PeriodEvaluation(
         label,
         (lo, lo + t + 1),
@@ -66,6 +68,7 @@ def make_period(
         series,
         actions,
         symbol_returns,
+        {"timing_excess": timing},
     )
 
 

@@ -210,7 +210,7 @@ def test_builder_installs_exactly_the_lock(dockerfile):
     assert len(installs) == 1, f"{name}: one pip install in the builder"
     cmd = shlex.split(installs[0].args)
     pip_args = cmd[cmd.index("install") + 1 :]
-    assert pip_args == ["-c", "requirements.lock", "."], f"{name}: install command is {pip_args}"
+    assert pip_args == ["-c", "requirements.lock", ".[cloud]"], f"{name}: install command is {pip_args}"
     # The torch flavour comes from an extra index only; the lock still pins torch.
     assert any(t.startswith("PIP_EXTRA_INDEX_URL=") for t in cmd[: cmd.index("pip")])
     assert "torch==2.13.0" in (REPO / "requirements.lock").read_text().splitlines()

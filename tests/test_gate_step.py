@@ -130,6 +130,7 @@ def test_symbol_agents_without_an_edge_fail_the_learning_criterion(tmp_path):
     tree = _tree(tmp_path, edge={"symbol_agents": 0.0})
     _, gate = _run(tmp_path, tree)
     assert gate["decision"] == "no-go" and "symbol_walk_forward_sharpe" in gate["failing"]
+    assert "symbol_timing_edge_t" in gate["failing"]  # no skill beyond the market's drift either
 
 
 def test_missing_or_nan_values_fail_closed(tmp_path):

@@ -14,6 +14,11 @@ trained yet), the exploration stack and the SL prior at their defaults.
   return (timing edge t > 3).
 - ``random_walk``: no significant edge (timing edge |t| < 3, Sharpe not significantly above buy-and-hold)
   and the anti-collapse checklist holds: no executed action above 60 %, policy entropy not collapsed.
+
+The gate on the same agents (a short master, the walk-forward evaluation of the fold, Stage 5 for seed 42
+— resuming the finished training run, so no second training — and the gate step): ``planted_alpha``
+passes the learning criteria (walk-forward Sharpe of the symbol agents > 0.6, selection edge t > 3),
+``random_walk`` is no-go with the learning tier among its failures.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 
 from hmarl.agents.data import load_training_data
 from hmarl.evaluation.backtest import backtest, oracle_policy
+from hmarl.evaluation.gate import verdict_from_dict
 from hmarl.io import read_json
 from hmarl.steps.runner import execute
 
@@ -57,12 +63,36 @@ LEARNING = [
 ]
 
 
+GATE = [
+    "master.total_steps=640",
+    "master.num_steps=32",
+    "stage5.seeds=[42]",
+    "stage5.total_steps=12800",  # = ppo.total_steps: Stage 5 of seed 42 resumes the finished run
+    "walk_forward.folds=[0]",
+]
+
+
 def trained(tmp_path_factory, mode: str):
     root = tmp_path_factory.mktemp(mode)
-    cfg = market_config(LEARN, mode, *LEARNING, f"ppo.checkpoint_dir={root / 'checkpoints'}")
+    cfg = market_config(LEARN, mode, *LEARNING, *GATE, f"ppo.checkpoint_dir={root / 'checkpoints'}")
     inputs = build_upstream(root, cfg)
     metrics = execute("train_symbols", cfg, inputs, {"model": str(root / "symbols")})
     return cfg, inputs, metrics, root / "symbols"
+
+
+def gate_verdict(cfg, inputs: dict, symbols: Path):
+    """The downstream steps on these agents, as the pipeline runs them; returns the gate's verdict."""
+    root = symbols.parent
+    cfg = cfg.model_copy(
+        update={"master": cfg.master.model_copy(update={"checkpoint_dir": str(root / "master_ck")})}
+    )
+    models = {**inputs, "symbols": str(symbols), "master": str(root / "master")}
+    execute("train_master", cfg, {**inputs, "symbols": str(symbols)}, {"model": models["master"]})
+    execute("walk_forward", cfg, models, {"evaluation": str(root / "wf" / "fold_0")})
+    execute("stage5", cfg, inputs, {"run": str(root / "stage5" / "seed_42")})
+    reports = {"stage5": str(root / "stage5"), "walk_forward": str(root / "wf")}
+    execute("gate", cfg, reports, {"report": str(root / "gate"), "plots": str(root / "plots")})
+    return verdict_from_dict(read_json(root / "gate" / "gate.json"))
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +179,21 @@ def test_random_walk_shows_no_edge_and_no_collapse(random_walk):
     assert max(sampled_shares.values()) <= 0.60
     assert last["policy_action_entropy_mean"] >= 0.20
     assert metrics["policy_action_entropy_mean"] >= 0.20
+
+
+def test_gate_passes_the_learning_criterion_on_planted_alpha(planted):
+    cfg, inputs, _, symbols = planted
+    verdict = gate_verdict(cfg, inputs, symbols)
+    learning = {c.name: c for c in verdict.criteria if c.tier == "learning"}
+    report("planted_alpha gate", {c.name: c.value for c in verdict.criteria} | {"decision": verdict.decision})
+    assert learning and all(c.passed for c in learning.values())
+    assert learning["symbol_walk_forward_sharpe"].value > 0.6
+
+
+def test_gate_says_no_go_on_random_walk(random_walk):
+    cfg, inputs, _, symbols = random_walk
+    verdict = gate_verdict(cfg, inputs, symbols)
+    report("random_walk gate", {c.name: c.value for c in verdict.criteria} | {"decision": verdict.decision})
+    assert verdict.decision == "no-go"
+    # nothing to learn: the selection edge is not significant (Sharpe alone can pass on market drift)
+    assert "symbol_timing_edge_t" in verdict.failing

@@ -39,7 +39,6 @@ from hmarl.agents.saved_master import load_master
 from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig, build_config
 from hmarl.data.canonical import read_canonical
-from hmarl.data.features import FEATURE_NAMES
 from hmarl.data.store import FeatureStore
 from hmarl.decider import Decider, newest_bar, orders, set_account
 from hmarl.encoders.model import load_encoder
@@ -51,7 +50,7 @@ from hmarl.positions import Account, read_positions
 from hmarl.sl.calibration import calibrated_probs
 from hmarl.sl.inputs import feature_mismatch, model_inputs
 from hmarl.sl.models import load_checkpoint
-from hmarl.steps.features import Market, market_features, market_from_canonical
+from hmarl.steps.features import Market, assemble_store, market_features, market_from_canonical
 
 PARTS = ("features", "sl_cache", "encoder", "symbols", "master")
 ORDER_FIELDS = ("symbol", "action", "probability", "buy_notional", "sell_fraction", "allowed", "directive")
@@ -164,28 +163,14 @@ def with_model_norm(bundle: Bundle, store: FeatureStore, where: str = "data") ->
 def featurize(bundle: Bundle, market: Market, where: str = "data") -> FeatureStore:
     """New bars as the pipeline's feature store (its own code, over the whole history given: EMA-type
     features depend on where they start), normalized with the model's statistics."""
-    features, usable, regime, regime_names = market_features(market, bundle.cfg.features.warmup_bars)
-    meta = {
-        "symbols": market.symbols,
-        "feature_names": list(FEATURE_NAMES),
-        "regime_names": regime_names,
-        "freq": market.meta.get("freq"),
-        "bar_seconds": market.meta.get("bar_seconds"),
-        "bars_per_year": market.bars_per_year,
-        "fingerprint": market.meta.get("fingerprint"),
-        "window": bundle.window,
-        "warmup_bars": bundle.cfg.features.warmup_bars,
-    }
-    store = FeatureStore(
-        features=features,
-        ohlcv=market.ohlcv,
-        tradable=usable,
-        regime=regime,
-        benchmark=market.benchmark,
-        timestamps=market.timestamps,
-        norm_mean=bundle.norm_mean[None],
-        norm_std=bundle.norm_std[None],
-        meta=meta,
+    warmup = bundle.cfg.features.warmup_bars
+    store = assemble_store(
+        market,
+        market_features(market, warmup),
+        bundle.norm_mean[None],
+        bundle.norm_std[None],
+        window=bundle.window,
+        warmup_bars=warmup,
     )
     return with_model_norm(bundle, store, where)
 

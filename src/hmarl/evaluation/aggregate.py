@@ -33,7 +33,7 @@ import numpy as np
 from hmarl.config import ConfigError, HmarlConfig
 from hmarl.env.actions import ACTION_NAMES
 from hmarl.errors import DataError
-from hmarl.evaluation.metrics import bar_returns, check_bars_per_year, ratio
+from hmarl.evaluation.metrics import bar_returns, check_bars_per_year, edge_t, ratio
 from hmarl.evaluation.overfitting import deflated_sharpe, probability_of_overfitting, trial_metric_from_mlflow
 from hmarl.evaluation.period import BASELINES, POLICY, PeriodEvaluation, PolicySeries
 from hmarl.evaluation.report import EvaluationResult, render_markdown, write_report
@@ -61,6 +61,7 @@ class Aggregate:
     actions: np.ndarray  # (T, 7) executed action shares of the policy per bar
     overfitting: dict[str, float | str]
     notes: list[str] = field(default_factory=list)
+    timing_edge: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> mean, t, steps
 
     @property
     def names(self) -> list[str]:
@@ -304,7 +305,22 @@ def aggregate(
         actions=np.concatenate([p.actions for p in ordered]),
         overfitting=over,
         notes=notes,
+        timing_edge=timing_edges(ordered),
     )
+
+
+def timing_edges(periods: Sequence[PeriodEvaluation]) -> dict[str, dict[str, float]]:
+    """Drift-free selection edge of each backtested strategy over all periods (their per-step excess
+    series, ``info["timing_excess"]``, concatenated): mean, t-statistic, steps. A strategy missing from
+    any period is left out (its gate value is then missing: fail)."""
+    series = [p.info.get("timing_excess") or {} for p in periods]
+    names = set.intersection(*(set(s) for s in series)) if series else set()
+    out = {}
+    for name in sorted(names):
+        excess = np.concatenate([np.asarray(s[name], dtype=np.float64) for s in series])
+        mean, t = edge_t(excess)
+        out[name] = {"mean": mean, "t": t, "steps": float(excess.size)}
+    return out
 
 
 # --------------------------------------------------------------------------- outputs

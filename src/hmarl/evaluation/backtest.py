@@ -29,7 +29,7 @@ from hmarl.env.actions import NUM_ACTIONS, Action
 from hmarl.env.fills import execute
 from hmarl.env.market import ADV, CLOSE, OPEN, SIGMA, TRADABLE, MarketData
 from hmarl.env.vec_env import MarketEnv, Observation
-from hmarl.evaluation.metrics import sharpe_ratio
+from hmarl.evaluation.metrics import edge_t, sharpe_ratio
 from hmarl.evaluation.period import PolicySeries
 from hmarl.sl.cache import CHANNELS
 
@@ -75,21 +75,21 @@ class Backtest:
         counts = np.stack([(flat == a).sum(1) for a in range(NUM_ACTIONS)], 1)
         return counts / flat.shape[1]
 
-    def timing_edge(self) -> tuple[float, float]:
-        """Selection skill, free of market drift: per step, the mean open-to-close return of the symbols
+    def timing_excess(self) -> np.ndarray:
+        """Selection skill, free of market drift, per step: the mean open-to-close return of the symbols
         held through the bar (orders decided before it fill at its open) minus the mean over all symbols,
         averaged over the accounts holding something (they trade the same bars, so together they are one
-        observation per step). Returns the mean of that series and its t-statistic over steps (0 when
-        undefined)."""
+        observation per step); steps where no account holds anything are left out."""
         held = self.holding[1:]  # positions held from the fill at the bar's open to its close
         count = held.sum(-1)  # (steps, N)
         r = self.bar_returns[:, None, :]
         excess = (held * r).sum(-1) / np.maximum(count, 1) - r.mean(-1)
         accounts = (count > 0).sum(-1)
-        excess = ((excess * (count > 0)).sum(-1) / np.maximum(accounts, 1))[accounts > 0]
-        if excess.size < 3 or excess.std(ddof=1) == 0:
-            return 0.0, 0.0
-        return float(excess.mean()), float(excess.mean() / excess.std(ddof=1) * np.sqrt(excess.size))
+        return ((excess * (count > 0)).sum(-1) / np.maximum(accounts, 1))[accounts > 0]
+
+    def timing_edge(self) -> tuple[float, float]:
+        """Mean of :meth:`timing_excess` and its t-statistic over steps (0 when undefined)."""
+        return edge_t(self.timing_excess())
 
 
 def evaluation_env(

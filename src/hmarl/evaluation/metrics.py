@@ -186,3 +186,11 @@ def finite_or_none(x) -> float | None:
     """JSON-safe number: NaN/inf -> None (JSON has no NaN; readers must treat None as 'undefined')."""
     x = float(x)
     return x if math.isfinite(x) else None
+
+
+def edge_t(excess) -> tuple[float, float]:
+    """(mean, t-statistic) of a per-step excess-return series; (0, 0) with < 3 steps or no dispersion."""
+    excess = np.asarray(excess, dtype=np.float64)
+    if excess.size < 3 or excess.std(ddof=1) == 0:
+        return 0.0, 0.0
+    return float(excess.mean()), float(excess.mean() / excess.std(ddof=1) * np.sqrt(excess.size))

@@ -26,6 +26,14 @@ class Criterion(Section):
 SEED_CRITERIA: dict[str, tuple[str, str, float, str]] = {
     # learning: the symbol agents beat the bar out of sample (walk-forward, all folds)
     "symbol_walk_forward_sharpe": ("learning", ">", 0.6, "symbol agents' walk-forward Sharpe"),
+    # ours: Sharpe alone cannot tell skill from market drift on a few hundred bars (random_walk agents
+    # reached 1.2 on one 250-bar window); the drift-free selection edge must be significant as well
+    "symbol_timing_edge_t": (
+        "learning",
+        ">",
+        3.0,
+        "t-stat of the symbol agents' selection edge (held minus all symbols' bar return), all folds",
+    ),
     # master: it must earn its place by cutting drawdown vs the symbol agents alone
     "master_drawdown_reduction": ("master", ">", 0.15, "1 - maxDD(master) / maxDD(no-master baseline)"),
     # Stage 5 anti-collapse checklist (per seed; the gate gets the worst seed's value)

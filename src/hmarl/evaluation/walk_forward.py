@@ -80,7 +80,7 @@ def evaluate_period(
     sl_rule = sl_rule_policy(tables)
     base = float(cfg.env.commission_bps_round_trip)
     series: dict[float, dict[str, PolicySeries]] = {}
-    actions = symbol_returns = directives = None
+    actions = symbol_returns = directives = timing = None
     for level in cost_levels(cfg):
         neutral = with_commission(cfg, level)
         trained = symbol_stage_config(neutral)  # the agents' training directive
@@ -101,6 +101,7 @@ def evaluate_period(
             policy = runs[POLICY]
             actions, symbol_returns = policy.action_shares(), policy.symbol_returns()
             directives = policy.directive[:-1, 0]  # in force at each decision
+            timing = {name: bt.timing_excess().tolist() for name, bt in runs.items()}
     counts = np.bincount(directives, minlength=master.num_directives)
     extra = {
         "directive_counts": counts.tolist(),
@@ -108,6 +109,7 @@ def evaluate_period(
         "training_directive": default_directive(symbol_stage_config(cfg).env),
         "random_accounts": cfg.walk_forward.eval_envs,
         "cost_stress": "env.commission_bps_round_trip varied; slippage unchanged",
+        "timing_excess": timing,  # name -> per-step drift-free selection excess (Backtest.timing_excess)
     }
     return PeriodEvaluation(
         label,

@@ -123,13 +123,12 @@ def market_features(market: Market, warmup_bars: int) -> tuple[np.ndarray, np.nd
     return features, usable, regime, regime_names
 
 
-def build_store(cfg: HmarlConfig, market: Market) -> FeatureStore:
-    """Features, regime, usable mask and per-fold train statistics for one market."""
-    n_bars = len(market.timestamps)
-    folds = folds_for(cfg, n_bars)
-    features, usable, regime, regime_names = market_features(market, cfg.features.warmup_bars)
-    mean, std = fold_norm_stats(features, usable, [fold.train for fold in folds])
-    meta = {
+def assemble_store(market: Market, computed: tuple, mean, std, **meta) -> FeatureStore:
+    """A feature store of ``market`` from :func:`market_features` output and normalization statistics
+    (per fold in the pipeline, the model fold's in ``hmarl act`` / ``hmarl evaluate``); ``meta`` adds
+    the caller's keys to the data's identity."""
+    features, usable, regime, regime_names = computed
+    identity = {
         "symbols": market.symbols,
         "feature_names": list(FEATURE_NAMES),
         "regime_names": regime_names,
@@ -137,11 +136,6 @@ def build_store(cfg: HmarlConfig, market: Market) -> FeatureStore:
         "bar_seconds": market.meta.get("bar_seconds"),
         "bars_per_year": market.bars_per_year,
         "fingerprint": market.meta.get("fingerprint"),
-        "folds": [fold.to_dict() for fold in folds],
-        "window": cfg.features.window,
-        "label_horizon": cfg.features.label_horizon,
-        "warmup_bars": cfg.features.warmup_bars,
-        "missing_value": 0.0,  # raw entries of non-tradable bars (warm-up, masked, undefined)
     }
     return FeatureStore(
         features=features,
@@ -152,7 +146,25 @@ def build_store(cfg: HmarlConfig, market: Market) -> FeatureStore:
         timestamps=market.timestamps,
         norm_mean=mean,
         norm_std=std,
-        meta=meta,
+        meta={**identity, **meta},
+    )
+
+
+def build_store(cfg: HmarlConfig, market: Market) -> FeatureStore:
+    """Features, regime, usable mask and per-fold train statistics for one market."""
+    folds = folds_for(cfg, len(market.timestamps))
+    computed = market_features(market, cfg.features.warmup_bars)
+    mean, std = fold_norm_stats(computed[0], computed[1], [fold.train for fold in folds])
+    return assemble_store(
+        market,
+        computed,
+        mean,
+        std,
+        folds=[fold.to_dict() for fold in folds],
+        window=cfg.features.window,
+        label_horizon=cfg.features.label_horizon,
+        warmup_bars=cfg.features.warmup_bars,
+        missing_value=0.0,  # raw entries of non-tradable bars (warm-up, masked, undefined)
     )
 
 

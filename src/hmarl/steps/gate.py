@@ -153,6 +153,7 @@ def gate_values(agg: Aggregate, per_seed: dict[str, dict[str, float]], cfg: Hmar
     return {
         **worst_seed_values(per_seed, stage5_criteria),
         "symbol_walk_forward_sharpe": metric("symbol_agents", "sharpe"),
+        "symbol_timing_edge_t": float(agg.timing_edge.get("symbol_agents", {}).get("t", _NAN)),
         "master_drawdown_reduction": drawdown_reduction(
             metric(POLICY, "max_drawdown"), metric("no_master", "max_drawdown")
         ),
