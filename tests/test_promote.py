@@ -115,7 +115,7 @@ def test_promotion_lifecycle(root, tracking, tmp_path, capsys):
     assert champion["sharpe"] == pytest.approx(first["metrics"]["challenger"]["sharpe"], rel=1e-9)
     assert champion["sharpe"] - challenger["sharpe"] > cfg.gate.promotion.margin
     assert second["decision"] == "not-promoted" and "trails champion v1" in second["reason"]
-    assert "evaluated on this run's test bars (fold_0)" in second["comparison"]
+    assert "both evaluated on fold_0" in second["comparison"]
     assert second["champion"] == "1" and str(registry.champion(NAME).version) == "1"
     assert registry.client.get_model_version(NAME, second["version"]).tags["status"] == "not-promoted"
     assert metrics["promoted"] == 0.0 and metrics["champion_sharpe"] == pytest.approx(champion["sharpe"])

@@ -174,8 +174,12 @@ def walk_forward_periods(cfg: HmarlConfig, folder: Path, notes: list[str]) -> li
 
 def champion_metrics(
     cfg: HmarlConfig, champion_uri: str, store_dir: Path, periods: list[PeriodEvaluation], trials
-) -> tuple[dict | None, str]:
-    """(metrics, how): the champion evaluated on the periods' bars of this run's data, or (None, why not)."""
+) -> tuple[dict | None, str, list[PeriodEvaluation]]:
+    """(metrics, how, compared periods): the champion evaluated with the same code on the test periods
+    that are out of sample for it too. On the same data, periods before its own test window lie in its
+    training range (its SL models and encoder would see their own training bars): they are left out,
+    and the challenger is judged on the same remaining periods. (None, why, periods) when it cannot be
+    evaluated here (the registry then compares by its recorded metric)."""
     from hmarl.act import load_bundle
     from hmarl.data.splits import folds_for
     from hmarl.data.store import FeatureStore
@@ -188,18 +192,29 @@ def champion_metrics(
             champion = load_bundle(folder)
             fingerprint = read_json(folder / "features" / "meta.json").get("fingerprint")
         store = FeatureStore.load(store_dir)
+        same_data = fingerprint == store.meta.get("fingerprint")
+        own_test = folds_for(champion.cfg, store.num_bars)[champion.fold].test[0] if same_data else 0
+        compared = [p for p in periods if p.bars[0] >= own_test]
+        if not compared:
+            return (
+                None,
+                "every test period lies in its training range on this data: compared by its recorded metric",
+                periods,
+            )
         evaluated = evaluate_bundle(
-            champion, store, [(p.label, p.bars) for p in periods], cfg, where=f"{store_dir} (this run's data)"
+            champion,
+            store,
+            [(p.label, p.bars) for p in compared],
+            cfg,
+            where=f"{store_dir} (this run's data)",
         )
-        # same data: bars before the champion's own test window were in its train/validation range
-        own_test = folds_for(champion.cfg, store.num_bars)[champion.fold].test[0]
     except (HmarlError, ConfigError) as exc:
-        return None, f"not evaluable on this run's data ({exc}): compared by its recorded metric"
-    how = f"evaluated on this run's test bars ({', '.join(p.label for p in periods)}) with the same code"
-    seen = sum(max(0, min(hi, own_test) - lo) for lo, hi in (p.bars for p in periods))
-    if fingerprint == store.meta.get("fingerprint") and seen:
-        how += f"; {seen} of these bars precede its own test window on the same data (in its training range)"
-    return aggregate(evaluated, cfg, trials).metrics[POLICY], how
+        return None, f"not evaluable on this run's data ({exc}): compared by its recorded metric", periods
+    how = f"both evaluated on {', '.join(p.label for p in compared)} with the same code"
+    left_out = [p.label for p in periods if p not in compared]
+    if left_out:
+        how += f" ({', '.join(left_out)} left out: in the champion's training range on this data)"
+    return aggregate(evaluated, cfg, trials).metrics[POLICY], how, compared
 
 
 # --------------------------------------------------------------------------- the step
@@ -230,17 +245,20 @@ def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> 
     trials = mlflow_trial_sharpes(cfg, notes)
     challenger = aggregate(periods, cfg, trials).metrics[POLICY]
     champion, how, current = None, "no champion yet", registry.champion(name)
+    challenger_compared = challenger
     if not go:
         how = "gate no-go: no comparison"
     elif current is not None and str(current.version) != version:
         uri = f"models:/{name}@{CHAMPION}"
-        champion, how = champion_metrics(cfg, uri, Path(inputs["store"]), periods, trials)
+        champion, how, compared = champion_metrics(cfg, uri, Path(inputs["store"]), periods, trials)
         how = f"v{current.version}: {how}"
+        if champion is not None and len(compared) < len(periods):  # judge both on the same bars
+            challenger_compared = aggregate(compared, cfg, trials).metrics[POLICY]
     decision = registry.promote(
         name,
         version,
         verdict,
-        challenger,
+        challenger_compared,
         champion,
         metric=promotion.metric,
         margin=promotion.margin,
@@ -261,7 +279,11 @@ def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> 
         "margin": promotion.margin,
         "higher_is_better": promotion.higher_is_better,
         "gate": {"decision": verdict.get("decision"), "failing": verdict.get("failing", [])},
-        "metrics": {"challenger": challenger, "champion": champion},
+        "metrics": {
+            "challenger": challenger,
+            "challenger_compared": challenger_compared,
+            "champion": champion,
+        },
         "periods": [p.label for p in periods],
         "lineage": runs,
         "bundle": manifest,
