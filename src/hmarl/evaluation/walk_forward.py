@@ -38,7 +38,7 @@ from hmarl.evaluation.backtest import (
     sl_rule_policy,
 )
 from hmarl.evaluation.period import POLICY, PeriodEvaluation, PolicySeries
-from hmarl.steps.train_symbols import symbol_stage_config
+from hmarl.learners.stage_config import symbol_stage_config
 
 
 def with_commission(cfg: HmarlConfig, bps: float) -> HmarlConfig:

@@ -22,20 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 
 from hmarl.agents.data import TrainingData, load_training_data
 from hmarl.agents.saved import AGENT_VERSION, save_agent
 from hmarl.agents.symbol import SymbolAgent
-from hmarl.config import ConfigError, HmarlConfig, config_dict
+from hmarl.config import HmarlConfig, config_dict
 from hmarl.env.actions import ACTION_NAMES
-from hmarl.env.params import MasterGridConfig
 from hmarl.evaluation.backtest import agent_policy as eval_agent_policy
 from hmarl.evaluation.backtest import backtest, buy_and_hold, random_policy
 from hmarl.evaluation.metrics import sharpe_ratio
 from hmarl.io import read_json, write_json
 from hmarl.learners.checkpoint import run_key as checkpoint_key
 from hmarl.learners.distributed import DistInfo, launch
+from hmarl.learners.stage_config import symbol_stage_config
 from hmarl.learners.symbol_trainer import TIMING_KEYS, TrainResult, train
 from hmarl.learners.telemetry import MANDATORY
 from hmarl.tracking import Tracker
@@ -51,21 +50,6 @@ _BOOKKEEPING = {"checkpoint_dir", "checkpoint_every", "progress", "eval_envs"}
 
 def run_key(cfg: HmarlConfig, data: TrainingData) -> str:
     return checkpoint_key(config_dict(cfg), "ppo", _BOOKKEEPING, data.digest().encode())
-
-
-def symbol_stage_config(cfg: HmarlConfig) -> HmarlConfig:
-    """``cfg`` with ``ppo.directive`` (when set) as the env's fixed master directive: symbol agents are
-    trained, and backtested, before a master exists, so the directive they face is a stage setting."""
-    if cfg.ppo.directive is None:
-        return cfg
-    try:
-        master = MasterGridConfig.model_validate(
-            {**cfg.env.master.model_dump(), "default": cfg.ppo.directive}
-        )
-    except ValidationError as exc:
-        raise ConfigError(f"ppo.directive: {exc.errors()[0]['msg']}") from None
-    env = cfg.env.model_copy(update={"master": master})
-    return cfg.model_copy(update={"env": env})
 
 
 def run(
