@@ -304,3 +304,28 @@ def test_the_evaluation_is_reproducible_from_the_saved_models(pipeline):
             )
     np.testing.assert_array_equal(again.actions, saved.actions)
     np.testing.assert_array_equal(again.symbol_returns, saved.symbol_returns)
+
+
+def test_hourly_bars_are_annualized_from_their_own_calendar(tmp_path):
+    """Intraday data: the period's bars_per_year comes from the data (7 hourly bars a session), never 252,
+    and the Sharpe in the metrics is annualized with it."""
+    cfg = market_config(
+        [*TINY, "synthetic.freq=1h"],
+        "planted_alpha",
+        *MODELS,
+        f"ppo.checkpoint_dir={tmp_path / 'ck'}",
+        f"master.checkpoint_dir={tmp_path / 'mck'}",
+    )
+    with torch_threads(1):
+        up = build_upstream(tmp_path, cfg)
+        models = {**up, "symbols": str(tmp_path / "symbols"), "master": str(tmp_path / "master")}
+        execute("train_symbols", cfg, up, {"model": models["symbols"]})
+        execute("train_master", cfg, {**up, "symbols": models["symbols"]}, {"model": models["master"]})
+        metrics = execute("walk_forward", cfg, models, {"evaluation": str(tmp_path / "wf")})
+    period = PeriodEvaluation.load(tmp_path / "wf")
+    derived = read_json(tmp_path / "canonical" / "meta.json")["bars_per_year"]  # ingest: from the calendar
+    assert period.bars_per_year == pytest.approx(derived)
+    assert period.bars_per_year == pytest.approx(7 * 365.25 * 5 / 7, rel=0.02)  # 7 bars a session
+    r = np.diff(period.base[POLICY].equity) / period.base[POLICY].equity[:-1]
+    expected = r.mean() / r.std(ddof=1) * np.sqrt(period.bars_per_year) if r.std() > 0 else 0.0
+    assert metrics["policy_sharpe"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
