@@ -41,6 +41,7 @@ from hmarl.errors import DataError, HmarlError
 from hmarl.evaluation.aggregate import aggregate, json_safe, mlflow_trial_sharpes
 from hmarl.evaluation.period import POLICY, PeriodEvaluation
 from hmarl.io import read_json, write_json, write_text
+from hmarl.steps.train_master import symbol_agent_dir
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,6 @@ def _copy(src: Path, dst: Path) -> None:
         raise DataError(f"{src}: missing (needed in the model bundle)")
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src, dst)
-
-
-def symbol_agent_dir(symbols: Path, master: Path) -> Path:
-    """The symbol agents the master was trained over: fine-tuned ones in ``master/symbols`` win."""
-    return master / "symbols" if (master / "symbols" / "agent.pt").is_file() else symbols
 
 
 def assemble_bundle(cfg: HmarlConfig, inputs: dict[str, Path], out: Path, verdict: dict) -> dict:

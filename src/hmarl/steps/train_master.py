@@ -58,6 +58,12 @@ OUTPUTS = {"model": "models/master"}
 _BOOKKEEPING = {"checkpoint_dir", "checkpoint_every", "eval_envs"}
 
 
+def symbol_agent_dir(symbols: Path, master: Path) -> Path:
+    """The symbol agents of the master in ``master``: the ones it fine-tuned (``master/symbols``) when the
+    alternating rounds wrote them, else the train_symbols folder it was trained over."""
+    return master / "symbols" if (master / "symbols" / "agent.pt").is_file() else symbols
+
+
 def load_inputs(cfg: HmarlConfig, inputs: dict[str, Path]):
     """Training data of the symbol agents' fold and the frozen symbol agents, cross-checked."""
     sym_dir = Path(inputs["symbols"])

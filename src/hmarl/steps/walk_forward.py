@@ -89,9 +89,7 @@ def resolve_models(
         master_dir = out / "master"
         train_master.run(cfg, {**upstream, "symbols": sym_dir}, {"model": master_dir})
         master = model_manifest(master_dir, "master.pt", data)
-    if (master_dir / "symbols" / "agent.pt").exists():  # fine-tuned with the master
-        sym_dir = master_dir / "symbols"
-    return sym_dir, master_dir, {"symbols": sym, "master": master}
+    return train_master.symbol_agent_dir(sym_dir, master_dir), master_dir, {"symbols": sym, "master": master}
 
 
 def training_ranges(data: TrainingData, manifests: dict[str, dict], horizon: int) -> dict[str, list]:
