@@ -138,7 +138,7 @@ def evaluate_model(
     store = featurize(bundle, market, where=str(data))
     label = Path(str(data).rstrip("/")).name or "data"
     ecfg = evaluation_config(bundle, cfg)
-    (period,) = evaluate_bundle(bundle, store, [(label, (first_bar(bundle), store.num_bars))], ecfg)
+    (period,) = evaluate_bundle(bundle, store, [(label, (first_bar(bundle), store.num_bars))], cfg)
     notes = [
         f"model {model} (its fold {bundle.fold}) evaluated on {data}: bars {period.bars[0]}.."
         f"{period.bars[1] - 1} ({period.dates[0]} .. "
