@@ -172,11 +172,7 @@ def test_positions_change_masks_and_sizes(bundle_dir, tmp_path, capsys):
 def test_the_warm_decider_is_the_reference_decision_on_a_trained_bundle(bundle_dir):
     bundle = load_bundle(bundle_dir)
     inputs = latest_inputs(bundle, market(bundle_dir))
-    decider = Decider(bundle)
-    try:
-        fast = decider.decide(inputs)
-    finally:
-        decider.close()
+    fast = Decider(bundle).decide(inputs)
     ref = decide(bundle, inputs)
     assert [(o["action"], o["allowed"], o["directive"]) for o in fast] == [
         (o["action"], o["allowed"], o["directive"]) for o in ref

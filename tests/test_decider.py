@@ -37,17 +37,8 @@ def assert_same_orders(fast: list[dict], ref: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def full():
-    """Full-profile model sizes (all four encoder branches), 24 symbols, 2 consecutive newest bars."""
-    return act_latency.full_bundle("full", bars=2, symbols=24)
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: a second one spins at every barrier while the test box is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """Full-profile model sizes (all four encoder branches), 24 symbols, 3 consecutive newest bars."""
+    return act_latency.full_bundle("full", bars=3, symbols=24)
 
 
 def holding(bundle, inputs, cash: float) -> Account:
@@ -59,19 +50,32 @@ def holding(bundle, inputs, cash: float) -> Account:
     return Account(cash, shares, entry, "test account")
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_decider_is_the_reference_decision_bar_after_bar(full, workers, one_thread):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decider_is_the_reference_decision_bar_after_bar(full, threads, monkeypatch):
+    """A desk's loop (decide, prepare, next bar) reuses each prepared prefix; deciding the same bar again
+    (another account) finds the prepared prefix is not its own and computes it: same orders either way."""
     bundle, bars = full
-    decider = Decider(bundle, workers=workers)
-    try:
-        for inputs in bars:  # one warm Decider across consecutive bars, as a desk runs it
-            assert_same_orders(decider.decide(inputs), decide(bundle, inputs))
-            account = holding(bundle, inputs, cash=20_000.0)
-            fast = decider.decide(inputs, account)
-            assert_same_orders(fast, decide(bundle, inputs, account))
-            assert fast != decider.decide(inputs)  # the account matters, and does not stick to the Decider
-    finally:
-        decider.close()
+    decider = Decider(bundle, threads=threads)
+    computed = []
+    monkeypatch.setattr(decider, "_prefix", lambda older, f=decider._prefix: computed.append(1) or f(older))
+    for i, inputs in enumerate(bars):
+        before = len(computed)
+        assert_same_orders(decider.decide(inputs), decide(bundle, inputs))
+        assert len(computed) == before + (i == 0)  # bars after the first use the prepared prefix
+        decider.prepare()
+        account = holding(bundle, inputs, cash=20_000.0)
+        fast = decider.decide(inputs, account)  # the prefix prepared is the next bar's: recomputed
+        assert_same_orders(fast, decide(bundle, inputs, account))
+        assert fast != decider.decide(inputs)  # the account matters, and does not stick to the Decider
+        decider.decide(inputs)  # leaves the next bar's older rows for the loop's prepare
+        decider.prepare()
+
+
+def test_a_decision_without_prepare_is_the_same(full):
+    bundle, bars = full
+    decider = Decider(bundle, threads=1)
+    for inputs in bars:  # never prepared: each decision computes its own prefix
+        assert_same_orders(decider.decide(inputs), decide(bundle, inputs))
 
 
 def test_transformer_inference_is_the_branch():

@@ -247,11 +247,7 @@ def act(
     account = read_positions(positions, bundle.symbols) if positions is not None else None
     market = market_from_canonical(read_canonical(data), source=str(data))
     inputs = latest_inputs(bundle, market, where=str(data))
-    decider = Decider(bundle)
-    try:
-        orders = decider.decide(inputs, account)
-    finally:
-        decider.close()
+    orders = Decider(bundle).decide(inputs, account)
     return {"timestamp": inputs.timestamp.isoformat(), "directive": orders[0]["directive"], "orders": orders}
 
 

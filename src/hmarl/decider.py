@@ -1,24 +1,24 @@
 """The per-bar decision a desk runs, kept warm between bars: :class:`Decider`.
 
 Same function as the reference :func:`hmarl.act.decide` (asserted in tests/test_decider.py), organized for
-latency. Everything that does not depend on the newest bar is done once, at construction or on the first
-call: models in eval mode with their checks, the one-account simulator (over a two-bar market the newest
-bar is copied into, instead of a simulator over the whole history per decision), the order table, the
-worker thread. Per bar what remains is what the newest bar changes: the SL classifiers and the encoder over
-the windows ending at it (every branch is a non-linear function of the whole window with per-position
-weights, so nothing of an older bar's pass can be reused), the symbol agents, the master, the orders.
+latency. Done once, at construction or on the first call: models in eval mode with their checks, the
+one-account simulator (over a two-bar market the newest bar is copied into, instead of a simulator over the
+whole history per decision), the order table.
 
-On CPU the two cores run the bar's work as two halves on two threads (one intra-op thread each): the
-encoder's transformer branch on the calling thread, the SL classifiers and the other branches on the
-worker; then the symbol agents' actor and critic heads likewise. Small recurrent and elementwise kernels do
-not split well inside one op, and a second intra-op thread spins at barriers whenever the machine is busy.
-The transformer branch runs :mod:`hmarl.encoders.inference` (same weights, cheaper kernels).
+Between bars (:meth:`Decider.prepare`): every model is a function of the feature window, and ``W - 1`` rows
+of the next bar's window are this bar's newest ones, so what depends on them only is computed before the
+next bar arrives, like a language model's key/value cache (:mod:`hmarl.sl.prefix`,
+:mod:`hmarl.encoders.prefix_branches`, :mod:`hmarl.encoders.inference`): the recurrent states after the older
+rows, the attention of the older steps over each other, the convolution positions the newest row does not
+reach. At the decision the newest row completes them (the results equal the models' forward within float32
+rounding), then the symbol agents, the master, the orders.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import gc
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,10 +27,10 @@ import torch
 from hmarl.agents import distributions as dist
 from hmarl.agents.inputs import AgentTables, compact
 from hmarl.agents.master import BENCH_LONG, BENCH_PEAK, benchmark_table, master_observation
-from hmarl.agents.symbol import BatchedMLP
 from hmarl.encoders.branches import TransformerBranch
-from hmarl.encoders.inference import branch_output, check_supported, scale_summary, tokens
+from hmarl.encoders.inference import check_supported, transformer_complete, transformer_prefix
 from hmarl.encoders.model import SharedEncoder
+from hmarl.encoders.prefix_branches import branch_complete, branch_prefix
 from hmarl.env.actions import ACTION_NAMES, BUY_FRAC, SELL_FRAC, decode_directive, order_table
 from hmarl.env.market import CLOSE, MarketData
 from hmarl.env.params import EnvConfig
@@ -38,6 +38,7 @@ from hmarl.env.vec_env import MarketEnv, Observation
 from hmarl.errors import DataError
 from hmarl.positions import Account
 from hmarl.sl.calibration import calibrated_probs
+from hmarl.sl.prefix import sl_complete, sl_prefix
 
 if TYPE_CHECKING:
     from hmarl.act import Bundle, LatestInputs
@@ -101,8 +102,9 @@ def orders(
     }
     table = order_table(env_cfg, torch.float64, torch.device("cpu")).tolist()
     alloc = equity * label["risk_multiplier"] * label["position_cap"]
-    names = np.array(ACTION_NAMES)
-    allowed = mask.numpy()
+    # each symbol's mask row as a 7-bit code: names of the allowed actions built once per distinct row
+    codes = (mask.long() << torch.arange(mask.shape[-1])).sum(-1).tolist()
+    allowed = {c: [n for i, n in enumerate(ACTION_NAMES) if c >> i & 1] for c in set(codes)}
     return [
         {
             "symbol": sym,
@@ -110,23 +112,14 @@ def orders(
             "probability": round(p, 6),
             "buy_notional": round(table[BUY_FRAC][a] * alloc, 2),
             "sell_fraction": table[SELL_FRAC][a],
-            "allowed": names[allowed[i]].tolist(),
+            "allowed": list(allowed[c]),
             "directive": dict(label),
         }
-        for i, (sym, a, p) in enumerate(zip(symbols, action.tolist(), prob.double().tolist(), strict=True))
+        for sym, a, p, c in zip(symbols, action.tolist(), prob.double().tolist(), codes, strict=True)
     ]
 
 
 # --------------------------------------------------------------------------- the fast path
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-def _inference(fn):
-    with torch.inference_mode():
-        return fn()
-
-
 @contextmanager
 def _intra_op_threads(n: int):
     before = torch.get_num_threads()
@@ -137,17 +130,28 @@ def _intra_op_threads(n: int):
         torch.set_num_threads(before)
 
 
+@dataclass(frozen=True)
+class Prefix:
+    """What every model computes from a window's ``W - 1`` older rows (``older``, (S, W - 1, F))."""
+
+    older: torch.Tensor
+    sl: list
+    branches: dict
+    transformer: list | None
+
+
 class Decider:
     """``Decider(bundle).decide(inputs, account)`` -> orders; keep one per bundle across bars.
 
-    ``workers=2`` runs the two halves of each decision on two threads (the 2-core CPU a desk runs on);
-    ``workers=1`` runs them on the calling thread with the intra-op threads torch is set to.
+    A desk's loop: ``orders = decider.decide(bar)``, send them, ``decider.prepare()`` (the next bar's
+    prefix), wait for the next bar. Without ``prepare`` the next decision computes the prefix first (as
+    slow as a cold start). Decisions and prefixes run on the calling thread with ``threads`` intra-op
+    threads (default: torch's setting); the garbage collector is paused during a decision.
     """
 
-    def __init__(self, bundle: Bundle, workers: int = 2):
-        if workers not in (1, 2):
-            raise ValueError(f"workers must be 1 or 2, got {workers}")
+    def __init__(self, bundle: Bundle, threads: int | None = None):
         self.bundle, self.cfg = bundle, bundle.cfg
+        self.threads = threads
         self.agent, self.master = bundle.symbol_agent.eval(), bundle.master.eval()
         self.encoder = bundle.encoder if bundle.encoder is not None else self.agent.encoder
         for m, _ in bundle.sl_models:
@@ -158,14 +162,42 @@ class Decider:
         self.transformer = dict(self.encoder.branches.items()).get("transformer")
         if isinstance(self.transformer, TransformerBranch):
             check_supported(self.transformer)
-        self.other_names = [name for name in self.encoder.branches if name != "transformer"]
-        self.others = [self.encoder.branches[name] for name in self.other_names]
-        self.pool = ThreadPoolExecutor(1, initializer=_one_thread) if workers == 2 else None
+        self.others = {name: b for name, b in self.encoder.branches.items() if name != "transformer"}
         self.env: MarketEnv | None = None
+        self._older: torch.Tensor | None = None  # the next bar's older rows, until prepared
+        self._prefix_ready: Prefix | None = None
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+    @contextmanager
+    def _running(self):
+        """This Decider's intra-op threads, inference mode."""
+        with _intra_op_threads(self.threads or torch.get_num_threads()), torch.inference_mode():
+            yield
+
+    # ------------------------------------------------------------------ prefix state (between bars)
+    def _prefix(self, older: torch.Tensor) -> Prefix:
+        x = older.unsqueeze(0)
+        tr = self.transformer
+        return Prefix(
+            older,
+            [sl_prefix(m, older) for m, _ in self.bundle.sl_models],
+            {name: branch_prefix(b, x) for name, b in self.others.items()},
+            None if tr is None else transformer_prefix(tr, x),
+        )
+
+    def prepare(self) -> None:
+        """Compute the next bar's prefix from the newest ``W - 1`` rows of the last decision's window."""
+        if self._older is not None:
+            with self._running():
+                self._prefix_ready = self._prefix(self._older)
+            self._older = None
+
+    def _prefix_for(self, windows: torch.Tensor) -> Prefix:
+        """The prepared prefix when its rows are ``windows``' older rows, else computed now (a cold start)."""
+        self.prepare()
+        ready, self._prefix_ready = self._prefix_ready, None
+        if ready is not None and torch.equal(ready.older, windows[:, :-1]):
+            return ready
+        return self._prefix(windows[:, :-1].clone())
 
     # ------------------------------------------------------------------ per-bar state
     def _env(self, source: MarketData) -> MarketEnv:
@@ -189,79 +221,57 @@ class Decider:
         self.bench.copy_(bench_rows(source.benchmark, t, self.cfg.env.master.interval).expand(2, -1))
         return env
 
-    # ------------------------------------------------------------------ the halves
-    def _submit(self, fn, *args):
-        """Run ``fn(*args)`` on the worker (under inference mode: it is per thread), or here without one;
-        returns a callable giving the result."""
-        if self.pool is None:
-            result = fn(*args)
-            return lambda: result
-        return self.pool.submit(_inference, lambda: fn(*args)).result
-
-    def _worker_half(self, windows: torch.Tensor, steps: torch.Tensor | None):
-        """SL probabilities ``(1, S, 9)``, the non-transformer branches, the transformer's last scale."""
-        sl = torch.cat([calibrated_probs(m(windows), temp) for m, temp in self.bundle.sl_models], -1)
+    def _embedding(self, prefix: Prefix, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's embedding ``(1, S, embed_dim)`` and the SL probabilities ``(1, S, 9)`` of the
+        newest bar, completing the prefix."""
+        sl = [
+            calibrated_probs(sl_complete(m, state, windows), temp)
+            for (m, temp), state in zip(self.bundle.sl_models, prefix.sl, strict=True)
+        ]
+        sl = torch.cat(sl, -1).unsqueeze(0)
         x = windows.unsqueeze(0)
-        branches = [branch(x) for branch in self.others]
-        last = (
-            [] if steps is None else scale_summary(self.transformer, len(self.transformer.scales) - 1, steps)
-        )
-        return sl.unsqueeze(0), branches, last
-
-    def _actor(self, h: torch.Tensor) -> torch.Tensor:
-        """Actor logits of all symbols; per-symbol heads split in two symbol blocks, one per thread."""
-        actor = self.agent.actor
-        if self.pool is None or not isinstance(actor, BatchedMLP):
-            return actor(h)
-        half = h.shape[1] // 2
-        second = self._submit(actor, h[:, half:], slice(half, None))
-        return torch.cat([actor(h[:, :half], slice(0, half)), second()], 1)
-
-    def _encoder_outputs(self, steps: torch.Tensor | None, worker) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """SL probabilities and every branch's output in the encoder's order: the transformer's other scales
-        here while the worker runs its half."""
-        tr = self.transformer
-        mine = (
-            [] if tr is None else [z for i in range(len(tr.scales) - 1) for z in scale_summary(tr, i, steps)]
-        )
-        sl, branches, last = worker()
-        by_name = dict(zip(self.other_names, branches, strict=True))
-        if tr is not None:
-            by_name["transformer"] = branch_output(tr, mine + last, 1, len(self.bundle.symbols))
-        return sl, [by_name[name] for name in self.encoder.branches]
+        outputs = {name: branch_complete(b, prefix.branches[name], x) for name, b in self.others.items()}
+        if self.transformer is not None:
+            outputs["transformer"] = transformer_complete(self.transformer, prefix.transformer, x)
+        learned = self.encoder.fuse(torch.cat([outputs[name] for name in self.encoder.branches], -1))
+        return self.encoder.embed(learned, sl), sl
 
     # ------------------------------------------------------------------ the decision
     def decide(self, inputs: LatestInputs, account: Account | None = None) -> list[dict]:
         """Orders for the newest bar of ``inputs`` (for ``account``; default a flat ``env.initial_cash``)."""
-        threads = 1 if self.pool is not None else torch.get_num_threads()
-        with _intra_op_threads(threads), torch.inference_mode():
-            windows = inputs.windows
-            tr = self.transformer
-            steps = None if tr is None else tokens(tr, windows[None])
-            worker = self._submit(self._worker_half, windows, steps)
-            env = self._env(inputs.market)
-            obs = env.reset(seed=0)  # the newest bar, master due, flat account holding initial_cash
-            if account is not None and (not account.is_flat or account.cash != self.cfg.env.initial_cash):
-                obs = set_account(env, account)
-            sl, outputs = self._encoder_outputs(steps, worker)
-            emb = self.encoder.embed(self.encoder.fuse(torch.cat(outputs, -1)), sl)
+        collecting = gc.isenabled()
+        gc.disable()  # a collection inside the decision would be its slowest part
+        try:
+            with self._running():
+                result = self._decide(inputs, account)
+        finally:
+            if collecting:
+                gc.enable()
+        self._older = inputs.windows[:, 1:].clone()  # the next bar's older rows
+        return result
 
-            tables = AgentTables(emb, sl, None, torch.device("cpu"))
-            projected = self.agent.market_projection(tables)
-            o = compact(obs)
-            h = self.agent.trunk(o, tables, projected)
-            value = self._submit(lambda: self.agent.critic(h).squeeze(-1))
-            logp = dist.masked_logits(self.agent.actor(h).float(), o.mask)
-            mobs, _ = master_observation(obs, logp, value().float(), self.bench)
-            directive = self.master.logits(mobs).argmax(-1)
-            obs = env.set_directive(directive)
-            o = compact(obs)
-            logp = dist.masked_logits(self._actor(self.agent.trunk(o, tables, projected)).float(), o.mask)
-            return orders(
-                self.cfg.env,
-                self.bundle.symbols,
-                logp[0],
-                obs.mask[0],
-                int(directive[0]),
-                float(env.equity[0]),
-            )
+    def _decide(self, inputs: LatestInputs, account: Account | None) -> list[dict]:
+        windows = inputs.windows
+        emb, sl = self._embedding(self._prefix_for(windows), windows)
+        env = self._env(inputs.market)
+        obs = env.reset(seed=0)  # the newest bar, master due, flat account holding initial_cash
+        if account is not None and (not account.is_flat or account.cash != self.cfg.env.initial_cash):
+            obs = set_account(env, account)
+        tables = AgentTables(emb, sl, None, torch.device("cpu"))
+        projected = self.agent.market_projection(tables)
+        o = compact(obs)
+        h = self.agent.trunk(o, tables, projected)
+        logp = dist.masked_logits(self.agent.actor(h).float(), o.mask)
+        mobs, _ = master_observation(obs, logp, self.agent.critic(h).squeeze(-1).float(), self.bench)
+        directive = self.master.logits(mobs).argmax(-1)
+        obs = env.set_directive(directive)
+        o = compact(obs)
+        logp = dist.masked_logits(self.agent.actor(self.agent.trunk(o, tables, projected)).float(), o.mask)
+        return orders(
+            self.cfg.env,
+            self.bundle.symbols,
+            logp[0],
+            obs.mask[0],
+            int(directive[0]),
+            float(env.equity[0]),
+        )

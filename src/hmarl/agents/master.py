@@ -53,7 +53,8 @@ def benchmark_table(benchmark: torch.Tensor, interval: int) -> torch.Tensor:
     def back(n: int) -> torch.Tensor:
         return b.index_select(0, (t - n).clamp_min(0))
 
-    peak = torch.stack([back(k) for k in range(BENCH_PEAK)]).amax(0)
+    # the high of bars t - 59 .. t (clipped at bar 0): sliding windows over the series led by copies of bar 0
+    peak = torch.cat([b[:1].expand(BENCH_PEAK - 1), b]).unfold(0, BENCH_PEAK, 1).amax(-1)
     return torch.stack([b / back(interval) - 1.0, b / back(BENCH_LONG) - 1.0, b / peak - 1.0], 1).float()
 
 

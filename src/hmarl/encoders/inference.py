@@ -1,17 +1,25 @@
-"""Inference-only forward of the shared encoder's transformer branch, for the per-bar decision.
+"""Inference-only forward of the shared encoder's transformer branch for the per-bar decision, split into a
+prefix (the window's older rows, known before the newest bar arrives) and a completion (what the newest bar
+changes). ``transformer_complete(branch, transformer_prefix(branch, x[:, :, :-1]), x)`` equals
+``branch(x)`` in eval mode within float32 rounding (tests/test_decider.py).
 
-Equal to :class:`~hmarl.encoders.branches.TransformerBranch` in eval mode within float32 rounding
-(tests/test_decider.py), and cheaper on CPU because it:
+At each time scale the pooled steps are ``n`` groups of ``scale`` bars ending at the newest bar; the last
+group holds the newest bar, the ``n - 1`` others are known in the prefix, with their layer-norm, queries,
+keys, values and their attention over each other (per query: the normalized output ``a`` and the
+log-sum-exp ``lse`` of its scores). The newest step adds one key: with its score ``s`` for query ``i``,
+softmax over all keys is the old output mixed with the new value, weight ``sigmoid(s - lse_i)``:
 
-- computes attention with plain batched matmuls; ``torch.softmax`` is slow on rows shorter than a vector
-  register (the pooled scales have 12 and 6 steps: ~5x slower than exp/sum by hand there), while the fused
-  multi-head attention kernel of ``nn.TransformerEncoderLayer`` pays that and more per call;
-- leaves steps of at least ``SOFTMAX_MIN_ROW`` to the fused layer (as fast there);
-- applies the feed-forward output projection to the two summaries the branch keeps (last step and mean
-  over steps) instead of every step: it is linear, so projecting the mean equals the mean of the projections.
+    attn_i = a_i + sigmoid(s_i - lse_i) * (v_new - a_i)
+
+so the completion is O(steps) elementwise work for the old queries, one full attention row for the new one,
+and the position-wise rest of the layer (out projection, layer norm, feed-forward: every step's attention
+output changed). The feed-forward output projection is linear and the branch keeps only the last step and
+the mean over steps, so it is applied to those two summaries only.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,66 +27,123 @@ from torch import nn
 
 from hmarl.encoders.branches import TransformerBranch
 
-SOFTMAX_MIN_ROW = 16  # rows at least this long go to torch.softmax (it vectorizes them well)
 
+@dataclass(frozen=True)
+class ScalePrefix:
+    """One time scale's known part; tensors ``(N, n - 1, d)`` unless said otherwise (N windows; heads side
+    by side as in the layer's own layout)."""
 
-def _softmax(s: torch.Tensor) -> torch.Tensor:
-    if s.shape[-1] >= SOFTMAX_MIN_ROW:
-        return torch.softmax(s, -1)
-    e = (s - s.amax(-1, keepdim=True)).exp_()
-    return e.div_(e.sum(-1, keepdim=True))
-
-
-def layer_summary(layer: nn.TransformerEncoderLayer, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(last step, mean over steps)`` of a pre-norm GELU encoder layer's output on ``z`` (N, L, d)."""
-    n, steps, d = z.shape
-    attn = layer.self_attn
-    heads = attn.num_heads
-    dh = d // heads
-    h = F.layer_norm(z, (d,), layer.norm1.weight, layer.norm1.bias, layer.norm1.eps)
-    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(n, steps, 3, heads, dh).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
-    p = _softmax(torch.matmul(q, k.transpose(-1, -2)).mul_(dh**-0.5))
-    a = torch.matmul(p, v).transpose(1, 2).reshape(n, steps, d)
-    y = F.linear(a, attn.out_proj.weight, attn.out_proj.bias).add_(z)
-    h = F.layer_norm(y, (d,), layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
-    g = F.gelu(F.linear(h, layer.linear1.weight, layer.linear1.bias))
-    ff = F.linear(torch.stack([g[:, -1], g.mean(1)], 1), layer.linear2.weight, layer.linear2.bias)
-    return y[:, -1] + ff[:, 0], y.mean(1) + ff[:, 1]
+    partial: torch.Tensor | None  # (N, d): sum of the last group's older tokens (None at scale 1)
+    z: torch.Tensor  # pooled older steps (the layer's input)
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    a: torch.Tensor  # attention output over the older keys only
+    lse: torch.Tensor  # (N, n - 1, H) log-sum-exp of those (scaled) scores
+    heads: torch.Tensor  # (H, d) indicator of each head's dimensions (per-head sums as matrix products:
+    # dot products of width dh are too small for anything else)
 
 
 def check_supported(branch: TransformerBranch) -> None:
-    """The layers must be what :func:`layer_summary` computes (the branch builds them so)."""
+    """The layers must be what this module computes (the branch builds them so)."""
     for layer in branch.layers:
         if not (layer.norm_first and layer.activation_relu_or_gelu == 2 and layer.self_attn.batch_first):
-            raise ValueError("transformer branch: layer_summary needs pre-norm, GELU, batch-first layers")
+            raise ValueError("transformer branch: inference needs pre-norm, GELU, batch-first layers")
 
 
-def tokens(branch: TransformerBranch, x: torch.Tensor) -> torch.Tensor:
-    """The branch's embedded steps ``(B*S, W, d)`` of windows ``x`` (B, S, W, F)."""
-    return F.linear(x.reshape(-1, *x.shape[2:]), branch.embed.weight, branch.embed.bias).add_(branch.pos)
+def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
-def scale_summary(branch: TransformerBranch, i: int, steps: torch.Tensor) -> list[torch.Tensor]:
-    """The ``i``-th scale's (last, mean) summaries of :func:`tokens` (scales are independent: they can run on
-    different threads)."""
+def _qkv(layer: nn.TransformerEncoderLayer, z: torch.Tensor) -> torch.Tensor:
+    """Queries, keys, values ``(3, N, L, d)`` of pooled steps ``z`` (N, L, d)."""
+    attn = layer.self_attn
+    qkv = F.linear(_layer_norm(layer.norm1, z), attn.in_proj_weight, attn.in_proj_bias)
+    return qkv.view(*z.shape[:2], 3, z.shape[-1]).permute(2, 0, 1, 3)
+
+
+def _heads(layer: nn.TransformerEncoderLayer) -> torch.Tensor:
+    attn = layer.self_attn
+    return torch.eye(attn.num_heads).repeat_interleave(attn.head_dim, 1)
+
+
+def _pool(branch: TransformerBranch, tokens: torch.Tensor, i: int) -> torch.Tensor:
+    """Scale ``i``'s complete groups of older tokens ``(N, n - 1, d)``: the window's ``n`` groups end at the
+    newest bar, the oldest remainder is dropped; ``tokens`` are the window's ``W - 1`` older steps."""
+    scale = branch.scales[i]
+    n = (tokens.shape[1] + 1) // scale
+    z = tokens[:, tokens.shape[1] + 1 - n * scale : tokens.shape[1] + 1 - scale]
+    return z.reshape(z.shape[0], n - 1, scale, z.shape[-1]).mean(2) if scale > 1 else z
+
+
+def transformer_prefix(branch: TransformerBranch, old: torch.Tensor) -> list[ScalePrefix]:
+    """The known part of every scale from the window's ``W - 1`` older rows ``old`` (B, S, W - 1, F)."""
+    tokens = F.linear(old.reshape(-1, *old.shape[2:]), branch.embed.weight, branch.embed.bias)
+    tokens = tokens.add_(branch.pos[: old.shape[2]])
+    states = []
+    for i, (scale, layer) in enumerate(zip(branch.scales, branch.layers, strict=True)):
+        z = _pool(branch, tokens, i)
+        n, steps, d = z.shape
+        heads = layer.self_attn.num_heads
+        q, k, v = (t.view(n, steps, heads, d // heads).transpose(1, 2) for t in _qkv(layer, z))
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_((d // heads) ** -0.5)  # (N, H, n - 1, n - 1)
+        lse = torch.logsumexp(scores, -1)
+        a = torch.matmul(scores.sub_(lse.unsqueeze(-1)).exp_(), v)
+        partial = tokens[:, tokens.shape[1] + 1 - scale :].sum(1) if scale > 1 else None
+        flat = [t.transpose(1, 2).reshape(n, steps, d) for t in (q, k, v, a)]
+        states.append(ScalePrefix(partial, z, *flat, lse.transpose(1, 2).contiguous(), _heads(layer)))
+    return states
+
+
+def newest_tokens(branch: TransformerBranch, x: torch.Tensor) -> torch.Tensor:
+    """The newest row's embedded step ``(B*S, d)`` of windows ``x`` (B, S, W, F)."""
+    newest = x[:, :, -1].reshape(-1, x.shape[-1])
+    return F.linear(newest, branch.embed.weight, branch.embed.bias).add_(branch.pos[x.shape[2] - 1])
+
+
+def scale_complete(
+    branch: TransformerBranch, state: ScalePrefix, i: int, newest: torch.Tensor
+) -> list[torch.Tensor]:
+    """Scale ``i``'s (last step, mean over steps) summaries of the layer output, given its prefix and the
+    newest token (:func:`newest_tokens`). Scales are independent: they can run on different threads."""
     scale, layer = branch.scales[i], branch.layers[i]
-    n = steps.shape[1] // scale
-    z = steps[:, steps.shape[1] - n * scale :]  # drop the oldest remainder, keep the last bar
-    if scale > 1:
-        z = z.reshape(z.shape[0], n, scale, -1).mean(2)
-    if n >= SOFTMAX_MIN_ROW:  # the fused layer is as fast here; it is the reference itself
-        out = layer(z)
-        return [out[:, -1], out.mean(1)]
-    return list(layer_summary(layer, z))
+    attn = layer.self_attn
+    z_new = (state.partial + newest).div_(scale) if state.partial is not None else newest  # (N, d)
+    q, k, v = _qkv(layer, z_new.unsqueeze(1)).squeeze(2)  # (N, d) each
+    heads = state.heads
+    scale_dh = attn.head_dim**-0.5
+    # the older queries gain one key: their output moves towards the new value
+    s_old = torch.bmm(state.q, k.unsqueeze(-1) * heads.T).mul_(scale_dh)  # (N, n - 1, H)
+    w = torch.sigmoid(s_old.sub_(state.lse)) @ heads  # (N, n - 1, d)
+    n, steps, d = state.a.shape
+    a = torch.empty(n, steps + 1, d)
+    torch.addcmul(state.a, w, v.unsqueeze(1) - state.a, out=a[:, :-1])
+    # the newest query attends to every key
+    s_new = torch.cat([torch.bmm(state.k, q.unsqueeze(-1) * heads.T), ((q * k) @ heads.T).unsqueeze(1)], 1)
+    p = torch.softmax(s_new.mul_(scale_dh), 1)  # (N, n, H)
+    torch.sum(torch.bmm(p[:, :-1].transpose(1, 2), state.v) * heads, 1, out=a[:, -1])
+    a[:, -1].addcmul_(p[:, -1] @ heads, v)
+    y = F.linear(a, attn.out_proj.weight, attn.out_proj.bias)
+    y[:, :-1] += state.z
+    y[:, -1] += z_new
+    g = F.gelu(F.linear(_layer_norm(layer.norm2, y), layer.linear1.weight, layer.linear1.bias))
+    ff = F.linear(torch.stack([g[:, -1], g.mean(1)], 1), layer.linear2.weight, layer.linear2.bias)
+    return [y[:, -1] + ff[:, 0], y.mean(1) + ff[:, 1]]
 
 
 def branch_output(branch: TransformerBranch, summaries: list[torch.Tensor], b: int, s: int) -> torch.Tensor:
     return branch.out(torch.cat(summaries, -1)).reshape(b, s, -1)
 
 
-def transformer_forward(branch: TransformerBranch, x: torch.Tensor) -> torch.Tensor:
-    """``branch(x)`` in eval mode: ``(B, S, W, F)`` -> ``(B, S, d)``."""
-    steps = tokens(branch, x)
-    summaries = [z for i in range(len(branch.scales)) for z in scale_summary(branch, i, steps)]
+def transformer_complete(
+    branch: TransformerBranch, states: list[ScalePrefix], x: torch.Tensor
+) -> torch.Tensor:
+    """``branch(x)`` in eval mode from the prefix of ``x``'s older rows: ``(B, S, W, F)`` -> ``(B, S, d)``."""
+    newest = newest_tokens(branch, x)
+    summaries = [z for i, state in enumerate(states) for z in scale_complete(branch, state, i, newest)]
     return branch_output(branch, summaries, *x.shape[:2])
+
+
+def transformer_forward(branch: TransformerBranch, x: torch.Tensor) -> torch.Tensor:
+    """``branch(x)`` in eval mode (prefix and completion at once): ``(B, S, W, F)`` -> ``(B, S, d)``."""
+    return transformer_complete(branch, transformer_prefix(branch, x[:, :, :-1]), x)
