@@ -15,7 +15,7 @@ import torch
 from hmarl.act import decide
 from hmarl.config import load_config
 from hmarl.decider import Decider
-from hmarl.encoders.inference import transformer_forward
+from hmarl.encoders.inference import transformer_complete, transformer_forward, transformer_prefix
 from hmarl.encoders.model import SharedEncoder
 from hmarl.errors import DataError
 from hmarl.positions import Account, read_positions
@@ -80,12 +80,37 @@ def test_a_decision_without_prepare_is_the_same(full):
 
 def test_transformer_inference_is_the_branch():
     cfg = load_config(ROOT / "params.yaml", ["profile=full"]).encoder
-    for window, scales in ((24, cfg.scales), (10, [1, 3, 4])):  # 10: pooled scales drop the oldest steps
+    for window, scales in ((24, cfg.scales), (10, [1, 3, 4]), (8, [1, 8])):  # pooled scales drop the oldest
         encoder = SharedEncoder(cfg.model_copy(update={"scales": scales}), window, 5, torch.eye(7)).eval()
         branch = encoder.branches["transformer"]
         x = torch.randn(2, 7, window, 5, generator=torch.Generator().manual_seed(window))
         with torch.inference_mode():
             torch.testing.assert_close(transformer_forward(branch, x), branch(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_transformer_prefix_is_completed_by_any_newest_row_and_chains_bar_to_bar():
+    cfg = load_config(ROOT / "params.yaml", ["profile=full"]).encoder
+    branch = SharedEncoder(cfg, 24, 5, torch.eye(7)).eval().branches["transformer"]
+    g = torch.Generator().manual_seed(1)
+    bars = torch.randn(1, 7, 27, 5, generator=g)  # 4 consecutive windows of 24 bars
+    with torch.inference_mode():
+        state = transformer_prefix(branch, bars[:, :, :23])
+        kept = [t.clone() for s in state for t in (s.q, s.k, s.v, s.a, s.lse, s.z)]
+        for newest in (bars[:, :, 23:24], torch.randn(1, 7, 1, 5, generator=g)):  # two newest rows, one state
+            x = torch.cat([bars[:, :, :23], newest], 2)
+            torch.testing.assert_close(
+                transformer_complete(branch, state, x), branch(x), atol=1e-5, rtol=1e-5
+            )
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(kept, [t for s in state for t in (s.q, s.k, s.v, s.a, s.lse, s.z)], strict=True)
+        )
+        for t in range(1, 4):  # the next bar's prefix from this window's newest 23 rows
+            x = bars[:, :, t : t + 24]
+            state = transformer_prefix(branch, x[:, :, :-1])
+            torch.testing.assert_close(
+                transformer_complete(branch, state, x), branch(x), atol=1e-5, rtol=1e-5
+            )
 
 
 # --------------------------------------------------------------------------- positions files

@@ -261,8 +261,9 @@ class Decider:
         projected = self.agent.market_projection(tables)
         o = compact(obs)
         h = self.agent.trunk(o, tables, projected)
-        logp = dist.masked_logits(self.agent.actor(h).float(), o.mask)
-        mobs, _ = master_observation(obs, logp, self.agent.critic(h).squeeze(-1).float(), self.bench)
+        value = self.agent.critic(h).squeeze(-1).float()  # before the actor: its weights then stay in cache
+        logp = dist.masked_logits(self.agent.actor(h).float(), o.mask)  # for its second pass below
+        mobs, _ = master_observation(obs, logp, value, self.bench)
         directive = self.master.logits(mobs).argmax(-1)
         obs = env.set_directive(directive)
         o = compact(obs)

@@ -91,7 +91,7 @@ class GraphBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.node(torch.cat([x[:, :, -1], x.mean(2)], -1))  # (B, S, d): last bar and window mean
         for lin_s, lin_n, norm in zip(self.self_lin, self.nbr_lin, self.norms, strict=True):
-            msg = torch.einsum("st,btd->bsd", self.adjacency, h)
+            msg = torch.matmul(self.adjacency, h)  # (S, S) @ (B, S, d); einsum is ~50x slower at B = 1
             h = norm(h + self.act(lin_s(h) + lin_n(msg)))
         return h
 

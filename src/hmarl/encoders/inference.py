@@ -113,16 +113,15 @@ def scale_complete(
     heads = state.heads
     scale_dh = attn.head_dim**-0.5
     # the older queries gain one key: their output moves towards the new value
-    s_old = torch.bmm(state.q, k.unsqueeze(-1) * heads.T).mul_(scale_dh)  # (N, n - 1, H)
+    s_old = ((state.q * k.unsqueeze(1)) @ heads.T).mul_(scale_dh)  # (N, n - 1, H)
     w = torch.sigmoid(s_old.sub_(state.lse)) @ heads  # (N, n - 1, d)
     n, steps, d = state.a.shape
     a = torch.empty(n, steps + 1, d)
     torch.addcmul(state.a, w, v.unsqueeze(1) - state.a, out=a[:, :-1])
     # the newest query attends to every key
-    s_new = torch.cat([torch.bmm(state.k, q.unsqueeze(-1) * heads.T), ((q * k) @ heads.T).unsqueeze(1)], 1)
-    p = torch.softmax(s_new.mul_(scale_dh), 1)  # (N, n, H)
-    torch.sum(torch.bmm(p[:, :-1].transpose(1, 2), state.v) * heads, 1, out=a[:, -1])
-    a[:, -1].addcmul_(p[:, -1] @ heads, v)
+    s_new = torch.cat([(state.k * q.unsqueeze(1)) @ heads.T, ((q * k) @ heads.T).unsqueeze(1)], 1)
+    p = torch.softmax(s_new.mul_(scale_dh), 1) @ heads  # (N, n, d): each head's weight on its dimensions
+    torch.sum(p[:, :-1] * state.v, 1, out=a[:, -1]).addcmul_(p[:, -1], v)
     y = F.linear(a, attn.out_proj.weight, attn.out_proj.bias)
     y[:, :-1] += state.z
     y[:, -1] += z_new

@@ -18,7 +18,7 @@ class EncoderConfig(Section):
     embed_dim: int = Field(256, ge=16)
     append_sl_priors: bool = True  # last 9 dims of the embedding are the SL probabilities (pass-through)
     branches: BranchesConfig = BranchesConfig()
-    d_model: int = Field(64, ge=4)  # width of every branch
+    d_model: int = Field(32, ge=4)  # width of every branch
     heads: int = Field(4, ge=1)
     scales: list[int] = Field(default_factory=lambda: [1, 2, 4])  # transformer: time pooling per scale
     lstm_hidden: int = Field(32, ge=1)
