@@ -14,7 +14,7 @@ import torch
 
 from hmarl.act import decide
 from hmarl.config import load_config
-from hmarl.decider import Decider
+from hmarl.decider import Decider, MasterHold
 from hmarl.encoders.inference import transformer_complete, transformer_forward, transformer_prefix
 from hmarl.encoders.model import SharedEncoder
 from hmarl.errors import DataError
@@ -37,8 +37,9 @@ def assert_same_orders(fast: list[dict], ref: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def full():
-    """Full-profile model sizes (all four encoder branches), 24 symbols, 3 consecutive newest bars."""
-    return act_latency.full_bundle("full", bars=3, symbols=24)
+    """Full-profile model sizes (all four encoder branches), 24 symbols, 7 consecutive newest bars (the
+    master acts every 5)."""
+    return act_latency.full_bundle("full", bars=7, symbols=24)
 
 
 def holding(bundle, inputs, cash: float) -> Account:
@@ -52,30 +53,43 @@ def holding(bundle, inputs, cash: float) -> Account:
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_decider_is_the_reference_decision_bar_after_bar(full, threads, monkeypatch):
-    """A desk's loop (decide, prepare, next bar) reuses each prepared prefix; deciding the same bar again
-    (another account) finds the prepared prefix is not its own and computes it: same orders either way."""
+    """A desk's loop (decide, prepare, next bar): each prepared prefix is used; the master acts at the first
+    bar and again ``interval`` bars later (seeing the intents under the held directive), the directive
+    holds in between; deciding a bar again for another account starts from what held before it. Same
+    orders as the reference computation given the same hold."""
     bundle, bars = full
+    interval = bundle.cfg.env.master.interval
     decider = Decider(bundle, threads=threads)
     computed = []
     monkeypatch.setattr(decider, "_prefix", lambda older, f=decider._prefix: computed.append(1) or f(older))
+    master = None  # (bar, directive) of the master's last decision
     for i, inputs in enumerate(bars):
+        hold = None if master is None else MasterHold(master[1], i - master[0])
+        assert decider.hold_for(inputs.market) == hold
         before = len(computed)
-        assert_same_orders(decider.decide(inputs), decide(bundle, inputs))
+        fast = decider.decide(inputs)
+        assert_same_orders(fast, decide(bundle, inputs, hold=hold))
         assert len(computed) == before + (i == 0)  # bars after the first use the prepared prefix
-        decider.prepare()
+        if hold is None or hold.elapsed >= interval:
+            master = (i, fast[0]["directive"]["index"])
+        else:
+            assert fast[0]["directive"]["index"] == hold.directive
         account = holding(bundle, inputs, cash=20_000.0)
-        fast = decider.decide(inputs, account)  # the prefix prepared is the next bar's: recomputed
-        assert_same_orders(fast, decide(bundle, inputs, account))
-        assert fast != decider.decide(inputs)  # the account matters, and does not stick to the Decider
-        decider.decide(inputs)  # leaves the next bar's older rows for the loop's prepare
+        other = decider.decide(inputs, account)  # the prefix prepared is the next bar's: recomputed
+        assert_same_orders(other, decide(bundle, inputs, account, hold=hold))
+        assert other != fast  # the account matters, and does not stick to the Decider
+        assert_same_orders(decider.decide(inputs), fast)
         decider.prepare()
+    assert master[0] == interval  # bars 1 .. interval - 1 held the first directive
+    assert decider.hold_for(bars[0].market) is None  # a history without the master's bar: afresh
 
 
 def test_a_decision_without_prepare_is_the_same(full):
     bundle, bars = full
     decider = Decider(bundle, threads=1)
     for inputs in bars:  # never prepared: each decision computes its own prefix
-        assert_same_orders(decider.decide(inputs), decide(bundle, inputs))
+        hold = decider.hold_for(inputs.market)
+        assert_same_orders(decider.decide(inputs), decide(bundle, inputs, hold=hold))
 
 
 def test_transformer_inference_is_the_branch():

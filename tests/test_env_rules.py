@@ -350,3 +350,13 @@ def test_unchecked_out_of_range_ids_never_read_out_of_bounds(backend):
     env, _ = make_env(market_from_prices(close), check_actions=False)
     res = env.step(torch.tensor([[9, -3]]))
     assert res.executed_action[0].tolist() == [H, H] and res.info["invalid_action"][0].all()
+
+
+def test_reset_can_start_under_a_given_directive():
+    env, default = make_env(make_store(num_bars=40, num_symbols=3, seed=2), num_envs=2)
+    held = int(default.directive[0]) - 1  # another directive of the grid
+    obs = env.reset(seed=0, directive=held)
+    assert obs.directive.tolist() == [held, held] and bool(obs.master_due.all())
+    risk, cap, limit = env.directives[held].tolist()
+    assert obs.directive_features[0].tolist() == pytest.approx([risk, cap, limit / 3])
+    assert env.reset(seed=0).directive.tolist() == default.directive.tolist()  # not sticky

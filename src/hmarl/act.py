@@ -13,7 +13,8 @@ folder (the ingest step's output format) with enough history for the feature win
 bars past the ``features.warmup_bars``). Features of the history are computed with the pipeline's own code
 and normalized with the model fold's train statistics; the decision is for the newest bar, for the
 account in ``--positions`` (:mod:`hmarl.positions`; default a flat account holding ``env.initial_cash``),
-by a warm :class:`hmarl.decider.Decider` (a desk keeps one across bars). Data whose symbols, feature list or
+by a :class:`hmarl.decider.Decider` (a desk keeps one across bars: it prepares each next bar and holds the
+master's directive between master bars; one call is a master bar). Data whose symbols, feature list or
 regime features differ from the model's is refused, naming the difference.
 """
 
@@ -40,7 +41,7 @@ from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig, build_config
 from hmarl.data.canonical import read_canonical
 from hmarl.data.store import FeatureStore
-from hmarl.decider import Decider, newest_bar, orders, set_account
+from hmarl.decider import Decider, MasterHold, newest_bar, orders, start_bar
 from hmarl.encoders.model import load_encoder
 from hmarl.env.market import MarketData
 from hmarl.env.vec_env import MarketEnv
@@ -206,11 +207,14 @@ def latest_inputs(bundle: Bundle, market: Market, where: str = "data") -> Latest
 
 # --------------------------------------------------------------------------- the decision
 @torch.no_grad()
-def decide(bundle: Bundle, inputs: LatestInputs, account: Account | None = None) -> list[dict]:
-    """One full decision for the newest bar: SL models, encoder, master, symbol agents (all greedy).
+def decide(
+    bundle: Bundle, inputs: LatestInputs, account: Account | None = None, hold: MasterHold | None = None
+) -> list[dict]:
+    """One full decision for the newest bar: SL models, encoder, master (when due), symbol agents (greedy).
 
     The reference computation, everything from scratch over the history given; :class:`Decider` is the
-    same function kept warm between bars (what :func:`act` and a desk run)."""
+    same function kept warm between bars (what :func:`act` and a desk run). ``hold``: the directive in
+    force (default: none, the master decides)."""
     cfg, windows = bundle.cfg, inputs.windows
     t = newest_bar(inputs.market)
     sl = torch.cat([calibrated_probs(m(windows), temp) for m, temp in bundle.sl_models], -1).unsqueeze(0)
@@ -222,15 +226,13 @@ def decide(bundle: Bundle, inputs: LatestInputs, account: Account | None = None)
             windows.transpose(0, 1), sl, bundle.window, torch.device("cpu"), t - bundle.window + 1, t
         )
     env = MarketEnv(inputs.market, cfg.env, cfg.reward, num_envs=1, bar_range=(t, t + 2))
-    obs = env.reset(seed=0)  # the episode starts at the newest bar: the master is due
-    if account is not None:
-        obs = set_account(env, account)
+    obs = start_bar(env, account, hold)  # the episode starts at the newest bar
     bench = benchmark_table(inputs.market.benchmark, cfg.env.master.interval)
     h = Hierarchy(bundle.symbol_agent, tables, bundle.master, bench, symbol_greedy=True)
-    directive = h.director(greedy=True)(obs)
-    obs = env.set_directive(directive)
+    if bool(obs.master_due[0]):
+        obs = env.set_directive(h.director(greedy=True)(obs))
     logp, _ = h.symbol_outputs(obs)
-    return orders(cfg.env, bundle.symbols, logp[0], obs.mask[0], int(directive[0]), float(env.equity[0]))
+    return orders(cfg.env, bundle.symbols, logp[0], obs.mask[0], int(env.directive[0]), float(env.equity[0]))
 
 
 def act(

@@ -12,6 +12,11 @@ next bar arrives, like a language model's key/value cache (:mod:`hmarl.sl.prefix
 rows, the attention of the older steps over each other, the convolution positions the newest row does not
 reach. At the decision the newest row completes them (the results equal the models' forward within float32
 rounding), then the symbol agents, the master, the orders.
+
+Across bars the master acts every ``env.master.interval`` bars and its directive holds in between, as in
+training and in the walk-forward evaluation (:class:`MasterHold`): on a held bar only the symbol agents run
+under the held directive; on a master bar the master reads their intents under the directive in force. A
+single decision without history (``hmarl act``) is a master bar under the default directive.
 """
 
 from __future__ import annotations
@@ -56,12 +61,35 @@ def bench_rows(benchmark: torch.Tensor, t: int, interval: int) -> torch.Tensor:
     return benchmark_table(benchmark[lo : t + 1], interval)[-1]
 
 
-def set_account(env: MarketEnv, account: Account) -> Observation:
-    """Env 0, just reset at the newest bar, holding ``account``; returns its refreshed observation.
+@dataclass(frozen=True)
+class MasterHold:
+    """The directive the master chose ``elapsed`` bars before the newest bar (it acts every
+    ``env.master.interval`` bars and the directive holds in between, as in training and evaluation)."""
+
+    directive: int
+    elapsed: int
+
+
+def start_bar(env: MarketEnv, account: Account | None, hold: MasterHold | None) -> Observation:
+    """Env 0 reset at the newest bar, holding ``account`` (None: a flat ``initial_cash``) under ``hold``
+    (None: the default directive, the master due); returns its observation.
 
     What a positions file cannot tell is taken as a fresh start: the highest close since entry is
-    max(entry, close), bars held 0, no drawdown or Sharpe history, no recent actions.
+    max(entry, close), bars held 0, no drawdown or Sharpe history, no recent actions. With ``hold`` the
+    master is due again ``interval`` bars after it chose (it then sees the intents under the held
+    directive); before that the held directive stands.
     """
+    obs = env.reset(seed=0, directive=None if hold is None else hold.directive)
+    changed = account is not None and (not account.is_flat or account.cash != env.cfg.initial_cash)
+    if changed:
+        _set_account(env, account)
+    if hold is not None and hold.elapsed < env.cfg.master.interval:
+        env.k[0] = hold.elapsed  # the master is not due
+        changed = True
+    return env.set_directive(env.directive) if changed else obs
+
+
+def _set_account(env: MarketEnv, account: Account) -> None:
     if len(account.shares) != env.num_symbols:
         raise DataError(f"{account.source}: {len(account.shares)} symbols, the model has {env.num_symbols}")
     dt = env.dtype
@@ -78,7 +106,6 @@ def set_account(env: MarketEnv, account: Account) -> Observation:
     env.cash[0] = account.cash
     env.equity[0] = equity
     env.peak_eq[0] = equity
-    return env.set_directive(env.directive)
 
 
 def orders(
@@ -166,6 +193,8 @@ class Decider:
         self.env: MarketEnv | None = None
         self._older: torch.Tensor | None = None  # the next bar's older rows, until prepared
         self._prefix_ready: Prefix | None = None
+        # the master's last decision: (bar timestamp, directive, the hold before it)
+        self._master_bar: tuple[int, int, MasterHold | None] | None = None
 
     @contextmanager
     def _running(self):
@@ -238,41 +267,63 @@ class Decider:
 
     # ------------------------------------------------------------------ the decision
     def decide(self, inputs: LatestInputs, account: Account | None = None) -> list[dict]:
-        """Orders for the newest bar of ``inputs`` (for ``account``; default a flat ``env.initial_cash``)."""
+        """Orders for the newest bar of ``inputs`` (for ``account``; default a flat ``env.initial_cash``).
+
+        Across bars the master's directive holds for ``env.master.interval`` bars, counted on the bars'
+        timestamps from the bar it chose at; a bar deciding again (another account) starts from what held
+        before that bar; a history without the master's bar starts afresh (the master due)."""
         collecting = gc.isenabled()
         gc.disable()  # a collection inside the decision would be its slowest part
         try:
+            hold = self.hold_for(inputs.market)
             with self._running():
-                result = self._decide(inputs, account)
+                result, master_acted = self._decide(inputs, account, hold)
         finally:
             if collecting:
                 gc.enable()
+        if master_acted:
+            newest = int(inputs.market.timestamps[newest_bar(inputs.market)])
+            self._master_bar = (newest, result[0]["directive"]["index"], hold)
         self._older = inputs.windows[:, 1:].clone()  # the next bar's older rows
         return result
 
-    def _decide(self, inputs: LatestInputs, account: Account | None) -> list[dict]:
+    def hold_for(self, market: MarketData) -> MasterHold | None:
+        """The directive holding at the newest bar of ``market`` (None: none, the master decides afresh)."""
+        if self._master_bar is None:
+            return None
+        stamp, directive, before = self._master_bar
+        t = newest_bar(market)
+        at = np.flatnonzero(np.asarray(market.timestamps[: t + 1]) == stamp)
+        if not len(at):
+            return None
+        elapsed = t - int(at[-1])
+        return before if elapsed == 0 else MasterHold(directive, elapsed)
+
+    def _decide(
+        self, inputs: LatestInputs, account: Account | None, hold: MasterHold | None
+    ) -> tuple[list[dict], bool]:
         windows = inputs.windows
         emb, sl = self._embedding(self._prefix_for(windows), windows)
         env = self._env(inputs.market)
-        obs = env.reset(seed=0)  # the newest bar, master due, flat account holding initial_cash
-        if account is not None and (not account.is_flat or account.cash != self.cfg.env.initial_cash):
-            obs = set_account(env, account)
+        obs = start_bar(env, account, hold)
         tables = AgentTables(emb, sl, None, torch.device("cpu"))
         projected = self.agent.market_projection(tables)
-        o = compact(obs)
-        h = self.agent.trunk(o, tables, projected)
-        value = self.agent.critic(h).squeeze(-1).float()  # before the actor: its weights then stay in cache
-        logp = dist.masked_logits(self.agent.actor(h).float(), o.mask)  # for its second pass below
-        mobs, _ = master_observation(obs, logp, value, self.bench)
-        directive = self.master.logits(mobs).argmax(-1)
-        obs = env.set_directive(directive)
+        due = bool(obs.master_due[0])
+        if due:  # the master reads the agents' intents under the directive in force
+            o = compact(obs)
+            h = self.agent.trunk(o, tables, projected)
+            value = self.agent.critic(h).squeeze(-1).float()  # before the actor: its weights stay in cache
+            logp = dist.masked_logits(self.agent.actor(h).float(), o.mask)  # for its second pass below
+            mobs, _ = master_observation(obs, logp, value, self.bench)
+            obs = env.set_directive(self.master.logits(mobs).argmax(-1))
         o = compact(obs)
         logp = dist.masked_logits(self.agent.actor(self.agent.trunk(o, tables, projected)).float(), o.mask)
-        return orders(
+        result = orders(
             self.cfg.env,
             self.bundle.symbols,
             logp[0],
             obs.mask[0],
-            int(directive[0]),
+            int(env.directive[0]),
             float(env.equity[0]),
         )
+        return result, due

@@ -192,18 +192,20 @@ class MarketEnv:
 
     # ------------------------------------------------------------------ reset
     @torch.inference_mode()
-    def reset(self, seed: int | None = None) -> Observation:
-        """Start every env's episode at a random bar of the range."""
+    def reset(self, seed: int | None = None, directive: int | None = None) -> Observation:
+        """Start every env's episode at a random bar of the range (under ``directive``; default the
+        configured default directive)."""
         if seed is not None:
             self.generator.manual_seed(seed)
-        self._reset_where(torch.ones(self.num_envs, dtype=torch.bool, device=self.device))
+        everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self._reset_where(everyone, directive)
         self.log.acc.zero_()
         self.log.count.zero_()
         self.done.zero_()
         self._obs = self._observe()
         return self._obs
 
-    def _reset_where(self, r: torch.Tensor) -> None:
+    def _reset_where(self, r: torch.Tensor, directive: int | None = None) -> None:
         """Reset envs where ``r`` (N,) bool to a fresh episode at a newly drawn start bar.
 
         A start is drawn for every env on every call (used only where ``r``), so the generator's stream
@@ -222,7 +224,12 @@ class MarketEnv:
         self._account[:3].add_(rl.to(self.dtype), alpha=self.cfg.initial_cash)  # cash, equity, peak equity
         self._clock.mul_(keepl)
         fresh = torch.stack(
-            [starts, torch.zeros_like(starts), starts, torch.full_like(starts, self.default_directive)]
+            [
+                starts,
+                torch.zeros_like(starts),
+                starts,
+                torch.full_like(starts, self.default_directive if directive is None else directive),
+            ]
         )
         self._clock.add_(fresh * rl)
         self.log.reset_where(keep)
