@@ -16,9 +16,9 @@ import torch
 
 from hmarl.act import act, decide, latest_inputs, load_bundle
 from hmarl.cli import main
-from hmarl.data.canonical import read_canonical
+from hmarl.data.canonical import read_canonical, write_canonical
 from hmarl.data.store import FeatureStore
-from hmarl.decider import Decider
+from hmarl.decider import Decider, MasterHold
 from hmarl.env.actions import ACTION_NAMES
 from hmarl.errors import DataError
 from hmarl.sl.calibration import calibrated_probs
@@ -178,3 +178,39 @@ def test_the_warm_decider_is_the_reference_decision_on_a_trained_bundle(bundle_d
         (o["action"], o["allowed"], o["directive"]) for o in ref
     ]
     np.testing.assert_allclose([o["probability"] for o in fast], [o["probability"] for o in ref], atol=1e-5)
+
+
+def truncated_canonical(src: Path, dst: Path, drop: int) -> Path:
+    """The canonical folder ``src`` without its newest ``drop`` bars (the history a bar earlier)."""
+    data = read_canonical(src)
+    keep = data.timestamps[:-drop]
+    cut = lambda frame: None if frame is None else frame[frame["timestamp"].isin(keep)].reset_index(drop=True)  # noqa: E731
+    meta = {k: v for k, v in data.meta.items() if k != "fingerprint"} | {"num_bars": len(keep)}
+    write_canonical(dst, cut(data.bars), cut(data.benchmark), cut(data.exogenous), meta)
+    return dst
+
+
+def test_a_state_file_holds_the_masters_directive_from_one_call_to_the_next(bundle_dir, tmp_path, capsys):
+    bundle = load_bundle(bundle_dir)
+    assert bundle.cfg.env.master.interval > 1
+    earlier = truncated_canonical(bundle_dir / "canonical", tmp_path / "earlier", 1)
+    state = tmp_path / "desk.json"
+    first = act(bundle_dir, earlier, state=state)  # no state yet: a master bar
+    saved = json.loads(state.read_text())
+    assert (saved["timestamp"], saved["directive"]) == (first["timestamp"], first["directive"]["index"])
+    second = act(bundle_dir, bundle_dir / "canonical", state=state)  # the next bar: the directive holds
+    assert second["directive"] == first["directive"]
+    ref = decide(bundle, latest_inputs(bundle, market(bundle_dir)), hold=MasterHold(saved["directive"], 1))
+    assert [(o["action"], o["allowed"]) for o in second["orders"]] == [
+        (o["action"], o["allowed"]) for o in ref
+    ]
+    assert json.loads(state.read_text()) == saved  # the master did not act: same state
+    args = ["act", "--model", str(bundle_dir), "--data", str(earlier), "--state", str(state)]
+    for text, problem in (
+        ("{not json", "not a state file"),
+        (json.dumps({**saved, "model": "models:/other@champion"}), "state of model 'models:/other@champion'"),
+        (json.dumps({**saved, "directive": 999}), "directive 999 outside the model's grid"),
+    ):
+        state.write_text(text)
+        assert main(args) == 2
+        assert problem in capsys.readouterr().err

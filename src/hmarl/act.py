@@ -41,12 +41,13 @@ from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig, build_config
 from hmarl.data.canonical import read_canonical
 from hmarl.data.store import FeatureStore
-from hmarl.decider import Decider, MasterHold, newest_bar, orders, start_bar
+from hmarl.decider import Decider, MasterBar, MasterHold, newest_bar, orders, start_bar
 from hmarl.encoders.model import load_encoder
+from hmarl.env.actions import grid_size
 from hmarl.env.market import MarketData
 from hmarl.env.vec_env import MarketEnv
 from hmarl.errors import DataError
-from hmarl.io import atomic_path, read_json
+from hmarl.io import atomic_path, read_json, write_json
 from hmarl.positions import Account, read_positions
 from hmarl.sl.calibration import calibrated_probs
 from hmarl.sl.inputs import feature_mismatch, model_inputs
@@ -240,17 +241,53 @@ def act(
     data: str | Path,
     cfg: HmarlConfig | None = None,
     positions: str | Path | None = None,
+    state: str | Path | None = None,
 ) -> dict:
     """Load the bundle and the bars, decide for the newest bar; returns {"timestamp", "directive", "orders"}.
 
-    ``positions``: the account's file (:mod:`hmarl.positions`); default a flat ``env.initial_cash``."""
+    ``positions``: the account's file (:mod:`hmarl.positions`); default a flat ``env.initial_cash``.
+    ``state``: a JSON file carrying the master's last decision from one call to the next (read when it
+    exists, written after), so a desk that runs one process per bar holds the directive between master
+    bars as a resident :class:`Decider` does; without it every call is a master bar."""
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_bundle(resolve_model(model, cfg, Path(tmp)))
     account = read_positions(positions, bundle.symbols) if positions is not None else None
     market = market_from_canonical(read_canonical(data), source=str(data))
     inputs = latest_inputs(bundle, market, where=str(data))
-    orders = Decider(bundle).decide(inputs, account)
+    decider = Decider(bundle)
+    if state is not None and Path(state).exists():
+        decider.master_bar = read_state(state, str(model), grid_size(bundle.cfg.env))
+    orders = decider.decide(inputs, account)
+    if state is not None:
+        write_state(state, str(model), decider.master_bar)
     return {"timestamp": inputs.timestamp.isoformat(), "directive": orders[0]["directive"], "orders": orders}
+
+
+def write_state(path: str | Path, model: str, bar: MasterBar) -> None:
+    before = None if bar.before is None else dataclasses.asdict(bar.before)
+    stamp = pd.Timestamp(bar.timestamp, tz="UTC").isoformat()
+    write_json(path, {"model": model, "timestamp": stamp, "directive": bar.directive, "before": before})
+
+
+def read_state(path: str | Path, model: str, num_directives: int) -> MasterBar:
+    """The master's last decision from a state file written by :func:`write_state` for ``model``."""
+    try:
+        doc = read_json(path)
+        hold = doc["before"]
+        bar = MasterBar(
+            int(pd.Timestamp(doc["timestamp"]).value),
+            int(doc["directive"]),
+            None if hold is None else MasterHold(int(hold["directive"]), int(hold["elapsed"])),
+        )
+        written_for = doc["model"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a state file written by hmarl act ({type(e).__name__}: {e})") from e
+    if written_for != model:
+        raise DataError(f"{path}: state of model {written_for!r}, not {model!r} (use another state file)")
+    for d in (bar.directive, *(() if bar.before is None else (bar.before.directive,))):
+        if not 0 <= d < num_directives:
+            raise DataError(f"{path}: directive {d} outside the model's grid of {num_directives}")
+    return bar
 
 
 def render(result: dict, fmt: str) -> str:

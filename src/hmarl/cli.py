@@ -73,7 +73,7 @@ def _cmd_act(args: argparse.Namespace) -> int:
     # the params file matters only for a registry URI (tracking.mlflow_uri)
     cfg = load_config(args.params, args.overrides) if args.model.startswith("models:/") else None
     fmt = args.format or ("csv" if args.out and args.out.endswith(".csv") else "json")
-    write_output(render(act(args.model, args.data, cfg, args.positions), fmt), args.out)
+    write_output(render(act(args.model, args.data, cfg, args.positions, args.state), fmt), args.out)
     return 0
 
 
@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--positions",
         default=None,
         help="the account: JSON or CSV of symbol, shares, entry_price plus cash (default: flat, env.initial_cash)",
+    )
+    p.add_argument(
+        "--state",
+        default=None,
+        help="JSON file carrying the master's last decision between calls (read if present, written after): "
+        "the directive then holds between master bars as in training; without it every call is a master bar",
     )
     p.set_defaults(func=_cmd_act)
 

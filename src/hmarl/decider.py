@@ -16,7 +16,8 @@ rounding), then the symbol agents, the master, the orders.
 Across bars the master acts every ``env.master.interval`` bars and its directive holds in between, as in
 training and in the walk-forward evaluation (:class:`MasterHold`): on a held bar only the symbol agents run
 under the held directive; on a master bar the master reads their intents under the directive in force. A
-single decision without history (``hmarl act``) is a master bar under the default directive.
+single decision without history (``hmarl act`` without ``--state``) is a master bar under the default
+directive.
 """
 
 from __future__ import annotations
@@ -68,6 +69,16 @@ class MasterHold:
 
     directive: int
     elapsed: int
+
+
+@dataclass(frozen=True)
+class MasterBar:
+    """The master's last decision: the bar (timestamp, ns since the epoch) it chose ``directive`` at, and
+    what held before that bar (a later decision of the same bar starts from it)."""
+
+    timestamp: int
+    directive: int
+    before: MasterHold | None
 
 
 def start_bar(env: MarketEnv, account: Account | None, hold: MasterHold | None) -> Observation:
@@ -193,8 +204,7 @@ class Decider:
         self.env: MarketEnv | None = None
         self._older: torch.Tensor | None = None  # the next bar's older rows, until prepared
         self._prefix_ready: Prefix | None = None
-        # the master's last decision: (bar timestamp, directive, the hold before it)
-        self._master_bar: tuple[int, int, MasterHold | None] | None = None
+        self.master_bar: MasterBar | None = None  # a desk running one process per bar restores it
 
     @contextmanager
     def _running(self):
@@ -283,21 +293,21 @@ class Decider:
                 gc.enable()
         if master_acted:
             newest = int(inputs.market.timestamps[newest_bar(inputs.market)])
-            self._master_bar = (newest, result[0]["directive"]["index"], hold)
+            self.master_bar = MasterBar(newest, result[0]["directive"]["index"], hold)
         self._older = inputs.windows[:, 1:].clone()  # the next bar's older rows
         return result
 
     def hold_for(self, market: MarketData) -> MasterHold | None:
         """The directive holding at the newest bar of ``market`` (None: none, the master decides afresh)."""
-        if self._master_bar is None:
+        last = self.master_bar
+        if last is None:
             return None
-        stamp, directive, before = self._master_bar
         t = newest_bar(market)
-        at = np.flatnonzero(np.asarray(market.timestamps[: t + 1]) == stamp)
+        at = np.flatnonzero(np.asarray(market.timestamps[: t + 1]) == last.timestamp)
         if not len(at):
             return None
         elapsed = t - int(at[-1])
-        return before if elapsed == 0 else MasterHold(directive, elapsed)
+        return last.before if elapsed == 0 else MasterHold(last.directive, elapsed)
 
     def _decide(
         self, inputs: LatestInputs, account: Account | None, hold: MasterHold | None
