@@ -231,9 +231,10 @@ class Decider:
             self._older = None
 
     def _prefix_for(self, windows: torch.Tensor) -> Prefix:
-        """The prepared prefix when its rows are ``windows``' older rows, else computed now (a cold start)."""
-        self.prepare()
-        ready, self._prefix_ready = self._prefix_ready, None
+        """The prepared prefix when its rows are ``windows``' older rows, else computed now from them (not
+        prepared, or a cold start: a pending preparation is dropped, it would compute the same or the wrong
+        rows)."""
+        ready, self._prefix_ready, self._older = self._prefix_ready, None, None
         if ready is not None and torch.equal(ready.older, windows[:, :-1]):
             return ready
         return self._prefix(windows[:, :-1].clone())

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 
-def _fold_symbols(x: torch.Tensor) -> torch.Tensor:
+def fold_symbols(x: torch.Tensor) -> torch.Tensor:
+    """``(B, S, ...)`` -> ``(B*S, ...)``: symbols folded into the batch."""
     return x.reshape(-1, *x.shape[2:])
 
 
@@ -33,7 +34,7 @@ class TransformerBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s = x.shape[:2]
-        tokens = self.embed(_fold_symbols(x)) + self.pos
+        tokens = self.embed(fold_symbols(x)) + self.pos
         pooled = []
         for scale, layer in zip(self.scales, self.layers, strict=True):
             n = tokens.shape[1] // scale
@@ -52,7 +53,7 @@ class BiLSTMBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s = x.shape[:2]
-        _, (h, _) = self.rnn(_fold_symbols(x))
+        _, (h, _) = self.rnn(fold_symbols(x))
         return self.out(torch.cat([h[0], h[1]], -1)).reshape(b, s, -1)
 
 
@@ -70,7 +71,7 @@ class CNNBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s = x.shape[:2]
-        h = self.inp(_fold_symbols(x).transpose(1, 2))  # (B*S, C, W)
+        h = self.inp(fold_symbols(x).transpose(1, 2))  # (B*S, C, W)
         for conv in self.convs:
             h = h + self.act(conv(h))
         return self.out(torch.cat([h[..., -1], h.mean(-1)], -1)).reshape(b, s, -1)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hmarl.encoders.branches import TransformerBranch
+from hmarl.encoders.branches import TransformerBranch, fold_symbols
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def _pool(branch: TransformerBranch, tokens: torch.Tensor, i: int) -> torch.Tens
 
 def transformer_prefix(branch: TransformerBranch, old: torch.Tensor) -> list[ScalePrefix]:
     """The known part of every scale from the window's ``W - 1`` older rows ``old`` (B, S, W - 1, F)."""
-    tokens = F.linear(old.reshape(-1, *old.shape[2:]), branch.embed.weight, branch.embed.bias)
+    tokens = F.linear(fold_symbols(old), branch.embed.weight, branch.embed.bias)
     tokens = tokens.add_(branch.pos[: old.shape[2]])
     states = []
     for i, (scale, layer) in enumerate(zip(branch.scales, branch.layers, strict=True)):
@@ -105,7 +105,7 @@ def scale_complete(
     branch: TransformerBranch, state: ScalePrefix, i: int, newest: torch.Tensor
 ) -> list[torch.Tensor]:
     """Scale ``i``'s (last step, mean over steps) summaries of the layer output, given its prefix and the
-    newest token (:func:`newest_tokens`). Scales are independent: they can run on different threads."""
+    newest token (:func:`newest_tokens`)."""
     scale, layer = branch.scales[i], branch.layers[i]
     attn = layer.self_attn
     z_new = (state.partial + newest).div_(scale) if state.partial is not None else newest  # (N, d)

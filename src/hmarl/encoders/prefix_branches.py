@@ -21,13 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import _VF, nn
 
-from hmarl.encoders.branches import BiLSTMBranch, CNNBranch, GraphBranch
+from hmarl.encoders.branches import BiLSTMBranch, CNNBranch, GraphBranch, fold_symbols
 from hmarl.sl.prefix import RecurrentPrefix, recurrent_prefix, recurrent_step, require_eval
-
-
-def _fold(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(-1, *x.shape[2:])
-
 
 # --- BiLSTM ---------------------------------------------------------------------------------------------
 
@@ -44,13 +39,13 @@ def _run_direction(rnn: nn.LSTM, x: torch.Tensor, reverse: bool) -> tuple[torch.
 def lstm_branch_prefix(branch: BiLSTMBranch, old: torch.Tensor) -> RecurrentPrefix:
     """The forward direction's state after the older rows."""
     require_eval(branch)
-    return recurrent_prefix(branch.rnn, *_run_direction(branch.rnn, _fold(old), reverse=False))
+    return recurrent_prefix(branch.rnn, *_run_direction(branch.rnn, fold_symbols(old), reverse=False))
 
 
 def lstm_branch_complete(branch: BiLSTMBranch, state: RecurrentPrefix, x: torch.Tensor) -> torch.Tensor:
     require_eval(branch)
     b, s = x.shape[:2]
-    rows = _fold(x)
+    rows = fold_symbols(x)
     h_fwd = recurrent_step(branch.rnn, state, rows[:, -1])
     h_bwd, _ = _run_direction(branch.rnn, rows.flip(1), reverse=True)  # newest row first
     return branch.out(torch.cat([h_fwd, h_bwd[0]], -1)).reshape(b, s, -1)
@@ -96,7 +91,7 @@ def cnn_branch_prefix(branch: CNNBranch, old: torch.Tensor) -> CNNPrefix:
     require_eval(branch)
     if branch.inp.kernel_size != (1,):
         raise ValueError(f"CNN prefix state needs a pointwise input projection, got {branch.inp!r}")
-    rows = _fold(old)
+    rows = fold_symbols(old)
     window = rows.shape[1] + 1
     pads = [_same_padding(conv) for conv in branch.convs]
     starts = _affected_starts(pads, window)
