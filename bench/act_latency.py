@@ -123,11 +123,12 @@ def timed(fn, inputs: list[LatestInputs], n: int, between=None) -> list[float]:
 
 def desk(decider: Decider, inputs: list[LatestInputs], n: int, gap_ms: float) -> dict[str, list[float]]:
     """A desk's loop over ``n`` bars: prepare the next bar's prefix and idle ``gap_ms`` (untimed: between
-    bars), decide (timed). Decisions by kind: ``master`` (the master acts: one full decision), ``held``
-    (the directive holds: the symbol agents only), ``cold`` (bar 0 after bar ``BARS - 1`` when the sequence
-    starts over: neither its prefix nor the master's bar is in the history, a full decision from scratch)."""
+    bars), decide (timed). Decisions by kind: ``master`` (the master acts: one full decision; ``changed``
+    lists those where it set a new directive, the agents then run again under it), ``held`` (the directive
+    holds: the symbol agents only), ``cold`` (bar 0 after bar ``BARS - 1`` when the sequence starts over:
+    neither its prefix nor the master's bar is in the history, a full decision from scratch)."""
     interval = decider.cfg.env.master.interval
-    kinds: dict[str, list[float]] = {"master": [], "held": [], "cold": []}
+    kinds: dict[str, list[float]] = {"master": [], "changed": [], "held": [], "cold": []}
     for i in range(n):
         x = inputs[i % len(inputs)]
         decider.prepare()
@@ -135,8 +136,10 @@ def desk(decider: Decider, inputs: list[LatestInputs], n: int, gap_ms: float) ->
         hold = decider.hold_for(x.market)
         kind = "cold" if not i % len(inputs) else "held" if hold and hold.elapsed < interval else "master"
         t0 = time.perf_counter()
-        decider.decide(x)
+        orders = decider.decide(x)
         kinds[kind].append((time.perf_counter() - t0) * 1e3)
+        if kind == "master" and orders[0]["directive"]["index"] != hold.directive:
+            kinds["changed"].append(kinds[kind][-1])
     return kinds
 
 
@@ -173,6 +176,9 @@ def main() -> int:
         "symbols": SYMBOLS,
         "min_ms": fastest,
         "master_bars": len(bars["master"]),
+        "directive_changed_bars": len(bars["changed"]),
+        "directive_changed_p50_ms": percentiles(bars["changed"])[0] if bars["changed"] else None,
+        "directive_changed_p99_ms": percentiles(bars["changed"])[1] if bars["changed"] else None,
         "held_bar_p50_ms": held50,
         "held_bar_p99_ms": held99,
         "all_bars_p99_ms": percentiles(bars["master"] + bars["held"])[1],

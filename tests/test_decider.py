@@ -17,6 +17,7 @@ from hmarl.config import load_config
 from hmarl.decider import Decider, MasterHold
 from hmarl.encoders.inference import transformer_complete, transformer_forward, transformer_prefix
 from hmarl.encoders.model import SharedEncoder
+from hmarl.env.actions import default_directive, grid_size
 from hmarl.errors import DataError
 from hmarl.positions import Account, read_positions
 
@@ -82,6 +83,31 @@ def test_decider_is_the_reference_decision_bar_after_bar(full, threads, monkeypa
         decider.prepare()
     assert master[0] == interval  # bars 1 .. interval - 1 held the first directive
     assert decider.hold_for(bars[0].market) is None  # a history without the master's bar: afresh
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_master_bar_where_the_master_keeps_or_changes_the_directive(full, keep, monkeypatch):
+    """A kept directive reuses the intents the master read (one actor pass), a new one runs the agents again
+    under it (two); the orders are the reference's either way."""
+    bundle, bars = full
+    grid = grid_size(bundle.cfg.env)
+    standing = default_directive(bundle.cfg.env)  # in force at a bar without history
+    target = standing if keep else (standing + 1) % grid
+
+    def forced(obs: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.full(obs.shape[:1], target), grid).float()
+
+    monkeypatch.setattr(bundle.master, "logits", forced)
+    decider = Decider(bundle, threads=1)
+    passes = []
+    hook = decider.agent.actor.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        fast = decider.decide(bars[0])
+    finally:
+        hook.remove()
+    assert fast[0]["directive"]["index"] == target
+    assert len(passes) == (1 if keep else 2)
+    assert_same_orders(fast, decide(bundle, bars[0]))
 
 
 def test_a_decision_without_prepare_is_the_same(full):

@@ -320,15 +320,24 @@ class Decider:
         tables = AgentTables(emb, sl, None, torch.device("cpu"))
         projected = self.agent.market_projection(tables)
         due = bool(obs.master_due[0])
+        logp = None  # the agents' intents under the directive that stands, once known
         if due:  # the master reads the agents' intents under the directive in force
             o = compact(obs)
             h = self.agent.trunk(o, tables, projected)
             value = self.agent.critic(h).squeeze(-1).float()  # before the actor: its weights stay in cache
             logp = dist.masked_logits(self.agent.actor(h).float(), o.mask)  # for its second pass below
             mobs, _ = master_observation(obs, logp, value, self.bench)
-            obs = env.set_directive(self.master.logits(mobs).argmax(-1))
-        o = compact(obs)
-        logp = dist.masked_logits(self.agent.actor(self.agent.trunk(o, tables, projected)).float(), o.mask)
+            chosen = self.master.logits(mobs).argmax(-1)
+            if int(chosen[0]) != int(
+                env.directive[0]
+            ):  # a kept directive leaves obs and intents as they were
+                obs = env.set_directive(chosen)
+                logp = None
+        if logp is None:
+            o = compact(obs)
+            logp = dist.masked_logits(
+                self.agent.actor(self.agent.trunk(o, tables, projected)).float(), o.mask
+            )
         result = orders(
             self.cfg.env,
             self.bundle.symbols,
