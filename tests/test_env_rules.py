@@ -360,3 +360,8 @@ def test_reset_can_start_under_a_given_directive():
     risk, cap, limit = env.directives[held].tolist()
     assert obs.directive_features[0].tolist() == pytest.approx([risk, cap, limit / 3])
     assert env.reset(seed=0).directive.tolist() == default.directive.tolist()  # not sticky
+    interval = env.cfg.master.interval
+    resumed = env.reset(seed=0, directive=held, elapsed=interval - 1)  # a desk between master bars
+    assert not bool(resumed.master_due.any()) and env.k.tolist() == [interval - 1] * 2
+    assert resumed.directive.tolist() == [held, held]
+    assert bool(env.reset(seed=0, elapsed=interval).master_due.all())

@@ -90,14 +90,14 @@ def start_bar(env: MarketEnv, account: Account | None, hold: MasterHold | None) 
     master is due again ``interval`` bars after it chose (it then sees the intents under the held
     directive); before that the held directive stands.
     """
-    obs = env.reset(seed=0, directive=None if hold is None else hold.directive)
-    changed = account is not None and (not account.is_flat or account.cash != env.cfg.initial_cash)
-    if changed:
+    held = hold is not None and hold.elapsed < env.cfg.master.interval  # the master is not due
+    obs = env.reset(
+        seed=0, directive=None if hold is None else hold.directive, elapsed=hold.elapsed if held else 0
+    )
+    if account is not None and (not account.is_flat or account.cash != env.cfg.initial_cash):
         _set_account(env, account)
-    if hold is not None and hold.elapsed < env.cfg.master.interval:
-        env.k[0] = hold.elapsed  # the master is not due
-        changed = True
-    return env.set_directive(env.directive) if changed else obs
+        obs = env.set_directive(env.directive)  # observed again with the account
+    return obs
 
 
 def _set_account(env: MarketEnv, account: Account) -> None:

@@ -192,13 +192,15 @@ class MarketEnv:
 
     # ------------------------------------------------------------------ reset
     @torch.inference_mode()
-    def reset(self, seed: int | None = None, directive: int | None = None) -> Observation:
+    def reset(self, seed: int | None = None, directive: int | None = None, elapsed: int = 0) -> Observation:
         """Start every env's episode at a random bar of the range (under ``directive``; default the
-        configured default directive)."""
+        configured default directive), ``elapsed`` bars into it (the master is due when a multiple of
+        ``master.interval`` bars have passed: a desk resuming under a held directive)."""
         if seed is not None:
             self.generator.manual_seed(seed)
         everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
         self._reset_where(everyone, directive)
+        self.k.fill_(elapsed)
         self.log.acc.zero_()
         self.log.count.zero_()
         self.done.zero_()
