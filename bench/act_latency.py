@@ -166,6 +166,7 @@ def main() -> int:
     bars = desk(decider, inputs, n, 0.0)
     p50, p99, fastest = percentiles(bars["master"])
     held50, held99, _ = percentiles(bars["held"])
+    changed = percentiles(bars["changed"]) if bars["changed"] else (None, None, None)
     gap50, gap99, _ = percentiles(desk(decider, inputs, n_gap, args.gap_ms)["master"])
     both = timed(lambda x: (decider.decide(x), decider.prepare()), inputs, n_ref)
     ref50, ref99, _ = percentiles(timed(lambda x: decide(bundle, x), inputs, n_ref))
@@ -177,8 +178,8 @@ def main() -> int:
         "min_ms": fastest,
         "master_bars": len(bars["master"]),
         "directive_changed_bars": len(bars["changed"]),
-        "directive_changed_p50_ms": percentiles(bars["changed"])[0] if bars["changed"] else None,
-        "directive_changed_p99_ms": percentiles(bars["changed"])[1] if bars["changed"] else None,
+        "directive_changed_p50_ms": changed[0],
+        "directive_changed_p99_ms": changed[1],
         "held_bar_p50_ms": held50,
         "held_bar_p99_ms": held99,
         "all_bars_p99_ms": percentiles(bars["master"] + bars["held"])[1],

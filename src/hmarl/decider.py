@@ -328,16 +328,14 @@ class Decider:
             logp = dist.masked_logits(self.agent.actor(h).float(), o.mask)  # for its second pass below
             mobs, _ = master_observation(obs, logp, value, self.bench)
             chosen = self.master.logits(mobs).argmax(-1)
-            if int(chosen[0]) != int(
-                env.directive[0]
-            ):  # a kept directive leaves obs and intents as they were
+            # a kept directive leaves the observation and the intents as they were
+            if int(chosen[0]) != int(env.directive[0]):
                 obs = env.set_directive(chosen)
                 logp = None
         if logp is None:
             o = compact(obs)
-            logp = dist.masked_logits(
-                self.agent.actor(self.agent.trunk(o, tables, projected)).float(), o.mask
-            )
+            h = self.agent.trunk(o, tables, projected)
+            logp = dist.masked_logits(self.agent.actor(h).float(), o.mask)
         result = orders(
             self.cfg.env,
             self.bundle.symbols,

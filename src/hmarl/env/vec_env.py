@@ -199,16 +199,16 @@ class MarketEnv:
         if seed is not None:
             self.generator.manual_seed(seed)
         everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        self._reset_where(everyone, directive)
-        self.k.fill_(elapsed)
+        self._reset_where(everyone, directive, elapsed)
         self.log.acc.zero_()
         self.log.count.zero_()
         self.done.zero_()
         self._obs = self._observe()
         return self._obs
 
-    def _reset_where(self, r: torch.Tensor, directive: int | None = None) -> None:
-        """Reset envs where ``r`` (N,) bool to a fresh episode at a newly drawn start bar.
+    def _reset_where(self, r: torch.Tensor, directive: int | None = None, elapsed: int = 0) -> None:
+        """Reset envs where ``r`` (N,) bool to a fresh episode at a newly drawn start bar, ``elapsed``
+        bars into it.
 
         A start is drawn for every env on every call (used only where ``r``), so the generator's stream
         does not depend on which envs ended.
@@ -228,7 +228,7 @@ class MarketEnv:
         fresh = torch.stack(
             [
                 starts,
-                torch.zeros_like(starts),
+                torch.full_like(starts, elapsed),
                 starts,
                 torch.full_like(starts, self.default_directive if directive is None else directive),
             ]
