@@ -12,6 +12,22 @@ from hmarl.evaluation.period import BASELINES, POLICY, PeriodEvaluation, PolicyS
 from hmarl.evaluation.stage5_checklist import STAGE5_VALUE_NAMES
 from hmarl.io import write_json
 
+# every section of the evaluation report (hmarl.evaluation.report), in its order
+REPORT_SECTIONS = (
+    "Gate",
+    "Metrics",
+    "Overfitting",
+    "Equity",
+    "Drawdowns",
+    "Action mix over time",
+    "Entropy",
+    "Reward component contributions",
+    "Per-symbol Sharpe",
+    "Folds",
+    "Cost stress",
+    "Stress windows",
+    "Cross-seed telemetry",
+)
 BPY = 252.0
 COSTS = (0.0, 15.0, 30.0, 50.0)
 BASE = 15.0

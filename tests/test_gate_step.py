@@ -17,7 +17,13 @@ import numpy as np
 import pytest
 import yaml
 
-from eval_fixtures import make_folds, passing_seed_values, write_stage5, write_walk_forward
+from eval_fixtures import (
+    REPORT_SECTIONS,
+    make_folds,
+    passing_seed_values,
+    write_stage5,
+    write_walk_forward,
+)
 from hmarl.cli import main
 from hmarl.config import ConfigError, build_config
 from hmarl.errors import DataError
@@ -27,21 +33,6 @@ from hmarl.steps.runner import execute
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = (42, 1337, 9001)
-SECTIONS = (
-    "Gate",
-    "Metrics",
-    "Overfitting",
-    "Equity",
-    "Drawdowns",
-    "Action mix over time",
-    "Entropy",
-    "Reward component contributions",
-    "Per-symbol Sharpe",
-    "Folds",
-    "Cost stress",
-    "Stress windows",
-    "Cross-seed telemetry",
-)
 
 
 def _cfg(*overrides: str):
@@ -107,7 +98,7 @@ def test_report_is_self_contained_with_every_section(tmp_path):
     assert not re.search(r"https?://", html)  # (base64 has no ':', so this cannot hit inside a chart)
     assert all(src.startswith("data:") for src in re.findall(r"(?:src|href)\s*=\s*['\"]([^'\"]*)", html))
     headings = re.findall(r"<h2>(.*?)</h2>", html)
-    assert [h for h in SECTIONS if h not in headings] == []
+    assert [h for h in REPORT_SECTIONS if h not in headings] == []
     # every chart section holds a chart, none says "not available"
     for title in ("Equity", "Drawdowns", "Action mix over time", "Entropy", "Reward component contributions"):
         section = html.split(f"<h2>{title}</h2>", 1)[1].split("<h2>", 1)[0]

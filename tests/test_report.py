@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from eval_fixtures import REPORT_SECTIONS
 from hmarl.evaluation.gate import evaluate_gate
 from hmarl.evaluation.metrics import performance_metrics
 from hmarl.evaluation.params import GateConfig
@@ -64,20 +65,7 @@ def test_report_is_self_contained_with_every_chart(tmp_path):
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", text)
     assert len(images) == 6  # equity, drawdowns, action mix, entropy, reward contributions, Sharpe histogram
     assert all(base64.b64decode(img).startswith(PNG_MAGIC) for img in images)
-    for heading in (
-        "Gate",
-        "Metrics",
-        "Overfitting",
-        "Equity",
-        "Drawdowns",
-        "Action mix over time",
-        "Entropy",
-        "Reward component contributions",
-        "Per-symbol Sharpe",
-        "Folds",
-        "Cost stress",
-        "Cross-seed telemetry",
-    ):
+    for heading in REPORT_SECTIONS:
         assert f"<h2>{heading}</h2>" in text, heading
     # names are escaped, not injected
     assert "random&lt;masked&gt;" in text and "<masked>" not in text and "&lt;planted_alpha&gt;" in text
