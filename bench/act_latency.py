@@ -7,8 +7,9 @@ one account: CUDA is not used).
     .venv/bin/python bench/act_latency.py [--quick] [--threads 2] [--gap-ms 20] [--profile full] [--set K=V]
 
 Models have the sizes of the profile's params (default ``full``: the seed's SL models, the 4-branch encoder
-with 256-d embeddings, trunk 256 / heads 128 symbol agents, the 256 -> 128 -> 48 master; ``--set`` overrides
-a key, e.g. ``--set encoder.d_model=64``) and random weights (latency does not depend on them); the market
+with 256-d embeddings, trunk 256 / heads 128 symbol agents with int8 head weights as ``agent.head_weights``
+says, the 256 -> 128 -> 48 master; ``--set`` overrides a key, e.g. ``--set agent.head_weights=float32``) and
+random weights (latency does not depend on them); the market
 is a random 143-symbol store (tests/env_fixtures.make_store) whose bars arrive one after the other. A desk's
 loop per bar: decide (timed), ``prepare`` the next bar's prefix (untimed: between bars). Reports p50 / p99 of
 decisions back to back (the headline), the same with ``--gap-ms`` of idle time between bars (caches and
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from env_fixtures import make_store  # noqa: E402
 from hmarl.act import Bundle, LatestInputs, decide  # noqa: E402
 from hmarl.agents.inputs import env_width  # noqa: E402
+from hmarl.agents.int8_heads import quantize_heads_  # noqa: E402
 from hmarl.agents.symbol import SymbolAgent  # noqa: E402
 from hmarl.config import load_config  # noqa: E402
 from hmarl.decider import Decider  # noqa: E402
@@ -71,6 +73,8 @@ def full_bundle(
         env_dim=env_width(regime),
         counts_scale=float(cfg.env.diversity_window),
     ).eval()
+    if cfg.agent.head_weights == "int8":  # as symbol training leaves them
+        quantize_heads_(agent)
     master = build_master(cfg, symbols, regime, grid_size(cfg.env)).eval()
     names = [f"f{i}" for i in range(FEATURES)]
     bundle = Bundle(

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from hmarl.act import decide
+from hmarl.agents import int8_heads
+from hmarl.agents.int8_heads import Int8Heads, int8_weights
 from hmarl.config import load_config
 from hmarl.decider import Decider, MasterHold
 from hmarl.encoders.inference import transformer_complete, transformer_forward, transformer_prefix
@@ -100,14 +102,30 @@ def test_a_master_bar_where_the_master_keeps_or_changes_the_directive(full, keep
     monkeypatch.setattr(bundle.master, "logits", forced)
     decider = Decider(bundle, threads=1)
     passes = []
-    hook = decider.agent.actor.register_forward_hook(lambda *_: passes.append(1))
-    try:
-        fast = decider.decide(bars[0])
-    finally:
-        hook.remove()
+    monkeypatch.setattr(decider, "actor", lambda h, f=decider.actor: passes.append(1) or f(h))
+    fast = decider.decide(bars[0])
     assert fast[0]["directive"]["index"] == target
     assert len(passes) == (1 if keep else 2)
     assert_same_orders(fast, decide(bundle, bars[0]))
+
+
+def test_int8_heads_run_the_kernel_and_float32_heads_the_module(full):
+    """The full profile's agents have int8 heads (the kernel reads them, where it builds); float32 heads
+    run as the module. Both decide as the reference computation."""
+    bundle, bars = full
+    decider = Decider(bundle, threads=2)
+    assert isinstance(decider.actor, Int8Heads) == (int8_heads.load() is not None)
+    assert isinstance(decider.critic, Int8Heads) == (int8_heads.load() is not None)
+    plain, plain_bars = act_latency.full_bundle(
+        "full", bars=2, symbols=24, overrides=("agent.head_weights=float32",)
+    )
+    assert int8_weights(plain.symbol_agent.actor.w1) is None
+    other = Decider(plain, threads=2)
+    assert other.actor is plain.symbol_agent.actor and other.critic is plain.symbol_agent.critic
+    for inputs in plain_bars:
+        hold = other.hold_for(inputs.market)
+        assert_same_orders(other.decide(inputs), decide(plain, inputs, hold=hold))
+        other.prepare()
 
 
 def test_a_decision_without_prepare_is_the_same(full):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from hmarl.agents.data import load_training_data
+from hmarl.agents.int8_heads import int8_weights, rounded
 from hmarl.agents.saved import load_agent
 from hmarl.config import ConfigError
 from hmarl.errors import DataError
@@ -65,6 +66,11 @@ def series(model_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
+def saved_from(state: dict) -> dict:
+    """The saved agent's weights from the last checkpoint's: its heads rounded to int8 (the default)."""
+    return {k: rounded(v) if k in ("actor.w1", "critic.w1") else v for k, v in state.items()}
+
+
 def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -89,6 +95,10 @@ def test_step_writes_the_agent_manifest_telemetry_and_a_held_out_backtest(upstre
     assert evaluation["bars"] == fold["test"]  # the backtest runs on the held-out bars only
     for name in ("agent", "agent_sampled", "random", "buy_hold"):
         assert isinstance(evaluation[name]["sharpe"], float)
+    # int8 heads (the default): the saved agent is on the grid, agreement with float32 is measured held out
+    assert int8_weights(agent.actor.w1) is not None and int8_weights(agent.critic.w1) is not None
+    assert 0.5 < evaluation["int8_action_agreement"] <= 1.0
+    assert metrics["int8_action_agreement"] == evaluation["int8_action_agreement"]
     # resume checkpoints live outside the outputs, keyed by the run
     key = manifest["run_key"]
     assert CheckpointStore(tmp_path / "checkpoints" / key).latest_update() == 4
@@ -214,7 +224,7 @@ def test_ddp_on_two_gloo_processes_keeps_replicas_identical_and_learns(upstream,
     assert final == 4 and metrics["env_steps"] == 64
     ranks = [torch.load(root / f"update_{final:07d}" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert same_weights(ranks[0]["agent"], ranks[1]["agent"])  # replicas identical after training
-    assert same_weights(ranks[0]["agent"], weights(out))
+    assert same_weights(saved_from(ranks[0]["agent"]), weights(out))
     # each rank stepped its own envs (its own seed) ...
     assert not torch.equal(ranks[0]["env"]["_account"], ranks[1]["env"]["_account"])
     # ... and the shared model moved away from its initialization
@@ -242,7 +252,7 @@ def test_torchrun_ranks_join_one_job_and_only_rank_0_writes(upstream, tmp_path):
     final = CheckpointStore(root).latest_update()
     ranks = [torch.load(root / f"update_{final:07d}" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert same_weights(ranks[0]["agent"], ranks[1]["agent"])
-    assert same_weights(ranks[0]["agent"], weights(out))
+    assert same_weights(saved_from(ranks[0]["agent"]), weights(out))
     assert not torch.equal(ranks[0]["env"]["_account"], ranks[1]["env"]["_account"])
 
 
@@ -359,12 +369,17 @@ def test_curriculum_onboards_symbols_and_inactive_agents_hold(upstream, tmp_path
     assert [r["active_symbols"] for r in rows] == [3, 3, 6, 6]
 
 
-@pytest.mark.parametrize("option", [["agent.head=shared"], ["agent.encoder=finetune"]])
+@pytest.mark.parametrize(
+    "option", [["agent.head=shared"], ["agent.encoder=finetune"], ["agent.head_weights=float32"]]
+)
 def test_shared_head_and_encoder_finetuning_train_and_reload(upstream, tmp_path, option):
     _, out = train(upstream, tmp_path, *option, "ppo.total_steps=32")
     agent, meta = load_agent(out / "agent.pt")
     if option == ["agent.encoder=finetune"]:
         assert agent.encoder is not None and meta["encoder"]["window"] == 24
         assert any(k.startswith("encoder.") for k in weights(out))
+    elif option == ["agent.head_weights=float32"]:  # trained weights as they are, nothing to compare
+        assert int8_weights(agent.actor.w1) is None
+        assert "int8_action_agreement" not in read_json(out / "evaluation.json")
     else:
         assert agent.cfg.head == "shared"

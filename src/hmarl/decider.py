@@ -32,6 +32,7 @@ import torch
 
 from hmarl.agents import distributions as dist
 from hmarl.agents.inputs import AgentTables, compact
+from hmarl.agents.int8_heads import Int8Heads
 from hmarl.agents.master import BENCH_LONG, BENCH_PEAK, benchmark_table, master_observation
 from hmarl.encoders.branches import TransformerBranch
 from hmarl.encoders.inference import check_supported, transformer_complete, transformer_prefix
@@ -191,6 +192,9 @@ class Decider:
         self.bundle, self.cfg = bundle, bundle.cfg
         self.threads = threads
         self.agent, self.master = bundle.symbol_agent.eval(), bundle.master.eval()
+        # int8 heads read their int8 weights (a quarter of the float32 bytes); others the module itself
+        self.actor = Int8Heads.of(self.agent.actor) or self.agent.actor
+        self.critic = Int8Heads.of(self.agent.critic) or self.agent.critic
         self.encoder = bundle.encoder if bundle.encoder is not None else self.agent.encoder
         for m, _ in bundle.sl_models:
             m.eval()
@@ -324,8 +328,8 @@ class Decider:
         if due:  # the master reads the agents' intents under the directive in force
             o = compact(obs)
             h = self.agent.trunk(o, tables, projected)
-            value = self.agent.critic(h).squeeze(-1).float()  # before the actor: its weights stay in cache
-            logp = dist.masked_logits(self.agent.actor(h).float(), o.mask)  # for its second pass below
+            value = self.critic(h).squeeze(-1).float()  # before the actor: its weights stay in cache
+            logp = dist.masked_logits(self.actor(h).float(), o.mask)  # for its second pass below
             mobs, _ = master_observation(obs, logp, value, self.bench)
             chosen = self.master.logits(mobs).argmax(-1)
             # a kept directive leaves the observation and the intents as they were
@@ -335,7 +339,7 @@ class Decider:
         if logp is None:
             o = compact(obs)
             h = self.agent.trunk(o, tables, projected)
-            logp = dist.masked_logits(self.agent.actor(h).float(), o.mask)
+            logp = dist.masked_logits(self.actor(h).float(), o.mask)
         result = orders(
             self.cfg.env,
             self.bundle.symbols,

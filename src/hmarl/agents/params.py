@@ -23,6 +23,9 @@ class AgentConfig(Section):
     trunk_dim: int = Field(256, ge=4)  # shared input projection: the heads read this many features
     hidden: int = Field(128, ge=1)  # heads: trunk_dim -> hidden -> 7 (actor) and -> 1 (critic)
     symbol_embed_dim: int = Field(16, ge=1)  # shared head only
+    # int8: the per-symbol heads' first layers are rounded to an int8 grid when symbol training ends, so
+    # everything after (master, backtests, gate, act) runs what a desk runs (hmarl/agents/int8_heads.py)
+    head_weights: Literal["float32", "int8"] = "int8"
     use_sl_probs: bool = True  # the SL probability triplet of the bar enters the observation
     actor_gain: float = Field(0.1, gt=0.0)  # orthogonal init gain of the actor output layer (Stage 1)
     critic_gain: float = Field(1.0, gt=0.0)

@@ -5,28 +5,23 @@ time goes into per-op dispatch (~450 tensor ops of ~9k elements per step), so on
 env can run the same step as one C pass over envs and symbols (same state tensors, same rules, same
 order of operations; parity-tested against tests/env_reference.py like the torch path).
 
-The library is built once per source version into ``$HMARL_CACHE`` (default ``~/.cache/hmarl``) with
-``cc -O3 -march=native -ffp-contract=off`` (no fused multiply-add, so results stay IEEE-identical
-in spirit to the torch path) and loaded with ctypes. If no compiler is available, :func:`load` returns
-None and ``backend: auto`` falls back to the torch path.
+Built on first use by :mod:`hmarl.cbuild` with ``-O3 -march=native -ffp-contract=off`` (no fused
+multiply-add, so results stay IEEE-identical in spirit to the torch path). If no compiler is available,
+:func:`load` returns None and ``backend: auto`` falls back to the torch path.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from hmarl import cbuild
 from hmarl.env.params import REWARD_COMPONENTS
 
 SOURCE = Path(__file__).with_name("native_step.c")
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC", "-std=c11"]
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-std=c11"]
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -140,54 +135,14 @@ class HmStep(ctypes.Structure):
     )
 
 
-_LIB: ctypes.CDLL | None = None
-_TRIED = False
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("HMARL_CACHE", Path.home() / ".cache" / "hmarl"))
-
-
-def _build() -> Path | None:
-    named = os.environ.get("CC")
-    compiler = shutil.which(named) if named else (shutil.which("cc") or shutil.which("gcc"))
-    if compiler is None:
-        return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(FLAGS).encode() + compiler.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"hmarl_native_step_{key}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        built = Path(tmp) / target.name
-        result = subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            return None
-        os.replace(built, target)  # atomic: concurrent builders race harmlessly
-    return target
+def _bind(lib: ctypes.CDLL) -> None:
+    lib.hm_step.argtypes = [ctypes.POINTER(HmStep)]
+    lib.hm_step.restype = None
 
 
 def load() -> ctypes.CDLL | None:
     """The compiled library, or None when it cannot be built here."""
-    global _LIB, _TRIED
-    if not _TRIED:
-        _TRIED = True
-        try:
-            path = _build()
-            if path is not None:
-                lib = ctypes.CDLL(str(path))
-                lib.hm_step.argtypes = [ctypes.POINTER(HmStep)]
-                lib.hm_step.restype = None
-                _LIB = lib
-        except OSError:
-            _LIB = None
-    return _LIB
+    return cbuild.load(SOURCE, FLAGS, _bind)
 
 
 class NativeStep:

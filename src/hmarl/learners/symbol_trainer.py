@@ -26,6 +26,7 @@ import torch
 
 from hmarl.agents.data import TrainingData
 from hmarl.agents.inputs import AgentTables, PolicyObs, compact
+from hmarl.agents.int8_heads import quantize_heads_
 from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig
 from hmarl.env.vec_env import MarketEnv
@@ -54,6 +55,8 @@ class TrainResult:
     global_step: int
     resumed_from: int | None  # update the run resumed at (None: fresh start)
     warm_start: dict[str, float] = field(default_factory=dict)
+    # agent.head_weights int8: the trained weights before rounding (to measure what rounding changed)
+    float_state: dict[str, torch.Tensor] | None = None
 
 
 # --------------------------------------------------------------------------- setup helpers
@@ -357,4 +360,8 @@ def train(
                 barrier=lambda: barrier(info),
             )
     bar.close()
-    return TrainResult(agent, series, global_step, resumed_from, warm)
+    float_state = None
+    if cfg.agent.head_weights == "int8":  # after the last checkpoint: a resumed run rounds the same weights
+        float_state = {k: v.detach().clone() for k, v in agent.state_dict().items()}
+        log.info("train_symbols: heads rounded to int8, largest weight change %s", quantize_heads_(agent))
+    return TrainResult(agent, series, global_step, resumed_from, warm, float_state)

@@ -16,6 +16,7 @@ With ``ppo.world_size > 1`` training runs as that many DDP processes (gloo on CP
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -24,12 +25,14 @@ import numpy as np
 import torch
 
 from hmarl.agents.data import TrainingData, load_training_data
+from hmarl.agents.inputs import AgentTables
 from hmarl.agents.saved import AGENT_VERSION, save_agent
 from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig, config_dict
 from hmarl.env.actions import ACTION_NAMES
+from hmarl.env.vec_env import Observation
+from hmarl.evaluation.backtest import ObsPolicy, backtest, buy_and_hold, random_policy
 from hmarl.evaluation.backtest import agent_policy as eval_agent_policy
-from hmarl.evaluation.backtest import backtest, buy_and_hold, random_policy
 from hmarl.evaluation.metrics import sharpe_ratio
 from hmarl.io import read_json, write_json
 from hmarl.learners.checkpoint import run_key as checkpoint_key
@@ -124,14 +127,19 @@ def evaluate(cfg: HmarlConfig, data: TrainingData, result: TrainResult, device: 
     agent = result.agent.eval()
     gen = torch.Generator(device).manual_seed(cfg.seed)
     n = cfg.ppo.eval_envs
+    greedy, agreement = eval_agent_policy(agent, tables), None
+    if result.float_state is not None:  # int8 heads: the float32 agent's choice on the same observations
+        greedy, agreement = agreement_policy(greedy, agent, result.float_state, tables)
     runs = {
-        "agent": backtest(market, cfg, bars, eval_agent_policy(agent, tables), 1, cfg.seed),
+        "agent": backtest(market, cfg, bars, greedy, 1, cfg.seed),
         "agent_sampled": backtest(
             market, cfg, bars, eval_agent_policy(agent, tables, False, gen), n, cfg.seed
         ),
         "random": backtest(market, cfg, bars, random_policy(gen), n, cfg.seed),
     }
     out: dict = {"bars": list(bars), "fold": data.fold.index}
+    if agreement is not None:
+        out["int8_action_agreement"] = agreement[0] / max(agreement[1], 1)
     for name, bt in runs.items():
         shares = np.bincount(bt.executed.reshape(-1), minlength=len(ACTION_NAMES)) / bt.executed.size
         edge, t_stat = bt.timing_edge()
@@ -150,6 +158,24 @@ def evaluate(cfg: HmarlConfig, data: TrainingData, result: TrainResult, device: 
     return out
 
 
+def agreement_policy(
+    greedy: ObsPolicy, agent: SymbolAgent, float_state: dict[str, torch.Tensor], tables: AgentTables
+) -> tuple[ObsPolicy, list[int]]:
+    """``greedy`` (the int8 agent's), also counting where the float32 agent (``float_state``) picks the same
+    action on the same observation: ``[same, decisions]``, over symbols with more than one allowed action."""
+    reference = copy.deepcopy(agent)
+    reference.load_state_dict(float_state)
+    other, counts = eval_agent_policy(reference, tables), [0, 0]
+
+    def act(obs: Observation) -> torch.Tensor:
+        action, free = greedy(obs), obs.mask.sum(-1) > 1
+        counts[0] += int(((action == other(obs)) & free).sum())
+        counts[1] += int(free.sum())
+        return action
+
+    return act, counts
+
+
 def _summary(result: TrainResult, evaluation: dict, seconds: float) -> dict[str, float]:
     last = result.series[-1] if result.series else {}
     summary = {k: float(last[k]) for k in MANDATORY if k in last}
@@ -161,6 +187,8 @@ def _summary(result: TrainResult, evaluation: dict, seconds: float) -> dict[str,
         resumed=float(result.resumed_from is not None),
         entropy_guard_interventions=float(last.get("entropy_guard_interventions_total", 0.0)),
     )
+    if "int8_action_agreement" in evaluation:
+        summary["int8_action_agreement"] = evaluation["int8_action_agreement"]
     for name in ("agent", "agent_sampled", "random", "buy_hold"):
         summary[f"test_sharpe_{name}"] = evaluation[name]["sharpe"]
         summary[f"test_return_{name}"] = evaluation[name]["total_return"]

@@ -1,0 +1,102 @@
+"""Int8 head weights (hmarl/agents/int8_heads.py): the grid, the C kernel against the torch path, and where
+each path applies."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hmarl.agents.int8_heads import QMAX, Int8Heads, int8_weights, load, pow2_scale, quantize_heads_
+from hmarl.agents.symbol import BatchedMLP, SharedMLP
+
+needs_kernel = pytest.mark.skipif(load() is None, reason="no C compiler with OpenMP here")
+
+
+class Heads(torch.nn.Module):
+    def __init__(self, actor: torch.nn.Module, critic: torch.nn.Module):
+        super().__init__()
+        self.actor, self.critic = actor, critic
+
+
+def heads(symbols: int, d: int, hidden: int, seed: int = 0) -> Heads:
+    g = torch.Generator().manual_seed(seed)
+    return Heads(BatchedMLP(symbols, d, hidden, 7, 0.1, g), BatchedMLP(symbols, d, hidden, 1, 1.0, g))
+
+
+def test_rounding_puts_every_column_on_its_power_of_two_grid_and_is_idempotent():
+    agent = heads(9, 40, 16)
+    before = agent.actor.w1.detach().clone()
+    changes = quantize_heads_(agent)
+    w = agent.actor.w1.detach()
+    scale = pow2_scale(before)
+    assert torch.equal(torch.log2(scale), torch.log2(scale).round())  # powers of two
+    q = w / scale
+    assert torch.equal(q, q.round()) and q.abs().max() <= QMAX
+    assert q.abs().amax(-2).min() >= QMAX // 2 + 1  # the smallest such scale: 7 bits of each column used
+    assert ((w - before).abs() <= scale / 2).all()  # round to nearest
+    assert changes["actor"] == pytest.approx(float((w - before).abs().max()))
+    assert changes["actor"] > 0 and set(changes) == {"actor", "critic"}
+    assert quantize_heads_(agent) == {"actor": 0.0, "critic": 0.0}  # twice changes nothing
+    assert torch.equal(agent.actor.w1, w)
+    q8, s = int8_weights(w)
+    assert q8.dtype == torch.int8 and torch.equal(q8.float() * s.unsqueeze(-2), w)
+    assert int8_weights(before) is None  # float32 weights are not on the grid
+
+
+def test_a_shared_head_is_left_in_float32():
+    g = torch.Generator().manual_seed(0)
+    agent = Heads(SharedMLP(5, 8, 4, 7, 0.1, 3, g), SharedMLP(5, 8, 4, 1, 1.0, 3, g))
+    before = agent.actor.w1.detach().clone()
+    assert quantize_heads_(agent) == {}
+    assert torch.equal(agent.actor.w1, before) and Int8Heads.of(agent.actor) is None
+
+
+@needs_kernel
+@pytest.mark.parametrize(("symbols", "d", "hidden"), [(143, 256, 128), (3, 5, 300)])
+def test_the_kernel_is_the_torch_forward_on_the_grid(symbols, d, hidden):
+    """The seed's sizes and odd ones (more hidden units than the kernel's chunk of 256)."""
+    agent = heads(symbols, d, hidden, seed=1)
+    with torch.no_grad():
+        agent.actor.b1.normal_()  # biases are zero at init: make them count
+    quantize_heads_(agent)
+    h = torch.tanh(torch.randn(1, symbols, d, generator=torch.Generator().manual_seed(2)))
+    for mlp in (agent.actor, agent.critic):
+        fast = Int8Heads.of(mlp)
+        assert fast is not None
+        with torch.inference_mode():
+            torch.testing.assert_close(fast(h), mlp(h), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"input \(2, "):
+        fast(h.expand(2, -1, -1))
+
+
+def test_float32_heads_and_fine_tuned_ones_take_the_torch_path():
+    agent = heads(4, 8, 6)
+    assert Int8Heads.of(agent.actor) is None  # not on the grid
+    quantize_heads_(agent)
+    with torch.no_grad():
+        agent.actor.w1[0, 0, 0] += 1e-3  # one weight moved off the grid (fine-tuned after rounding)
+    assert Int8Heads.of(agent.actor) is None
+    assert (Int8Heads.of(agent.critic) is not None) == (load() is not None)
+
+
+def test_without_a_compiler_int8_heads_run_in_torch(tmp_path):
+    code = (
+        "import torch\n"
+        "from hmarl.agents.int8_heads import Int8Heads, quantize_heads_\n"
+        "from hmarl.agents.symbol import BatchedMLP\n"
+        "m = BatchedMLP(3, 4, 5, 7, 0.1, torch.Generator().manual_seed(0))\n"
+        "holder = torch.nn.Module(); holder.actor = m; holder.critic = m\n"
+        "quantize_heads_(holder); print(Int8Heads.of(m))\n"
+    )
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "HMARL_CACHE": str(tmp_path / "cache")}
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "None"
+    assert not any((tmp_path / "cache").glob("*.so"))
