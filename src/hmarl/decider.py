@@ -22,6 +22,7 @@ directive.
 
 from __future__ import annotations
 
+import functools
 import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,6 +121,14 @@ def _set_account(env: MarketEnv, account: Account) -> None:
     env.peak_eq[0] = equity
 
 
+@functools.cache
+def _order_fractions(buy_fractions: tuple[float, ...], sell_partial: float) -> tuple[list, list]:
+    """Per action: the fraction of the allocation bought and of the shares sold (the simulator's table)."""
+    cfg = EnvConfig(buy_fractions=list(buy_fractions), sell_partial_fraction=sell_partial)
+    table = order_table(cfg, torch.float64, torch.device("cpu")).tolist()
+    return table[BUY_FRAC], table[SELL_FRAC]
+
+
 def orders(
     env_cfg: EnvConfig,
     symbols: list[str],
@@ -139,8 +148,9 @@ def orders(
         "mode": m.modes[mode],
         "index": directive,
     }
-    table = order_table(env_cfg, torch.float64, torch.device("cpu")).tolist()
+    buy, sell = _order_fractions(tuple(env_cfg.buy_fractions), env_cfg.sell_partial_fraction)
     alloc = equity * label["risk_multiplier"] * label["position_cap"]
+    notional = [round(frac * alloc, 2) for frac in buy]  # per action
     # each symbol's mask row as a 7-bit code: names of the allowed actions built once per distinct row
     codes = (mask.long() << torch.arange(mask.shape[-1])).sum(-1).tolist()
     allowed = {c: [n for i, n in enumerate(ACTION_NAMES) if c >> i & 1] for c in set(codes)}
@@ -149,8 +159,8 @@ def orders(
             "symbol": sym,
             "action": ACTION_NAMES[a],
             "probability": round(p, 6),
-            "buy_notional": round(table[BUY_FRAC][a] * alloc, 2),
-            "sell_fraction": table[SELL_FRAC][a],
+            "buy_notional": notional[a],
+            "sell_fraction": sell[a],
             "allowed": list(allowed[c]),
             "directive": dict(label),
         }

@@ -6,6 +6,10 @@
 #include <stdint.h>
 
 #define CHUNK 256 /* outputs accumulated at once (registers + L1) */
+/* Weights come from DRAM at a decision (other models ran since the last one). One core's hardware
+ * prefetch keeps too few lines in flight for the row-by-row stream: requesting the lines 2 kB ahead
+ * doubles the rate (143 x 256 x 128 weights cold: 0.43 -> 0.25 ms on 2 cores). */
+#define AHEAD 2048
 
 void hm_int8_heads(const float *x, const int8_t *q, const float *scale, const float *b, float *u,
                    int64_t S, int64_t D, int64_t H) {
@@ -20,6 +24,7 @@ void hm_int8_heads(const float *x, const int8_t *q, const float *scale, const fl
       for (int64_t i = 0; i < D; i++) {
         const float xi = xs[i];
         const int8_t *row = qs + i * H + j0;
+        for (int64_t l = 0; l < n; l += 64) __builtin_prefetch(row + AHEAD + l); /* never faults */
         for (int64_t j = 0; j < n; j++) acc[j] += xi * (float)row[j];
       }
       const int64_t o = s * H + j0;
