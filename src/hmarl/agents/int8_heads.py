@@ -28,7 +28,6 @@ from hmarl.agents.symbol import BatchedMLP, SymbolAgent
 
 QMAX = 127
 SOURCE = Path(__file__).with_name("int8_heads.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c11"]
 
 
 def pow2_scale(w: torch.Tensor) -> torch.Tensor:
@@ -80,7 +79,7 @@ def _bind(lib: ctypes.CDLL) -> None:
 
 
 def load() -> ctypes.CDLL | None:
-    return cbuild.load(SOURCE, FLAGS, _bind)
+    return cbuild.load(SOURCE, cbuild.KERNEL_FLAGS, _bind)
 
 
 class Int8Heads:

@@ -19,12 +19,16 @@ the mean over steps, so it is applied to those two summaries only.
 
 from __future__ import annotations
 
+import ctypes
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hmarl import cbuild
 from hmarl.encoders.branches import TransformerBranch, fold_symbols
 
 
@@ -55,11 +59,15 @@ def _layer_norm(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
+def _in_proj(layer: nn.TransformerEncoderLayer, z: torch.Tensor) -> torch.Tensor:
+    """Queries, keys and values side by side ``(..., 3 d)`` of pooled steps ``z`` (..., d)."""
+    attn = layer.self_attn
+    return F.linear(_layer_norm(layer.norm1, z), attn.in_proj_weight, attn.in_proj_bias)
+
+
 def _qkv(layer: nn.TransformerEncoderLayer, z: torch.Tensor) -> torch.Tensor:
     """Queries, keys, values ``(3, N, L, d)`` of pooled steps ``z`` (N, L, d)."""
-    attn = layer.self_attn
-    qkv = F.linear(_layer_norm(layer.norm1, z), attn.in_proj_weight, attn.in_proj_bias)
-    return qkv.view(*z.shape[:2], 3, z.shape[-1]).permute(2, 0, 1, 3)
+    return _in_proj(layer, z).view(*z.shape[:2], 3, z.shape[-1]).permute(2, 0, 1, 3)
 
 
 def _heads(layer: nn.TransformerEncoderLayer) -> torch.Tensor:
@@ -107,9 +115,19 @@ def scale_complete(
     """Scale ``i``'s (last step, mean over steps) summaries of the layer output, given its prefix and the
     newest token (:func:`newest_tokens`)."""
     scale, layer = branch.scales[i], branch.layers[i]
-    attn = layer.self_attn
     z_new = (state.partial + newest).div_(scale) if state.partial is not None else newest  # (N, d)
-    q, k, v = _qkv(layer, z_new.unsqueeze(1)).squeeze(2)  # (N, d) each
+    qkv = _in_proj(layer, z_new)  # (N, 3 d)
+    lib = _native(layer, state)
+    if lib is not None:
+        return _complete_native(lib, layer, state, qkv, z_new)
+    return _complete_torch(layer, state, qkv, z_new)
+
+
+def _complete_torch(
+    layer: nn.TransformerEncoderLayer, state: ScalePrefix, qkv: torch.Tensor, z_new: torch.Tensor
+) -> list[torch.Tensor]:
+    attn = layer.self_attn
+    q, k, v = qkv.view(-1, 3, qkv.shape[-1] // 3).unbind(1)  # (N, d) each
     heads = state.heads
     scale_dh = attn.head_dim**-0.5
     # the older queries gain one key: their output moves towards the new value
@@ -125,9 +143,88 @@ def scale_complete(
     y = F.linear(a, attn.out_proj.weight, attn.out_proj.bias)
     y[:, :-1] += state.z
     y[:, -1] += z_new
-    g = F.gelu(F.linear(_layer_norm(layer.norm2, y), layer.linear1.weight, layer.linear1.bias))
+    h1 = F.linear(_layer_norm(layer.norm2, y), layer.linear1.weight, layer.linear1.bias)
+    return _summaries(layer, h1, torch.stack([y[:, -1], y.mean(1)], 1))
+
+
+def _summaries(layer: nn.TransformerEncoderLayer, h1: torch.Tensor, ys: torch.Tensor) -> list[torch.Tensor]:
+    """(last step, mean over steps) of the layer output from the feed-forward pre-activations ``h1``
+    (N, n, ff) and those summaries ``ys`` (N, 2, d) of its input: the feed-forward output projection is
+    linear, so it is applied to the two summaries of its input only."""
+    g = F.gelu(h1)
     ff = F.linear(torch.stack([g[:, -1], g.mean(1)], 1), layer.linear2.weight, layer.linear2.bias)
-    return [y[:, -1] + ff[:, 0], y.mean(1) + ff[:, 1]]
+    return list((ys + ff).unbind(1))
+
+
+# --------------------------------------------------------------------------- the C path of a scale
+SOURCE = Path(__file__).with_name("attention_complete.c")
+MAX_WIDTH, MAX_SCORES = 512, 1024  # the kernel's on-stack rows (MAXD) and scores (MAXS)
+_TRANSPOSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    p, f, i = ctypes.c_void_p, ctypes.c_float, ctypes.c_int64
+    lib.hm_attention_complete.argtypes = [p] * 12 + [f] + [p] * 4 + [i] * 5 + [f]
+    lib.hm_attention_complete.restype = None
+
+
+def _native(layer: nn.TransformerEncoderLayer, state: ScalePrefix) -> ctypes.CDLL | None:
+    """The compiled kernel where it applies (CPU float32, widths within its bounds), else None."""
+    a = state.a
+    if a.device.type != "cpu" or a.dtype != torch.float32:
+        return None
+    if max(a.shape[-1], layer.linear1.out_features) > MAX_WIDTH:
+        return None
+    if (a.shape[1] + 1) * layer.self_attn.num_heads > MAX_SCORES:
+        return None
+    return cbuild.load(SOURCE, cbuild.KERNEL_FLAGS, _bind)
+
+
+def _transposed(layer: nn.TransformerEncoderLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output and first feed-forward weights input-major, cached per layer until they change."""
+    wo, w1 = layer.self_attn.out_proj.weight, layer.linear1.weight
+    key = (wo._version, w1._version, wo.data_ptr(), w1.data_ptr())
+    cached = _TRANSPOSED.get(layer)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, wo.detach().t().contiguous(), w1.detach().t().contiguous())
+        _TRANSPOSED[layer] = cached
+    return cached[1], cached[2]
+
+
+def _complete_native(
+    lib: ctypes.CDLL,
+    layer: nn.TransformerEncoderLayer,
+    state: ScalePrefix,
+    qkv: torch.Tensor,
+    z_new: torch.Tensor,
+) -> list[torch.Tensor]:
+    attn = layer.self_attn
+    n, steps, d = state.a.shape
+    ff = layer.linear1.out_features
+    wo_t, w1_t = _transposed(layer)
+    old = [t.contiguous() for t in (state.q, state.k, state.v, state.a, state.z, state.lse)]
+    new = [qkv.contiguous(), z_new.contiguous()]
+    h1, ys = torch.empty(n, steps + 1, ff), torch.empty(n, 2, d)
+    lib.hm_attention_complete(
+        *(t.data_ptr() for t in old + new),
+        wo_t.data_ptr(),
+        attn.out_proj.bias.data_ptr(),
+        layer.norm2.weight.data_ptr(),
+        layer.norm2.bias.data_ptr(),
+        layer.norm2.eps,
+        w1_t.data_ptr(),
+        layer.linear1.bias.data_ptr(),
+        h1.data_ptr(),
+        ys.data_ptr(),
+        n,
+        steps,
+        d,
+        attn.num_heads,
+        ff,
+        attn.head_dim**-0.5,
+    )
+    return _summaries(layer, h1, ys)
 
 
 def branch_output(branch: TransformerBranch, summaries: list[torch.Tensor], b: int, s: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Int8 head weights (hmarl/agents/int8_heads.py): the grid, the C kernel against the torch path, and where
-each path applies."""
+"""The C inference kernels against their torch paths, and where each applies: int8 head weights
+(hmarl/agents/int8_heads.py: the grid, the kernel) and the transformer's scale completion
+(hmarl/encoders/attention_complete.c via hmarl/encoders/inference.py). Without a compiler both run in torch."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch
 
 from hmarl.agents.int8_heads import QMAX, Int8Heads, int8_weights, load, pow2_scale, quantize_heads_
 from hmarl.agents.symbol import BatchedMLP, SharedMLP
+from hmarl.encoders import inference
+from hmarl.encoders.branches import TransformerBranch
 
 needs_kernel = pytest.mark.skipif(load() is None, reason="no C compiler with OpenMP here")
 
@@ -84,19 +87,60 @@ def test_float32_heads_and_fine_tuned_ones_take_the_torch_path():
     assert (Int8Heads.of(agent.critic) is not None) == (load() is not None)
 
 
-def test_without_a_compiler_int8_heads_run_in_torch(tmp_path):
+@pytest.mark.parametrize(
+    ("d", "heads", "window", "scales"),
+    [(32, 4, 24, [1, 2, 4]), (16, 4, 9, [1, 3]), (64, 4, 12, [1]), (24, 3, 10, [1, 2])],
+    ids=["seed", "narrow", "wide", "other-width"],  # the last runs the kernel with run-time sizes
+)
+def test_the_scale_completion_kernel_is_the_torch_path_and_the_branch(d, heads, window, scales):
+    torch.manual_seed(0)
+    branch = TransformerBranch(5, window, d, heads, scales, dropout=0.0).eval()
+    with torch.no_grad():  # non-trivial layer norms and biases
+        for name, p in branch.named_parameters():
+            if "norm" in name or "bias" in name:
+                p.normal_(0.5 if name.endswith("weight") else 0.0, 0.3)
+    x = torch.randn(2, 7, window, 5)
+    with torch.inference_mode():
+        states = inference.transformer_prefix(branch, x[:, :, :-1])
+        newest = inference.newest_tokens(branch, x)
+        for i, state in enumerate(states):
+            layer = branch.layers[i]
+            lib = inference._native(layer, state)
+            if lib is None:
+                pytest.skip("no C compiler with OpenMP here")
+            z_new = (state.partial + newest) / branch.scales[i] if state.partial is not None else newest
+            qkv = inference._in_proj(layer, z_new)
+            fast = inference._complete_native(lib, layer, state, qkv, z_new)
+            slow = inference._complete_torch(layer, state, qkv, z_new)
+            for f, s_ in zip(fast, slow, strict=True):
+                torch.testing.assert_close(f, s_, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            inference.transformer_complete(branch, states, x), branch(x), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_without_a_compiler_the_kernels_run_in_torch(tmp_path):
+    """int8 heads and the transformer completion both fall back to torch (same functions), and nothing is
+    built."""
     code = (
         "import torch\n"
         "from hmarl.agents.int8_heads import Int8Heads, quantize_heads_\n"
         "from hmarl.agents.symbol import BatchedMLP\n"
+        "from hmarl.encoders import inference\n"
+        "from hmarl.encoders.branches import TransformerBranch\n"
         "m = BatchedMLP(3, 4, 5, 7, 0.1, torch.Generator().manual_seed(0))\n"
         "holder = torch.nn.Module(); holder.actor = m; holder.critic = m\n"
         "quantize_heads_(holder); print(Int8Heads.of(m))\n"
+        "b = TransformerBranch(5, 6, 8, 2, [1, 2], 0.0).eval(); x = torch.randn(1, 3, 6, 5)\n"
+        "with torch.inference_mode():\n"
+        "    s = inference.transformer_prefix(b, x[:, :, :-1])\n"
+        "    print(inference._native(b.layers[0], s[0]))\n"
+        "    print(bool(torch.allclose(inference.transformer_complete(b, s, x), b(x), atol=1e-5)))\n"
     )
     env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "HMARL_CACHE": str(tmp_path / "cache")}
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.strip() == "None"
+    assert out.stdout.split() == ["None", "None", "True"]
     assert not any((tmp_path / "cache").glob("*.so"))
