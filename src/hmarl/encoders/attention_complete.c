@@ -4,16 +4,17 @@
  * Per window (OpenMP over windows, on torch's own thread team as in hmarl/agents/int8_heads.c):
  *   old query i < m gains the newest key:   a_i = a_old_i + sigmoid(s_i - lse_i) * (v_new - a_old_i)   per head
  *   the newest query attends to every key:  a_m = softmax_j(s_j) . [v_old ; v_new]                      per head
- *   every step:  y_i = a_i Wo^T + bo + z_i,   h1_i = LayerNorm2(y_i) W1^T + b1   (written out: the GELU and
- *   the output projection of the two summaries stay in torch)
- *   ys = [y at the newest step, mean of y over the steps]
+ *   every step:  y_i = a_i Wo^T + bo + z_i,   g_i = GELU(LayerNorm2(y_i) W1^T + b1)
+ *   out = [y_m + g_m W2^T + b2,  mean_i y_i + (mean_i g_i) W2^T + b2]   (the layer output's last step and its
+ *   mean over steps: the feed-forward output projection is linear, so it is applied to the two summaries)
  * Shapes: q, k, v, a, z (N, m, d); lse (N, m, H); qkvn (N, 3 d): the newest step's query, key, value;
- * zn (N, d); woT (d, d) and w1T (d, ff) are the weights transposed (input-major: each output row is a sum of
- * scaled weight rows); h1 (N, m + 1, ff); ys (N, 2, d). d = H * dh, s = (q . k) / sqrt(dh).
+ * zn (N, d); woT (d, d), w1T (d, ff) and w2T (ff, d) are the weights transposed (input-major: each output row
+ * is a sum of scaled weight rows); out (N, 2, d). d = H * dh, s = (q . k) / sqrt(dh).
  *
  * Speed: the branch's usual widths (d 16/32/64, 4 heads, ff = 2 d) are compiled with constant sizes, so the
- * rows stay in vector registers; exp is a polynomial the compiler vectorizes (libm's expf is a call per
- * element). Other widths run the same code with run-time sizes. */
+ * rows stay in vector registers; exp and erf are polynomials the compiler vectorizes (libm's are a call per
+ * element; the GELU's erf: Abramowitz-Stegun 7.1.26, |error| < 1.5e-7). Other widths run the same code with
+ * run-time sizes. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -23,7 +24,7 @@
 
 /* e^x for x in float range, ~1 ulp (Cephes-style: 2^n e^r, |r| <= ln2 / 2, degree-6 polynomial). */
 static inline float exp_poly(float x) {
-  x = fminf(fmaxf(x, -87.3f), 88.3f);
+  x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x); /* a ternary (not fminf) vectorizes */
   const float n = floorf(x * 1.44269504088896341f + 0.5f);
   const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -45,6 +46,16 @@ static inline v16 load16(const float *p) {
   v16 r;
   memcpy(&r, p, sizeof r);
   return r;
+}
+
+/* exact (erf) GELU: 0.5 x (1 + erf(x / sqrt 2)) */
+static inline float gelu(float x) {
+  const float u = fabsf(x) * 0.70710678118654752f;
+  const float t = 1.0f / (1.0f + 0.3275911f * u);
+  const float poly =
+      t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+  const float erf_u = 1.0f - poly * exp_poly(-u * u);
+  return 0.5f * x * (1.0f + copysignf(erf_u, x));
 }
 
 /* out = x W^T + b, with wT input-major (a sum of scaled weight rows: vectorized over the outputs) */
@@ -74,7 +85,7 @@ static inline __attribute__((always_inline)) float sum(const float *x, int64_t n
 
 static inline __attribute__((always_inline)) void step_out(
     const float *a, const float *z, const float *woT, const float *bo, const float *g2, const float *b2,
-    float eps, const float *w1T, const float *b1, float *y, float *h1, int64_t d, int64_t ff) {
+    float eps, const float *w1T, const float *b1, float *y, float *g, int64_t d, int64_t ff) {
   float ln[MAXD];
   affine(a, woT, bo, y, d, d);
   for (int64_t e = 0; e < d; e++) y[e] += z[e];
@@ -82,20 +93,21 @@ static inline __attribute__((always_inline)) void step_out(
   for (int64_t e = 0; e < d; e++) ln[e] = (y[e] - mean) * (y[e] - mean);
   const float rstd = 1.0f / sqrtf(sum(ln, d) / (float)d + eps);
   for (int64_t e = 0; e < d; e++) ln[e] = (y[e] - mean) * rstd * g2[e] + b2[e];
-  affine(ln, w1T, b1, h1, d, ff);
+  affine(ln, w1T, b1, g, d, ff);
+  for (int64_t j = 0; j < ff; j++) g[j] = gelu(g[j]);
 }
 
 static inline __attribute__((always_inline)) void window(
     int64_t n, const float *q, const float *k, const float *v, const float *a, const float *z,
     const float *lse, const float *qkvn, const float *zn, const float *woT, const float *bo, const float *g2,
-    const float *b2, float eps, const float *w1T, const float *b1, float *h1, float *ys, int64_t m,
-    int64_t d, int64_t H, int64_t ff, float sdh) {
+    const float *b2, float eps, const float *w1T, const float *b1, const float *w2T, const float *bf,
+    float *ys, int64_t m, int64_t d, int64_t H, int64_t ff, float sdh) {
   const int64_t dh = d / H, steps = m + 1;
   const float *qo = q + n * m * d, *ko = k + n * m * d, *vo = v + n * m * d, *ao = a + n * m * d;
   const float *zo = z + n * m * d, *ls = lse + n * m * H;
   const float *qw = qkvn + n * 3 * d, *kw = qw + d, *vw = qw + 2 * d, *zw = zn + n * d;
-  float *h = h1 + n * steps * ff, *out = ys + n * 2 * d;
-  float ai[MAXD], y[MAXD], ysum[MAXD], s[MAXS], p[MAXS];
+  float *out = ys + n * 2 * d;
+  float ai[MAXD], y[MAXD], ysum[MAXD], g[MAXD], gsum[MAXD], s[MAXS], p[MAXS];
   /* old queries: their weight on the new key, sigmoid(s - lse), per (step, head) */
   for (int64_t i = 0; i < m * H; i++) {
     float dot = 0.0f;
@@ -104,13 +116,15 @@ static inline __attribute__((always_inline)) void window(
   }
   for (int64_t i = 0; i < m * H; i++) s[i] = 1.0f / (1.0f + exp_poly(-s[i]));
   for (int64_t e = 0; e < d; e++) ysum[e] = 0.0f;
+  for (int64_t j = 0; j < ff; j++) gsum[j] = 0.0f;
   for (int64_t i = 0; i < m; i++) {
     for (int64_t hd = 0; hd < H; hd++) {
       const float w = s[i * H + hd];
       for (int64_t e = hd * dh; e < (hd + 1) * dh; e++) ai[e] = ao[i * d + e] + w * (vw[e] - ao[i * d + e]);
     }
-    step_out(ai, zo + i * d, woT, bo, g2, b2, eps, w1T, b1, y, h + i * ff, d, ff);
+    step_out(ai, zo + i * d, woT, bo, g2, b2, eps, w1T, b1, y, g, d, ff);
     for (int64_t e = 0; e < d; e++) ysum[e] += y[e];
+    for (int64_t j = 0; j < ff; j++) gsum[j] += g[j];
   }
   /* the newest query over every key: scores (step-major, head-minor), softmax per head */
   for (int64_t j = 0; j < steps; j++) {
@@ -136,14 +150,18 @@ static inline __attribute__((always_inline)) void window(
   }
   for (int64_t hd = 0; hd < H; hd++)
     for (int64_t e = hd * dh; e < (hd + 1) * dh; e++) ai[e] /= total[hd];
-  step_out(ai, zw, woT, bo, g2, b2, eps, w1T, b1, y, h + m * ff, d, ff);
+  step_out(ai, zw, woT, bo, g2, b2, eps, w1T, b1, y, g, d, ff);
+  for (int64_t j = 0; j < ff; j++) gsum[j] = (gsum[j] + g[j]) / (float)steps;
+  float f_last[MAXD], f_mean[MAXD];
+  affine(g, w2T, bf, f_last, ff, d);
+  affine(gsum, w2T, bf, f_mean, ff, d);
   for (int64_t e = 0; e < d; e++) {
-    out[e] = y[e];
-    out[d + e] = (ysum[e] + y[e]) / (float)steps;
+    out[e] = y[e] + f_last[e];
+    out[d + e] = (ysum[e] + y[e]) / (float)steps + f_mean[e];
   }
 }
 
-#define ARGS q, k, v, a, z, lse, qkvn, zn, woT, bo, g2, b2, eps, w1T, b1, h1, ys, m
+#define ARGS q, k, v, a, z, lse, qkvn, zn, woT, bo, g2, b2, eps, w1T, b1, w2T, bf, ys, m
 #define FIXED(D, HEADS)                                                                    \
   if (d == (D) && H == (HEADS) && ff == 2 * (D)) {                                         \
     _Pragma("omp parallel for schedule(static)") for (int64_t n = 0; n < N; n++)           \
@@ -154,7 +172,8 @@ static inline __attribute__((always_inline)) void window(
 void hm_attention_complete(const float *q, const float *k, const float *v, const float *a, const float *z,
                            const float *lse, const float *qkvn, const float *zn, const float *woT,
                            const float *bo, const float *g2, const float *b2, float eps, const float *w1T,
-                           const float *b1, float *h1, float *ys, int64_t N, int64_t m, int64_t d,
+                           const float *b1, const float *w2T, const float *bf, float *ys, int64_t N, int64_t m,
+                           int64_t d,
                            int64_t H, int64_t ff, float sdh) {
   FIXED(32, 4)
   FIXED(64, 4)

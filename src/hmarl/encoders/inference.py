@@ -164,7 +164,7 @@ _TRANSPOSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _bind(lib: ctypes.CDLL) -> None:
     p, f, i = ctypes.c_void_p, ctypes.c_float, ctypes.c_int64
-    lib.hm_attention_complete.argtypes = [p] * 12 + [f] + [p] * 4 + [i] * 5 + [f]
+    lib.hm_attention_complete.argtypes = [p] * 12 + [f] + [p] * 5 + [i] * 5 + [f]
     lib.hm_attention_complete.restype = None
 
 
@@ -180,16 +180,17 @@ def _native(layer: nn.TransformerEncoderLayer, state: ScalePrefix) -> ctypes.CDL
     return cbuild.load(SOURCE, cbuild.KERNEL_FLAGS, _bind)
 
 
-def _transposed(layer: nn.TransformerEncoderLayer) -> tuple[torch.Tensor, torch.Tensor]:
-    """The output and first feed-forward weights input-major, cached per layer until they change."""
-    wo, w1 = layer.self_attn.out_proj.weight, layer.linear1.weight
-    key = (wo._version, w1._version, wo.data_ptr(), w1.data_ptr())
+def _transposed(layer: nn.TransformerEncoderLayer) -> tuple[torch.Tensor, ...]:
+    """The output projection's and the feed-forward weights input-major, cached per layer until they
+    change."""
+    weights = (layer.self_attn.out_proj.weight, layer.linear1.weight, layer.linear2.weight)
+    key = tuple((w._version, w.data_ptr()) for w in weights)
     cached = _TRANSPOSED.get(layer)
     if cached is None or cached[0] != key:
         with torch.no_grad():
-            cached = (key, wo.detach().t().contiguous(), w1.detach().t().contiguous())
+            cached = (key, *(w.detach().t().contiguous() for w in weights))
         _TRANSPOSED[layer] = cached
-    return cached[1], cached[2]
+    return cached[1:]
 
 
 def _complete_native(
@@ -201,11 +202,10 @@ def _complete_native(
 ) -> list[torch.Tensor]:
     attn = layer.self_attn
     n, steps, d = state.a.shape
-    ff = layer.linear1.out_features
-    wo_t, w1_t = _transposed(layer)
+    wo_t, w1_t, w2_t = _transposed(layer)
     old = [t.contiguous() for t in (state.q, state.k, state.v, state.a, state.z, state.lse)]
     new = [qkv.contiguous(), z_new.contiguous()]
-    h1, ys = torch.empty(n, steps + 1, ff), torch.empty(n, 2, d)
+    out = torch.empty(n, 2, d)
     lib.hm_attention_complete(
         *(t.data_ptr() for t in old + new),
         wo_t.data_ptr(),
@@ -215,16 +215,17 @@ def _complete_native(
         layer.norm2.eps,
         w1_t.data_ptr(),
         layer.linear1.bias.data_ptr(),
-        h1.data_ptr(),
-        ys.data_ptr(),
+        w2_t.data_ptr(),
+        layer.linear2.bias.data_ptr(),
+        out.data_ptr(),
         n,
         steps,
         d,
         attn.num_heads,
-        ff,
+        layer.linear1.out_features,
         attn.head_dim**-0.5,
     )
-    return _summaries(layer, h1, ys)
+    return list(out.unbind(1))
 
 
 def branch_output(branch: TransformerBranch, summaries: list[torch.Tensor], b: int, s: int) -> torch.Tensor:
