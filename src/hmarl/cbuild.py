@@ -19,7 +19,13 @@ from pathlib import Path
 
 # the inference kernels: OpenMP loops that bind to the libgomp torch has loaded (same soname), so they run on
 # torch's own intra-op threads (hmarl/agents/int8_heads.c, hmarl/encoders/attention_complete.c)
-KERNEL_FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-std=c11"]  # no traps: floor vectorizes
+KERNEL_FLAGS = [
+    "-O3",
+    "-march=native",
+    "-fno-trapping-math",
+    "-fopenmp",
+    "-std=c11",
+]  # no traps: floor vectorizes
 
 _LOADED: dict[str, ctypes.CDLL | None] = {}
 
