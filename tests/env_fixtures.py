@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +116,15 @@ def env_config(**overrides) -> EnvConfig:
 
 def reward_config(**overrides) -> RewardConfig:
     return RewardConfig(**overrides)
+
+
+def run_without_compiler(code: str, tmp_path: Path) -> str:
+    """stdout of ``python -c code`` in the repo root with no C compiler (``CC`` names a missing one) and an
+    empty build cache, so every C path falls back to torch; the cache must stay empty."""
+    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "HMARL_CACHE": str(tmp_path / "cache")}
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True
+    )
+    assert not any((tmp_path / "cache").glob("*.so"))
+    return out.stdout

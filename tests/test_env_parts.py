@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections import deque
 from pathlib import Path
 
@@ -12,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from env_fixtures import env_config, make_store, reward_config
+from env_fixtures import env_config, make_store, reward_config, run_without_compiler
 from hmarl.config import ConfigError, load_config
 from hmarl.env.actions import decode_directive, directive_index, grid_size
 from hmarl.env.anti_collapse import ActionWindow, nonzero_bytes, tier_table, unpack_counts
@@ -142,9 +139,4 @@ def test_auto_backend_falls_back_to_torch_without_a_compiler(tmp_path):
         "env = MarketEnv(MarketData.from_store(make_store(60, 2), cfg), cfg, reward_config())\n"
         "env.reset(); print(env.backend)\n"
     )
-    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "HMARL_CACHE": str(tmp_path / "cache")}
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "torch"
+    assert run_without_compiler(code, tmp_path).strip() == "torch"

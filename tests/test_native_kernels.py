@@ -4,14 +4,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from env_fixtures import run_without_compiler
 from hmarl.agents.int8_heads import QMAX, Int8Heads, int8_weights, load, pow2_scale, quantize_heads_
 from hmarl.agents.symbol import BatchedMLP, SharedMLP
 from hmarl.encoders import inference
@@ -137,10 +133,4 @@ def test_without_a_compiler_the_kernels_run_in_torch(tmp_path):
         "    print(inference._native(b.layers[0], s[0]))\n"
         "    print(bool(torch.allclose(inference.transformer_complete(b, s, x), b(x), atol=1e-5)))\n"
     )
-    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "HMARL_CACHE": str(tmp_path / "cache")}
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.split() == ["None", "None", "True"]
-    assert not any((tmp_path / "cache").glob("*.so"))
+    assert run_without_compiler(code, tmp_path).split() == ["None", "None", "True"]

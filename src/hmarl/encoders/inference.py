@@ -15,6 +15,11 @@ so the completion is O(steps) elementwise work for the old queries, one full att
 and the position-wise rest of the layer (out projection, layer norm, feed-forward: every step's attention
 output changed). The feed-forward output projection is linear and the branch keeps only the last step and
 the mean over steps, so it is applied to those two summaries only.
+
+A scale's completion runs as one C pass per window where the kernel builds (``attention_complete.c``, compiled
+on first use by :mod:`hmarl.cbuild`; ~40 small torch ops otherwise, most of a decision's transformer time);
+:func:`_complete_torch` is the same arithmetic in torch, used without a compiler or on CUDA, and the
+reference the kernel is tested against (tests/test_native_kernels.py).
 """
 
 from __future__ import annotations
