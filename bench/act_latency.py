@@ -154,6 +154,12 @@ def main() -> int:
     ap.add_argument("--gap-ms", type=float, default=20.0, help="idle time between bars of the idle-gap run")
     ap.add_argument("--profile", default="full")
     ap.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="cuda / auto with a GPU: also time the reference decision on the GPU (the desk path is CPU)",
+    )
+    ap.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeat)"
     )
     args = ap.parse_args()
@@ -174,6 +180,11 @@ def main() -> int:
     gap50, gap99, _ = percentiles(desk(decider, inputs, n_gap, args.gap_ms)["master"])
     both = timed(lambda x: (decider.decide(x), decider.prepare()), inputs, n_ref)
     ref50, ref99, _ = percentiles(timed(lambda x: decide(bundle, x), inputs, n_ref))
+    cuda50 = cuda99 = None
+    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
+        gpu_bundle = full_bundle(args.profile, bars=1, overrides=tuple(args.set))[0].to("cuda")
+        timed(lambda x: decide(gpu_bundle, x), inputs, 5)  # kernels loaded, allocator warm
+        cuda50, cuda99, _ = percentiles(timed(lambda x: decide(gpu_bundle, x), inputs, n_ref))
     result = {
         "bench": "act_latency",
         "p50_ms": p50,
@@ -198,7 +209,9 @@ def main() -> int:
         "threads": args.threads,
         "profile": args.profile,
         "overrides": args.set,
-        "device": "cpu",
+        "device": "cpu" if cuda50 is None else "cpu+cuda",
+        "cuda_reference_p50_ms": cuda50,  # None without a GPU
+        "cuda_reference_p99_ms": cuda99,
         "cpus": os.cpu_count(),
         "load_average": round(load, 2),
         "goal_p99_ms": GOAL_P99_MS,
@@ -211,6 +224,7 @@ def main() -> int:
         f"{result['cold_start_p50_ms']:.2f} ms; decision + next prefix p50 {result['decide_and_prepare_p50_ms']:.2f} "
         f"ms; first call {first_ms:.1f} ms; reference computation p50 {ref50:.2f} ms, p99 {ref99:.2f} ms over "
         f"{n_ref}; load average {load:.2f} on {os.cpu_count()} CPUs"
+        + ("" if cuda50 is None else f"; reference on CUDA p50 {cuda50:.2f} ms, p99 {cuda99:.2f} ms")
     )
     print(json.dumps(result))
     return 0

@@ -128,6 +128,16 @@ def test_int8_heads_run_the_kernel_and_float32_heads_the_module(full):
         other.prepare()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_reference_decision_on_cuda_is_the_cpu_one():
+    bundle, bars = act_latency.full_bundle("full", bars=2, symbols=24)
+    cpu = [decide(bundle, inputs) for inputs in bars]
+    bundle.to("cuda")
+    assert bundle.device.type == "cuda"
+    for inputs, ref in zip(bars, cpu, strict=True):
+        assert_same_orders(decide(bundle, inputs), ref)
+
+
 def test_a_decision_without_prepare_is_the_same(full):
     bundle, bars = full
     decider = Decider(bundle, threads=1)

@@ -76,6 +76,17 @@ class Bundle:
     def window(self) -> int:
         return self.cfg.features.window
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.symbol_agent.parameters()).device
+
+    def to(self, device: str | torch.device) -> Bundle:
+        """Moves the models to ``device`` (in place); :func:`decide` then runs there."""
+        for m in [*(model for model, _ in self.sl_models), self.encoder, self.symbol_agent, self.master]:
+            if m is not None:
+                m.to(device)
+        return self
+
 
 def resolve_model(model: str | Path, cfg: HmarlConfig | None, workdir: Path) -> Path:
     """A bundle folder, or a registry URI downloaded into ``workdir``."""
@@ -211,24 +222,24 @@ def latest_inputs(bundle: Bundle, market: Market, where: str = "data") -> Latest
 def decide(
     bundle: Bundle, inputs: LatestInputs, account: Account | None = None, hold: MasterHold | None = None
 ) -> list[dict]:
-    """One full decision for the newest bar: SL models, encoder, master (when due), symbol agents (greedy).
+    """One full decision for the newest bar: SL models, encoder, master (when due), symbol agents (greedy), on
+    the device of the bundle's models.
 
     The reference computation, everything from scratch over the history given; :class:`Decider` is the
     same function kept warm between bars (what :func:`act` and a desk run). ``hold``: the directive in
     force (default: none, the master decides)."""
-    cfg, windows = bundle.cfg, inputs.windows
-    t = newest_bar(inputs.market)
+    cfg, device = bundle.cfg, bundle.device  # where the bundle's models are (Bundle.to)
+    windows, market = inputs.windows.to(device), inputs.market.to(device)
+    t = newest_bar(market)
     sl = torch.cat([calibrated_probs(m(windows), temp) for m, temp in bundle.sl_models], -1).unsqueeze(0)
     if bundle.encoder is not None:
         emb = bundle.encoder(windows.unsqueeze(0), sl)
-        tables = AgentTables(emb, sl, None, torch.device("cpu"), market_offset=t, sl_offset=t)
+        tables = AgentTables(emb, sl, None, device, market_offset=t, sl_offset=t)
     else:
-        tables = AgentTables(
-            windows.transpose(0, 1), sl, bundle.window, torch.device("cpu"), t - bundle.window + 1, t
-        )
-    env = MarketEnv(inputs.market, cfg.env, cfg.reward, num_envs=1, bar_range=(t, t + 2))
+        tables = AgentTables(windows.transpose(0, 1), sl, bundle.window, device, t - bundle.window + 1, t)
+    env = MarketEnv(market, cfg.env, cfg.reward, num_envs=1, bar_range=(t, t + 2))
     obs = start_bar(env, account, hold)  # the episode starts at the newest bar
-    bench = benchmark_table(inputs.market.benchmark, cfg.env.master.interval)
+    bench = benchmark_table(market.benchmark, cfg.env.master.interval)
     h = Hierarchy(bundle.symbol_agent, tables, bundle.master, bench, symbol_greedy=True)
     if bool(obs.master_due[0]):
         obs = env.set_directive(h.director(greedy=True)(obs))

@@ -107,9 +107,9 @@ def _set_account(env: MarketEnv, account: Account) -> None:
         raise DataError(f"{account.source}: {len(account.shares)} symbols, the model has {env.num_symbols}")
     dt = env.dtype
     close = env.market.table[CLOSE].index_select(0, env.t)[0]
-    shares = torch.as_tensor(account.shares, dtype=dt)
+    shares = torch.as_tensor(account.shares, dtype=dt, device=env.device)
     held = (shares > 0).to(dt)
-    entry = torch.as_tensor(account.entry, dtype=dt) * held
+    entry = torch.as_tensor(account.entry, dtype=dt, device=env.device) * held
     equity = account.cash + float((shares * close).sum())
     if not equity > 0:
         raise DataError(f"{account.source}: account equity {equity:.2f} at the newest close is not positive")
@@ -152,7 +152,7 @@ def orders(
     alloc = equity * label["risk_multiplier"] * label["position_cap"]
     notional = [round(frac * alloc, 2) for frac in buy]  # per action
     # each symbol's mask row as a 7-bit code: names of the allowed actions built once per distinct row
-    codes = (mask.long() << torch.arange(mask.shape[-1])).sum(-1).tolist()
+    codes = (mask.long() << torch.arange(mask.shape[-1], device=mask.device)).sum(-1).tolist()
     allowed = {c: [n for i, n in enumerate(ACTION_NAMES) if c >> i & 1] for c in set(codes)}
     return [
         {

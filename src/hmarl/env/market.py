@@ -13,6 +13,7 @@ returns) and ``adv`` (rolling mean dollar volume). An order decided at ``t`` use
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,15 @@ class MarketData:
     @property
     def device(self) -> torch.device:
         return self.table.device
+
+    def to(self, device: str | torch.device) -> MarketData:
+        """The same market with its tensors on ``device`` (itself when they are there)."""
+        if self.table.device == torch.device(device):
+            return self
+        move = lambda t: t.to(device)  # noqa: E731
+        return dataclasses.replace(
+            self, table=move(self.table), benchmark=move(self.benchmark), regime=move(self.regime)
+        )
 
     @classmethod
     def from_store(
