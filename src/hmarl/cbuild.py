@@ -1,6 +1,6 @@
 """C sources shipped with the package, compiled on first use with the system C compiler, loaded with ctypes.
 
-Each library is built once per (source, flags, compiler) into ``$HMARL_CACHE`` (default ``~/.cache/hmarl``)
+Each library is built once per (source, flags, compiler, CPU features) into ``$HMARL_CACHE`` (default ``~/.cache/hmarl``)
 and written atomically (concurrent builders race harmlessly). :func:`load` returns None when no compiler
 builds it; every caller then runs the same function in torch (the C code is a faster path, never the only
 one). ``CC`` names the compiler (default ``cc``, else ``gcc``).
@@ -34,13 +34,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HMARL_CACHE", Path.home() / ".cache" / "hmarl"))
 
 
+def _cpu_features() -> bytes:
+    """The CPU's feature flags (Linux): ``-march=native`` code built on one node must not be loaded on a node
+    without its instructions when the cache folder is shared."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return next((line for line in f if line.startswith(b"flags")), b"")
+    except OSError:
+        return b""
+
+
 def build(source: Path, flags: list[str]) -> Path | None:
     """The shared library of ``source`` built with ``flags`` (cached), or None without a working compiler."""
     named = os.environ.get("CC")
     compiler = shutil.which(named) if named else (shutil.which("cc") or shutil.which("gcc"))
     if compiler is None:
         return None
-    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode() + compiler.encode()).hexdigest()[:16]
+    identity = source.read_bytes() + " ".join(flags).encode() + compiler.encode() + _cpu_features()
+    key = hashlib.sha256(identity).hexdigest()[:16]
     target = cache_dir() / f"hmarl_{source.stem}_{key}.so"
     if target.exists():
         return target
