@@ -104,10 +104,9 @@ def test_the_scale_completion_kernel_is_the_torch_path_and_the_branch(d, heads, 
             lib = inference._native(layer, state)
             if lib is None:
                 pytest.skip("no C compiler with OpenMP here")
+            fast = inference._complete_native(lib, layer, state, newest, branch.scales[i])
             z_new = (state.partial + newest) / branch.scales[i] if state.partial is not None else newest
-            qkv = inference._in_proj(layer, z_new)
-            fast = inference._complete_native(lib, layer, state, qkv, z_new)
-            slow = inference._complete_torch(layer, state, qkv, z_new)
+            slow = inference._complete_torch(layer, state, inference._in_proj(layer, z_new), z_new)
             for f, s_ in zip(fast, slow, strict=True):
                 torch.testing.assert_close(f, s_, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(

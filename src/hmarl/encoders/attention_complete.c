@@ -7,9 +7,11 @@
  *   every step:  y_i = a_i Wo^T + bo + z_i,   g_i = GELU(LayerNorm2(y_i) W1^T + b1)
  *   out = [y_m + g_m W2^T + b2,  mean_i y_i + (mean_i g_i) W2^T + b2]   (the layer output's last step and its
  *   mean over steps: the feed-forward output projection is linear, so it is applied to the two summaries)
- * Shapes: q, k, v, a, z (N, m, d); lse (N, m, H); qkvn (N, 3 d): the newest step's query, key, value;
- * zn (N, d); woT (d, d), w1T (d, ff) and w2T (ff, d) are the weights transposed (input-major: each output row
- * is a sum of scaled weight rows); out (N, 2, d). d = H * dh, s = (q . k) / sqrt(dh).
+ * The newest step itself: z_new = (partial + newest) / scale (partial: the sum of the older tokens of its
+ * group, none at scale 1), its query, key and value from LayerNorm1(z_new) (in-projection).
+ * Shapes: q, k, v, a, z (N, m, d); lse (N, m, H); newest, partial (N, d); out (N, 2, d); the weights in
+ * HmLayer, matrices transposed (input-major: each output row is a sum of scaled weight rows).
+ * d = H * dh, s = (q . k) / sqrt(dh).
  *
  * Speed: the branch's usual widths (d 16/32/64, 4 heads, ff = 2 d) are compiled with constant sizes, so the
  * rows stay in vector registers; exp and erf are polynomials the compiler vectorizes (libm's are a call per
@@ -83,31 +85,50 @@ static inline __attribute__((always_inline)) float sum(const float *x, int64_t n
   return total + part[0];
 }
 
-static inline __attribute__((always_inline)) void step_out(
-    const float *a, const float *z, const float *woT, const float *bo, const float *g2, const float *b2,
-    float eps, const float *w1T, const float *b1, float *y, float *g, int64_t d, int64_t ff) {
+typedef struct { /* one encoder layer's weights (mirror: hmarl/encoders/inference.py HmLayer) */
+  const float *g1, *bn1, *wiT, *bi; /* norm1; in-projection (d, 3 d), (3 d) */
+  const float *woT, *bo;            /* output projection (d, d), (d) */
+  const float *g2, *bn2;            /* norm2 */
+  const float *w1T, *b1, *w2T, *b2; /* feed-forward (d, ff), (ff), (ff, d), (d) */
+  int64_t d, H, ff;
+  float eps1, eps2, sdh; /* sdh = 1 / sqrt(d / H) */
+} HmLayer;
+
+static inline __attribute__((always_inline)) void layer_norm(const float *x, const float *g, const float *b,
+                                                             float eps, float *out, int64_t d) {
+  float sq[MAXD];
+  const float mean = sum(x, d) / (float)d;
+  for (int64_t e = 0; e < d; e++) sq[e] = (x[e] - mean) * (x[e] - mean);
+  const float rstd = 1.0f / sqrtf(sum(sq, d) / (float)d + eps);
+  for (int64_t e = 0; e < d; e++) out[e] = (x[e] - mean) * rstd * g[e] + b[e];
+}
+
+/* y = a Wo^T + bo + z; g = GELU(LayerNorm2(y) W1^T + b1) */
+static inline __attribute__((always_inline)) void step_out(const float *a, const float *z, const HmLayer *L,
+                                                           float *y, float *g, int64_t d, int64_t ff) {
   float ln[MAXD];
-  affine(a, woT, bo, y, d, d);
+  affine(a, L->woT, L->bo, y, d, d);
   for (int64_t e = 0; e < d; e++) y[e] += z[e];
-  const float mean = sum(y, d) / (float)d;
-  for (int64_t e = 0; e < d; e++) ln[e] = (y[e] - mean) * (y[e] - mean);
-  const float rstd = 1.0f / sqrtf(sum(ln, d) / (float)d + eps);
-  for (int64_t e = 0; e < d; e++) ln[e] = (y[e] - mean) * rstd * g2[e] + b2[e];
-  affine(ln, w1T, b1, g, d, ff);
+  layer_norm(y, L->g2, L->bn2, L->eps2, ln, d);
+  affine(ln, L->w1T, L->b1, g, d, ff);
   for (int64_t j = 0; j < ff; j++) g[j] = gelu(g[j]);
 }
 
 static inline __attribute__((always_inline)) void window(
-    int64_t n, const float *q, const float *k, const float *v, const float *a, const float *z,
-    const float *lse, const float *qkvn, const float *zn, const float *woT, const float *bo, const float *g2,
-    const float *b2, float eps, const float *w1T, const float *b1, const float *w2T, const float *bf,
-    float *ys, int64_t m, int64_t d, int64_t H, int64_t ff, float sdh) {
+    int64_t n, const HmLayer *L, const float *q, const float *k, const float *v, const float *a,
+    const float *z, const float *lse, const float *newest, const float *partial, float scale, float *ys,
+    int64_t m, int64_t d, int64_t H, int64_t ff) {
   const int64_t dh = d / H, steps = m + 1;
+  const float sdh = L->sdh;
   const float *qo = q + n * m * d, *ko = k + n * m * d, *vo = v + n * m * d, *ao = a + n * m * d;
   const float *zo = z + n * m * d, *ls = lse + n * m * H;
-  const float *qw = qkvn + n * 3 * d, *kw = qw + d, *vw = qw + 2 * d, *zw = zn + n * d;
   float *out = ys + n * 2 * d;
-  float ai[MAXD], y[MAXD], ysum[MAXD], g[MAXD], gsum[MAXD], s[MAXS], p[MAXS];
+  float zw[MAXD], qkv[3 * MAXD], ai[MAXD], y[MAXD], ysum[MAXD], g[MAXD], gsum[MAXD], s[MAXS], p[MAXS];
+  /* the newest step: pooled token, its query / key / value */
+  for (int64_t e = 0; e < d; e++) zw[e] = partial ? (partial[n * d + e] + newest[n * d + e]) / scale : newest[n * d + e];
+  layer_norm(zw, L->g1, L->bn1, L->eps1, ai, d);
+  affine(ai, L->wiT, L->bi, qkv, d, 3 * d);
+  const float *qw = qkv, *kw = qkv + d, *vw = qkv + 2 * d;
   /* old queries: their weight on the new key, sigmoid(s - lse), per (step, head) */
   for (int64_t i = 0; i < m * H; i++) {
     float dot = 0.0f;
@@ -122,7 +143,7 @@ static inline __attribute__((always_inline)) void window(
       const float w = s[i * H + hd];
       for (int64_t e = hd * dh; e < (hd + 1) * dh; e++) ai[e] = ao[i * d + e] + w * (vw[e] - ao[i * d + e]);
     }
-    step_out(ai, zo + i * d, woT, bo, g2, b2, eps, w1T, b1, y, g, d, ff);
+    step_out(ai, zo + i * d, L, y, g, d, ff);
     for (int64_t e = 0; e < d; e++) ysum[e] += y[e];
     for (int64_t j = 0; j < ff; j++) gsum[j] += g[j];
   }
@@ -150,34 +171,31 @@ static inline __attribute__((always_inline)) void window(
   }
   for (int64_t hd = 0; hd < H; hd++)
     for (int64_t e = hd * dh; e < (hd + 1) * dh; e++) ai[e] /= total[hd];
-  step_out(ai, zw, woT, bo, g2, b2, eps, w1T, b1, y, g, d, ff);
+  step_out(ai, zw, L, y, g, d, ff);
   for (int64_t j = 0; j < ff; j++) gsum[j] = (gsum[j] + g[j]) / (float)steps;
   float f_last[MAXD], f_mean[MAXD];
-  affine(g, w2T, bf, f_last, ff, d);
-  affine(gsum, w2T, bf, f_mean, ff, d);
+  affine(g, L->w2T, L->b2, f_last, ff, d);
+  affine(gsum, L->w2T, L->b2, f_mean, ff, d);
   for (int64_t e = 0; e < d; e++) {
     out[e] = y[e] + f_last[e];
     out[d + e] = (ysum[e] + y[e]) / (float)steps + f_mean[e];
   }
 }
 
-#define ARGS q, k, v, a, z, lse, qkvn, zn, woT, bo, g2, b2, eps, w1T, b1, w2T, bf, ys, m
+#define ARGS L, q, k, v, a, z, lse, newest, partial, scale, ys, m
 #define FIXED(D, HEADS)                                                                    \
-  if (d == (D) && H == (HEADS) && ff == 2 * (D)) {                                         \
+  if (L->d == (D) && L->H == (HEADS) && L->ff == 2 * (D)) {                                \
     _Pragma("omp parallel for schedule(static)") for (int64_t n = 0; n < N; n++)           \
-        window(n, ARGS, (D), (HEADS), 2 * (D), sdh);                                       \
+        window(n, ARGS, (D), (HEADS), 2 * (D));                                            \
     return;                                                                                \
   }
 
-void hm_attention_complete(const float *q, const float *k, const float *v, const float *a, const float *z,
-                           const float *lse, const float *qkvn, const float *zn, const float *woT,
-                           const float *bo, const float *g2, const float *b2, float eps, const float *w1T,
-                           const float *b1, const float *w2T, const float *bf, float *ys, int64_t N, int64_t m,
-                           int64_t d,
-                           int64_t H, int64_t ff, float sdh) {
+void hm_attention_complete(const HmLayer *L, const float *q, const float *k, const float *v, const float *a,
+                           const float *z, const float *lse, const float *newest, const float *partial,
+                           float scale, float *ys, int64_t N, int64_t m) {
   FIXED(32, 4)
   FIXED(64, 4)
   FIXED(16, 4)
 #pragma omp parallel for schedule(static)
-  for (int64_t n = 0; n < N; n++) window(n, ARGS, d, H, ff, sdh);
+  for (int64_t n = 0; n < N; n++) window(n, ARGS, L->d, L->H, L->ff);
 }

@@ -120,12 +120,11 @@ def scale_complete(
     """Scale ``i``'s (last step, mean over steps) summaries of the layer output, given its prefix and the
     newest token (:func:`newest_tokens`)."""
     scale, layer = branch.scales[i], branch.layers[i]
-    z_new = (state.partial + newest).div_(scale) if state.partial is not None else newest  # (N, d)
-    qkv = _in_proj(layer, z_new)  # (N, 3 d)
     lib = _native(layer, state)
     if lib is not None:
-        return _complete_native(lib, layer, state, qkv, z_new)
-    return _complete_torch(layer, state, qkv, z_new)
+        return _complete_native(lib, layer, state, newest, scale)
+    z_new = (state.partial + newest).div_(scale) if state.partial is not None else newest  # (N, d)
+    return _complete_torch(layer, state, _in_proj(layer, z_new), z_new)
 
 
 def _complete_torch(
@@ -163,13 +162,27 @@ def _summaries(layer: nn.TransformerEncoderLayer, h1: torch.Tensor, ys: torch.Te
 
 # --------------------------------------------------------------------------- the C path of a scale
 SOURCE = Path(__file__).with_name("attention_complete.c")
-MAX_WIDTH, MAX_SCORES = 512, 1024  # the kernel's on-stack rows (MAXD) and scores (MAXS)
-_TRANSPOSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+MAX_WIDTH, MAX_SCORES = 512, 1024  # the kernel's on-stack rows (MAXD: 3 d and ff) and scores (MAXS)
+_P = ctypes.POINTER(ctypes.c_float)
+
+
+class HmLayer(ctypes.Structure):
+    """Mirror of the C ``HmLayer`` (field order matters): one layer's weights, matrices input-major."""
+
+    _fields_ = [
+        (n, _P) for n in ("g1", "bn1", "wiT", "bi", "woT", "bo", "g2", "bn2", "w1T", "b1", "w2T", "b2")
+    ]
+    _fields_ += [(n, ctypes.c_int64) for n in ("d", "H", "ff")]
+    _fields_ += [(n, ctypes.c_float) for n in ("eps1", "eps2", "sdh")]
+
+
+_LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _bind(lib: ctypes.CDLL) -> None:
-    p, f, i = ctypes.c_void_p, ctypes.c_float, ctypes.c_int64
-    lib.hm_attention_complete.argtypes = [p] * 12 + [f] + [p] * 5 + [i] * 5 + [f]
+    p = ctypes.c_void_p
+    lib.hm_attention_complete.argtypes = [ctypes.POINTER(HmLayer)] + [p] * 8 + [ctypes.c_float, p]
+    lib.hm_attention_complete.argtypes += [ctypes.c_int64] * 2
     lib.hm_attention_complete.restype = None
 
 
@@ -178,57 +191,65 @@ def _native(layer: nn.TransformerEncoderLayer, state: ScalePrefix) -> ctypes.CDL
     a = state.a
     if a.device.type != "cpu" or a.dtype != torch.float32:
         return None
-    if max(a.shape[-1], layer.linear1.out_features) > MAX_WIDTH:
+    if max(3 * a.shape[-1], layer.linear1.out_features) > MAX_WIDTH:
         return None
     if (a.shape[1] + 1) * layer.self_attn.num_heads > MAX_SCORES:
         return None
     return cbuild.load(SOURCE, cbuild.KERNEL_FLAGS, _bind)
 
 
-def _transposed(layer: nn.TransformerEncoderLayer) -> tuple[torch.Tensor, ...]:
-    """The output projection's and the feed-forward weights input-major, cached per layer until they
-    change."""
-    weights = (layer.self_attn.out_proj.weight, layer.linear1.weight, layer.linear2.weight)
-    key = tuple((w._version, w.data_ptr()) for w in weights)
-    cached = _TRANSPOSED.get(layer)
+def _layer(layer: nn.TransformerEncoderLayer) -> ctypes.pointer:
+    """The layer's :class:`HmLayer`, cached per layer until a weight changes (it holds the tensors it
+    points into)."""
+    attn = layer.self_attn
+    named = {
+        "g1": layer.norm1.weight,
+        "bn1": layer.norm1.bias,
+        "wiT": attn.in_proj_weight.t(),
+        "bi": attn.in_proj_bias,
+        "woT": attn.out_proj.weight.t(),
+        "bo": attn.out_proj.bias,
+        "g2": layer.norm2.weight,
+        "bn2": layer.norm2.bias,
+        "w1T": layer.linear1.weight.t(),
+        "b1": layer.linear1.bias,
+        "w2T": layer.linear2.weight.t(),
+        "b2": layer.linear2.bias,
+    }
+    key = tuple((t._version, t.data_ptr()) for t in named.values())
+    cached = _LAYERS.get(layer)
     if cached is None or cached[0] != key:
         with torch.no_grad():
-            cached = (key, *(w.detach().t().contiguous() for w in weights))
-        _TRANSPOSED[layer] = cached
-    return cached[1:]
+            tensors = {n: t.detach().float().contiguous() for n, t in named.items()}
+        ptrs = {n: ctypes.cast(t.data_ptr(), _P) for n, t in tensors.items()}
+        sizes = {"d": attn.embed_dim, "H": attn.num_heads, "ff": layer.linear1.out_features}
+        eps = {"eps1": layer.norm1.eps, "eps2": layer.norm2.eps, "sdh": attn.head_dim**-0.5}
+        cached = (key, tensors, ctypes.pointer(HmLayer(**ptrs, **sizes, **eps)))
+        _LAYERS[layer] = cached
+    return cached[2]
 
 
 def _complete_native(
     lib: ctypes.CDLL,
     layer: nn.TransformerEncoderLayer,
     state: ScalePrefix,
-    qkv: torch.Tensor,
-    z_new: torch.Tensor,
+    newest: torch.Tensor,
+    scale: int,
 ) -> list[torch.Tensor]:
-    attn = layer.self_attn
     n, steps, d = state.a.shape
-    wo_t, w1_t, w2_t = _transposed(layer)
     old = [t.contiguous() for t in (state.q, state.k, state.v, state.a, state.z, state.lse)]
-    new = [qkv.contiguous(), z_new.contiguous()]
+    newest = newest.contiguous()
+    partial = state.partial.contiguous().data_ptr() if state.partial is not None else None
     out = torch.empty(n, 2, d)
     lib.hm_attention_complete(
-        *(t.data_ptr() for t in old + new),
-        wo_t.data_ptr(),
-        attn.out_proj.bias.data_ptr(),
-        layer.norm2.weight.data_ptr(),
-        layer.norm2.bias.data_ptr(),
-        layer.norm2.eps,
-        w1_t.data_ptr(),
-        layer.linear1.bias.data_ptr(),
-        w2_t.data_ptr(),
-        layer.linear2.bias.data_ptr(),
+        _layer(layer),
+        *(t.data_ptr() for t in old),
+        newest.data_ptr(),
+        partial,
+        scale,
         out.data_ptr(),
         n,
         steps,
-        d,
-        attn.num_heads,
-        layer.linear1.out_features,
-        attn.head_dim**-0.5,
     )
     return list(out.unbind(1))
 
