@@ -1,7 +1,7 @@
 """C sources shipped with the package, compiled on first use with the system C compiler, loaded with ctypes.
 
-Each library is built once per (source, flags, compiler, CPU features) into ``$HMARL_CACHE`` (default ``~/.cache/hmarl``)
-and written atomically (concurrent builders race harmlessly). :func:`load` returns None when no compiler
+Each library is built once per (source, flags, compiler, CPU features) into ``$HMARL_CACHE`` (default
+``~/.cache/hmarl``) and written atomically (concurrent builders race harmlessly). :func:`load` returns None when no compiler
 builds it; every caller then runs the same function in torch (the C code is a faster path, never the only
 one). ``CC`` names the compiler (default ``cc``, else ``gcc``).
 """
@@ -18,14 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 # the inference kernels: OpenMP loops that bind to the libgomp torch has loaded (same soname), so they run on
-# torch's own intra-op threads (hmarl/agents/int8_heads.c, hmarl/encoders/attention_complete.c)
-KERNEL_FLAGS = [
-    "-O3",
-    "-march=native",
-    "-fno-trapping-math",
-    "-fopenmp",
-    "-std=c11",
-]  # no traps: floor vectorizes
+# torch's own intra-op threads (hmarl/agents/int8_heads.c, hmarl/encoders/attention_complete.c); without
+# floating-point traps the compiler vectorizes floor (their exp polynomial)
+KERNEL_FLAGS = ["-O3", "-march=native", "-fno-trapping-math", "-fopenmp", "-std=c11"]
 
 _LOADED: dict[str, ctypes.CDLL | None] = {}
 

@@ -22,7 +22,6 @@ directive.
 
 from __future__ import annotations
 
-import functools
 import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -121,12 +120,17 @@ def _set_account(env: MarketEnv, account: Account) -> None:
     env.peak_eq[0] = equity
 
 
-@functools.cache
-def _order_fractions(buy_fractions: tuple[float, ...], sell_partial: float) -> tuple[list, list]:
-    """Per action: the fraction of the allocation bought and of the shares sold (the simulator's table)."""
-    cfg = EnvConfig(buy_fractions=list(buy_fractions), sell_partial_fraction=sell_partial)
-    table = order_table(cfg, torch.float64, torch.device("cpu")).tolist()
-    return table[BUY_FRAC], table[SELL_FRAC]
+_ORDER_FRACTIONS: dict[str, tuple[list, list]] = {}
+
+
+def _order_fractions(env_cfg: EnvConfig) -> tuple[list, list]:
+    """Per action: the fraction of the allocation bought and of the shares sold (the simulator's table),
+    built once per configuration."""
+    key = env_cfg.model_dump_json()  # the config is frozen but holds lists: not hashable itself
+    if key not in _ORDER_FRACTIONS:
+        table = order_table(env_cfg, torch.float64, torch.device("cpu")).tolist()
+        _ORDER_FRACTIONS[key] = table[BUY_FRAC], table[SELL_FRAC]
+    return _ORDER_FRACTIONS[key]
 
 
 def orders(
@@ -148,7 +152,7 @@ def orders(
         "mode": m.modes[mode],
         "index": directive,
     }
-    buy, sell = _order_fractions(tuple(env_cfg.buy_fractions), env_cfg.sell_partial_fraction)
+    buy, sell = _order_fractions(env_cfg)
     alloc = equity * label["risk_multiplier"] * label["position_cap"]
     notional = [round(frac * alloc, 2) for frac in buy]  # per action
     # each symbol's mask row as a 7-bit code: names of the allowed actions built once per distinct row

@@ -87,9 +87,8 @@ class Int8Heads:
     ``(1, S, d_out)``, reading its int8 first-layer weights; :meth:`of` builds one where it applies."""
 
     def __init__(self, mlp: BatchedMLP, q: torch.Tensor, scale: torch.Tensor, lib: ctypes.CDLL):
-        self.q, self.scale, self.lib = q, scale, lib
+        self.mlp, self.q, self.scale, self.lib = mlp, q, scale, lib
         self.b1 = mlp.b1.detach().reshape(q.shape[0], -1).contiguous()
-        self.w2, self.b2 = mlp.w2.detach(), mlp.b2.detach()
 
     @classmethod
     def of(cls, mlp: torch.nn.Module) -> Int8Heads | None:
@@ -116,4 +115,4 @@ class Int8Heads:
             d,
             hidden,
         )
-        return torch.baddbmm(self.b2, u.tanh_().unsqueeze(1), self.w2).transpose(0, 1)
+        return self.mlp.output(u.tanh_().unsqueeze(1))

@@ -54,8 +54,11 @@ class BatchedMLP(nn.Module):
         """``(B, S, d_in)`` -> ``(B, S, d_out)``: einsum('bsd,sdh->bsh') as a batched product over S.
         ``symbols``: only that block of symbols (``h`` holds just them), e.g. one thread's share."""
         x = h.transpose(0, 1)  # (S, B, d_in)
-        x = torch.tanh(torch.baddbmm(self.b1[symbols], x, self.w1[symbols]))
-        return torch.baddbmm(self.b2[symbols], x, self.w2[symbols]).transpose(0, 1)
+        return self.output(torch.tanh(torch.baddbmm(self.b1[symbols], x, self.w1[symbols])), symbols)
+
+    def output(self, hidden: torch.Tensor, symbols: slice = slice(None)) -> torch.Tensor:
+        """The second layer on the hidden activations ``(S, B, hidden)`` -> ``(B, S, d_out)``."""
+        return torch.baddbmm(self.b2[symbols], hidden, self.w2[symbols]).transpose(0, 1)
 
     @torch.no_grad()
     def shrink_output(self, symbols: torch.Tensor, factor: float) -> None:

@@ -21,7 +21,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define MAXD 512 /* d and ff bounds of the on-stack rows (the Python side checks them) */
+#define MAXD 512 /* bound of 3 d and ff, the on-stack rows (the Python side checks it) */
 #define MAXS 1024 /* steps x heads bound of the on-stack scores (the Python side checks it) */
 
 /* e^x for x in float range, ~1 ulp (Cephes-style: 2^n e^r, |r| <= ln2 / 2, degree-6 polynomial). */
@@ -40,14 +40,6 @@ static inline float exp_poly(float x) {
   float scale;
   memcpy(&scale, &bits, sizeof scale);
   return p * scale;
-}
-
-typedef float v16 __attribute__((vector_size(64))); /* GCC lowers it to the target's vector width */
-
-static inline v16 load16(const float *p) {
-  v16 r;
-  memcpy(&r, p, sizeof r);
-  return r;
 }
 
 /* exact (erf) GELU: 0.5 x (1 + erf(x / sqrt 2)) */
@@ -125,7 +117,8 @@ static inline __attribute__((always_inline)) void window(
   float *out = ys + n * 2 * d;
   float zw[MAXD], qkv[3 * MAXD], ai[MAXD], y[MAXD], ysum[MAXD], g[MAXD], gsum[MAXD], s[MAXS], p[MAXS];
   /* the newest step: pooled token, its query / key / value */
-  for (int64_t e = 0; e < d; e++) zw[e] = partial ? (partial[n * d + e] + newest[n * d + e]) / scale : newest[n * d + e];
+  for (int64_t e = 0; e < d; e++)
+    zw[e] = partial ? (partial[n * d + e] + newest[n * d + e]) / scale : newest[n * d + e];
   layer_norm(zw, L->g1, L->bn1, L->eps1, ai, d);
   affine(ai, L->wiT, L->bi, qkv, d, 3 * d);
   const float *qw = qkv, *kw = qkv + d, *vw = qkv + 2 * d;

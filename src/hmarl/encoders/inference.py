@@ -147,17 +147,9 @@ def _complete_torch(
     y = F.linear(a, attn.out_proj.weight, attn.out_proj.bias)
     y[:, :-1] += state.z
     y[:, -1] += z_new
-    h1 = F.linear(_layer_norm(layer.norm2, y), layer.linear1.weight, layer.linear1.bias)
-    return _summaries(layer, h1, torch.stack([y[:, -1], y.mean(1)], 1))
-
-
-def _summaries(layer: nn.TransformerEncoderLayer, h1: torch.Tensor, ys: torch.Tensor) -> list[torch.Tensor]:
-    """(last step, mean over steps) of the layer output from the feed-forward pre-activations ``h1``
-    (N, n, ff) and those summaries ``ys`` (N, 2, d) of its input: the feed-forward output projection is
-    linear, so it is applied to the two summaries of its input only."""
-    g = F.gelu(h1)
+    g = F.gelu(F.linear(_layer_norm(layer.norm2, y), layer.linear1.weight, layer.linear1.bias))
     ff = F.linear(torch.stack([g[:, -1], g.mean(1)], 1), layer.linear2.weight, layer.linear2.bias)
-    return list((ys + ff).unbind(1))
+    return [y[:, -1] + ff[:, 0], y.mean(1) + ff[:, 1]]
 
 
 # --------------------------------------------------------------------------- the C path of a scale

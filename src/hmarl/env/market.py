@@ -55,9 +55,11 @@ class MarketData:
         """The same market with its tensors on ``device`` (itself when they are there)."""
         if self.table.device == torch.device(device):
             return self
-        move = lambda t: t.to(device)  # noqa: E731
         return dataclasses.replace(
-            self, table=move(self.table), benchmark=move(self.benchmark), regime=move(self.regime)
+            self,
+            table=self.table.to(device),
+            benchmark=self.benchmark.to(device),
+            regime=self.regime.to(device),
         )
 
     @classmethod
