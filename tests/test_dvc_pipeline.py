@@ -69,3 +69,15 @@ def test_repro_data_stages_then_noop(clone):
     (root / "params.yaml").write_text(params)
     out = _run(["dvc", "repro", "features"], root, env)
     assert "Running stage 'validate'" in out and "Running stage 'ingest'" not in out
+
+    # code deps are the import closure: a file only `features` imports reruns it alone ...
+    (root / "src/hmarl/data/splits.py").write_text(
+        (root / "src/hmarl/data/splits.py").read_text() + "\n# edit\n"
+    )
+    out = _run(["dvc", "repro", "features"], root, env)
+    assert "Running stage 'features'" in out
+    assert "Running stage 'validate'" not in out and "Running stage 'ingest'" not in out
+    # ... and the config schema (read by every step; the hand-written list missed it) reruns all of them
+    (root / "src/hmarl/config.py").write_text((root / "src/hmarl/config.py").read_text() + "\n# edit\n")
+    out = _run(["dvc", "repro", "features"], root, env)
+    assert all(f"Running stage '{s}'" in out for s in ("ingest", "validate", "features"))

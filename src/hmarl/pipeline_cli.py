@@ -408,7 +408,7 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``hmarl pipeline <compile|submit|schedule|run-local>``."""
+    """Register ``hmarl pipeline <compile|submit|schedule|run-local|sync>``."""
     p = sub.add_parser(
         "pipeline",
         help="compile / submit / schedule / run-local the Kubeflow pipeline",
@@ -444,3 +444,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--cache", action="store_true", help="reuse outputs of unchanged cached tasks")
     _add_run_args(c)
     c.set_defaults(func=_cmd_run_local)
+
+    from hmarl.wiring.dvc import add_sync_parser
+
+    add_sync_parser(cmds)

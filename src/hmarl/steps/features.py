@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 INPUTS = {"canonical": "data/canonical", "validation": "reports/validate"}
 OUTPUTS = {"store": "data/features"}
+PARAMS = ("features", "splits")
 
 
 @dataclass

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 INPUTS = {"stage5": "reports/stage5", "walk_forward": "reports/walk_forward"}
 OUTPUTS = {"report": "reports/gate", "plots": "plots/gate"}
+PARAMS = ("gate", "stage5", "walk_forward", "splits", "reward", "tracking")
+UNCACHED = ("plots",)  # small CSVs kept in the workspace for `dvc plots`
 _NAN = float("nan")
 
 

@@ -23,6 +23,7 @@ from hmarl.data.universe import apply_gap_rule, bar_grid, grid_frame, pick_symbo
 
 INPUTS: dict[str, str] = {}
 OUTPUTS = {"canonical": "data/canonical"}
+PARAMS = ("seed", "data", "synthetic", "universe")
 
 
 def load_source(cfg: HmarlConfig) -> tuple[Panel, pd.DataFrame | None, dict]:

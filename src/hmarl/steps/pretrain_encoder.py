@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 INPUTS = {"store": "data/features", "sl_cache": "data/sl_cache"}
 OUTPUTS = {"encoder": "models/encoder"}
+PARAMS = ("seed", "device", "features", "splits", "sl", "encoder")
 
 
 def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, float]:

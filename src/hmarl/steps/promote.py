@@ -55,6 +55,8 @@ INPUTS = {
     "master": "models/master",
 }
 OUTPUTS = {"decision": "reports/promote"}
+PARAMS = ("promote", "gate", "walk_forward", "tracking")
+UNCACHED = ("decision",)  # the registry changed: DVC must not restore an old decision
 BUNDLE_VERSION = 1
 
 

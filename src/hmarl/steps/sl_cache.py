@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 INPUTS = {"store": "data/features"}
 OUTPUTS = {"cache": "data/sl_cache"}
+PARAMS = ("seed", "device", "features", "splits", "sl")
 
 
 def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, float]:

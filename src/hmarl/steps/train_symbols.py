@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 INPUTS = {"store": "data/features", "sl_cache": "data/sl_cache", "encoder": "models/encoder"}
 OUTPUTS = {"model": "models/symbols"}
+PARAMS = ("seed", "agent", "ppo", "env", "reward")
 # keys that do not change what is trained: a run differing only in these resumes the same checkpoints
 _BOOKKEEPING = {"checkpoint_dir", "checkpoint_every", "progress", "eval_envs"}
 

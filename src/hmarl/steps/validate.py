@@ -19,6 +19,7 @@ from hmarl.steps.runner import final_paths
 
 INPUTS = {"canonical": "data/canonical"}
 OUTPUTS = {"report": "reports/validate"}
+PARAMS = ("validation",)
 
 
 def failed_report_dir(report: str | Path) -> Path:

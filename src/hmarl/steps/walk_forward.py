@@ -48,6 +48,7 @@ INPUTS = {
     "master": "models/master",
 }
 OUTPUTS = {"evaluation": "reports/walk_forward/fold_0"}
+PARAMS = ("seed", "agent", "ppo", "master", "env", "reward", "walk_forward")
 METRICS = ("sharpe", "total_return", "max_drawdown")
 
 
