@@ -95,7 +95,9 @@ class AllowedPrint(Section):
 class ValidationConfig(Section):
     max_abs_return: float = Field(0.5, gt=0.0)  # bars beyond are reported as outliers
     max_outlier_fraction: float = Field(0.001, ge=0.0, le=1.0)
-    max_calendar_gap_bars: int = Field(5, ge=1)  # longest allowed gap, in expected bars
+    max_calendar_gap_bars: int = Field(
+        5, ge=0
+    )  # longest allowed gap, in expected bars (0: none, with data.calendar)
     min_bars_per_symbol: int = Field(100, ge=1)
     # bad prints: a price that leaves the symbol's recent range and comes straight back (see data/bad_prints.py)
     bad_print_sigmas: float = Field(25.0, gt=0.0)  # open/close move out and back, in robust sigmas

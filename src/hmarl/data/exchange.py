@@ -16,11 +16,14 @@ Intraday bars are labelled by their start (a bar starting at the open is slot 0 
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import pandas as pd
+from pandas.errors import Pandas4Warning
 
 from hmarl.config import ConfigError
 from hmarl.data.calendar import Frequency, session_days
@@ -29,12 +32,22 @@ from hmarl.errors import DataError
 _PAD = pd.Timedelta(days=7)  # the calendar spans the data with a margin on both sides
 
 
+@contextmanager
+def _quiet_pandas():
+    """exchange_calendars 4.13 still reads ``Series.values`` of tz-aware data, which pandas 3.1 deprecates
+    (Pandas4Warning): harmless until pandas 4, and not ours to fix."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Pandas4Warning)
+        yield
+
+
 @lru_cache(maxsize=8)
 def _calendar(name: str, start: pd.Timestamp, end: pd.Timestamp):
     import exchange_calendars as xcals
 
     try:
-        return xcals.get_calendar(name, start=start, end=end)
+        with _quiet_pandas():
+            return xcals.get_calendar(name, start=start, end=end)
     except xcals.errors.InvalidCalendarName:
         raise ConfigError(
             f"data.calendar: unknown calendar {name!r} (exchange_calendars names such as XNYS, XLON, XTKS, "

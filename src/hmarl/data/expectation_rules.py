@@ -99,7 +99,7 @@ def _bad_print_rules(cfg: ValidationConfig) -> list[Rule]:
         )
         rules.append(Rule(name, "bars", "ExpectColumnValuesToBeBetween", {"column": column, "max_value": k},
                           f"reverting {prices} move <= {k:g} sigma", description,
-                          f"look like bad prints ({prices} out and back by more than {k:g} sigmas)",
+                          f"whose {prices} went out and came back by more than {k:g} sigmas (bad prints)",
                           ("open", "high", "low", "close", "_prev_close", "_next_close", column)))  # fmt: skip
     return rules
 

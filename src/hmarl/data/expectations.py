@@ -202,8 +202,11 @@ def data_facts(meta: dict | None, bars: pd.DataFrame | None, cfg: ValidationConf
     meta = meta or {}
     allowed = []
     if bars is not None and "_print_score_raw" in bars.columns:
-        hit = bars["_print_score"].isna() & (bars["_print_score_raw"] > cfg.bad_print_sigmas)
-        rows = bars.loc[hit, ["symbol", "timestamp", "_print_score_raw"]]
+        body, extreme = bars["_print_score_raw"], bars["_extreme_score_raw"]
+        hit = bars["_print_score"].isna() & (
+            (body > cfg.bad_print_sigmas) | (extreme > cfg.bad_print_sigmas_high_low)
+        )
+        rows = bars.loc[hit, ["symbol", "timestamp"]].assign(score=np.fmax(body, extreme)[hit])
         allowed = [
             {"symbol": plain(s), "timestamp": plain(t), "score": float(z)} for s, t, z in rows.to_numpy()
         ]

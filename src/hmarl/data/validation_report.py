@@ -180,7 +180,9 @@ def _fact_rows(facts: dict) -> list[tuple[str, object]]:
     if not facts:
         return []
     filled = ", ".join(f"{k}: {v}" for k, v in facts.get("filled_bars", {}).items())
-    allowed = "; ".join(f"{a['symbol']} {a['timestamp']}" for a in facts["allowed_bad_prints"])
+    allowed = "; ".join(
+        f"{a['symbol']} {a['timestamp']} ({a['score']:.0f} sigma)" for a in facts["allowed_bad_prints"]
+    )
     return [
         ("bar frequency", facts.get("freq")),
         ("exchange calendar", facts.get("calendar") or "none (the data's own calendar)"),
