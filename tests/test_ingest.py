@@ -304,7 +304,9 @@ def test_a_longer_benchmark_hole_names_the_option_and_fills_when_raised(tmp_path
     bench = write(_benchmark(raw, drop=list(range(50, 54))), tmp_path / "spy.parquet")
     with pytest.raises(DataError, match=r"at most data.max_fill_bars=3 are filled forward; raise it"):
         ingest(tmp_path, f"data.path={data_path}", f"data.benchmark_path={bench}")
-    _, data = ingest(tmp_path, f"data.path={data_path}", f"data.benchmark_path={bench}", "data.max_fill_bars=4")
+    _, data = ingest(
+        tmp_path, f"data.path={data_path}", f"data.benchmark_path={bench}", "data.max_fill_bars=4"
+    )
     assert data.meta["benchmark_filled_bars"] == 4 and data.meta["max_fill_bars"] == 4
     close = data.benchmark["close"].to_numpy()
     assert (close[50:54] == close[49]).all()  # carried forward, never interpolated

@@ -250,3 +250,40 @@ def test_hourly_bars_run_ingest_validate_features_with_only_data_and_split_setti
     assert (store.meta["freq"], store.meta["calendar"], store.num_bars) == ("1h", "XNYS", len(STAMPS))
     assert store.meta["bars_per_year"] == meta["bars_per_year"] and len(store.meta["folds"]) == 2
     assert np.isfinite(store.features).all() and np.isfinite(store.regime).all()
+
+
+# --------------------------------------------------------------------------- the shipped daily data
+REAL_SYMBOLS = (
+    "[MS, C, LVS, AMD, OXY, MDT, MMM, HD, AAPL, APD, MAR, BAC]"  # the crisis movers + flash crashes
+)
+
+
+def test_shipped_crisis_moves_pass_on_the_nyse_calendar_and_a_planted_print_fails(shared_data, tmp_path):
+    bars = pd.read_parquet(shared_data / "us_large_caps_daily_2005_2021.parquet")
+    spy = write(
+        pd.read_parquet(shared_data / "us_large_caps_daily_2005_2021_benchmark.parquet"), tmp_path / "spy.pq"
+    )
+    sets = ("data.calendar=XNYS", f"data.benchmark_path={spy}", f"data.symbols={REAL_SYMBOLS}")
+    canonical = ingest(tmp_path, bars, *sets)
+    meta = read_canonical(canonical).meta
+    assert meta["bars_per_year"] == pytest.approx(252, abs=0.5) and meta["calendar"] == "XNYS"
+    summary = validate(tmp_path, canonical)  # every session, no gap, no bad print: genuine moves pass
+    assert summary["status"] == "passed"
+    big = {(o["symbol"], o["timestamp"][:10]) for o in summary["outliers"]}
+    assert {("MS", "2008-10-13"), ("LVS", "2008-10-29"), ("C", "2008-11-24"), ("AMD", "2016-04-22")} <= big
+
+    row = int(
+        np.flatnonzero((bars["symbol"] == "AAPL") & (bars["timestamp"] == "2012-06-12 13:30:00+00:00"))[0]
+    )
+    bars.loc[row, ["open", "high", "low", "close"]] *= 1000.0
+    canonical = ingest(tmp_path, bars, *sets, name="printed")
+    with pytest.raises(
+        DataError, match=r"bad_prints \(.*\): 1 row .* symbol=AAPL timestamp=2012-06-12T13:30"
+    ):
+        validate(tmp_path, canonical)
+    assert (
+        validate(
+            tmp_path, canonical, 'validation.allow_bad_prints=[{symbol: AAPL, timestamp: "2012-06-12"}]'
+        )["status"]
+        == "passed"
+    )
