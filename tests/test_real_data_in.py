@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -286,4 +288,60 @@ def test_shipped_crisis_moves_pass_on_the_nyse_calendar_and_a_planted_print_fail
             tmp_path, canonical, 'validation.allow_bad_prints=[{symbol: AAPL, timestamp: "2012-06-12"}]'
         )["status"]
         == "passed"
+    )
+
+
+# --------------------------------------------------------------------------- the whole DAG, hourly, no benchmark
+TINY_TRAINING = [  # laptop sizes of every training step (as the KFP end-to-end test)
+    *("stage5.seeds=[1,2]", "walk_forward.folds=[0,1]", "universe.dollar_volume_window=60"),
+    *("stage5.total_steps=256", "env.num_envs=4", "ppo.num_steps=32", "ppo.total_steps=256"),
+    *("master.total_steps=128", "master.num_steps=32", "sl.max_epochs=1", "agent.warm_start_steps=10"),
+    *("encoder.epochs=1", "encoder.d_model=16", "encoder.embed_dim=32", "encoder.max_bars_per_epoch=16"),
+    *("encoder.branches={transformer: true, lstm: false, cnn: false, graph: false}", "encoder.scales=[1]"),
+    *("encoder.probe_l2=[1.0]", "encoder.attribution_bars=2", "encoder.probe_max_samples=500"),
+    "ppo.progress=false",
+]
+
+
+@pytest.mark.slow
+def test_the_whole_dag_runs_on_hourly_bars_without_a_benchmark(tmp_path):
+    """ingest .. gate through `hmarl step` in a fresh working directory, as `dvc repro` runs them."""
+    sets = [
+        *("data.source=path", f"data.path={write(hourly_bars(), tmp_path / 'raw' / 'bars.parquet')}"),
+        *("data.calendar=XNYS", *SPLITS, *TINY_TRAINING),
+        *(
+            f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlruns.db",
+            f"tracking.artifact_root={tmp_path}/mlartifacts",
+        ),
+    ]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text("{}\n")
+    calls = [["ingest"], ["validate"], ["features"], ["sl_cache"], ["pretrain_encoder"], ["train_symbols"],
+             ["train_master"]]  # fmt: skip
+    calls += [["stage5", "--set", f"seed={s}", "--output", f"run=reports/stage5/seed_{s}"] for s in (1, 2)]
+    calls += [["walk_forward", "--set", f"ppo.fold={k}", "--output", f"evaluation=reports/walk_forward/fold_{k}"]
+              for k in (0, 1)]  # fmt: skip
+    calls.append(["gate"])
+    for call in calls:
+        args = [sys.executable, "-m", "hmarl.cli", "step", *call, "--metrics", "-"]
+        done = subprocess.run(
+            args + [a for s in sets for a in ("--set", s)], cwd=work, capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"{call[0]}: {done.stderr[-3000:]}"
+    store = FeatureStore.load(work / "data" / "features")
+    assert store.meta["benchmark"] is None and store.meta["market_reference"] == "equal_weight_universe"
+    gate = json.loads((work / "reports" / "gate" / "gate.json").read_text())
+    assert isinstance(gate["go"], bool)  # a verdict on hourly bars, annualized with the calendar's
+
+
+def test_the_synthetic_market_lies_on_the_chosen_calendar(tmp_path):
+    cfg = build_config({}, ["data.calendar=XNYS", "synthetic.num_symbols=4", "synthetic.num_bars=300"])
+    execute("ingest", cfg, outputs={"canonical": str(tmp_path / "canonical")})
+    data = read_canonical(tmp_path / "canonical")
+    days = set(data.timestamps.tz_convert("America/New_York").strftime("%Y-%m-%d"))
+    assert "2012-01-16" not in days and "2012-01-17" in days  # Martin Luther King Jr. Day: closed
+    assert data.meta["calendar"] == "XNYS" and data.meta["bars_per_year"] == pytest.approx(252, abs=1.5)
+    assert (
+        validate(tmp_path, tmp_path / "canonical", "validation.max_calendar_gap_bars=0")["status"] == "passed"
     )

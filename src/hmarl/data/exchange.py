@@ -136,3 +136,27 @@ def calendar_bars_per_year(ts_ns: np.ndarray, name: str, freq: Frequency) -> flo
     if count == 0:
         raise DataError(f"data.calendar {name!r} has no sessions in {years[0]}..{years[-1]}")
     return count / len(years)
+
+
+def session_bar_starts(
+    name: str, first: pd.Timestamp, num_bars: int, step: pd.Timedelta
+) -> tuple[pd.DatetimeIndex, int]:
+    """The first ``num_bars`` bar starts of calendar ``name`` from date ``first`` (bars of ``step``; a day
+    step: one bar per session, at its open) and the modal number of bars per session; for laying a
+    synthetic market on an exchange's sessions."""
+    day = step >= pd.Timedelta(days=1)
+    sessions = num_bars if day else -(-num_bars // max(1, int(pd.Timedelta(hours=6.5) / step)))
+    last = first + pd.Timedelta(days=int(sessions * 1.6) + 30)  # enough calendar days for the sessions
+    cal = _calendar(name, first.normalize(), last.normalize())
+    lo, hi = max(first.normalize(), cal.first_session), min(last.normalize(), cal.last_session)
+    with _quiet_pandas():
+        if day:
+            stamps = pd.DatetimeIndex(cal.schedule.loc[lo:hi, "open"])
+        else:
+            stamps = cal.trading_index(lo, hi, period=step, intervals=True, force=True).left
+    if len(stamps) < num_bars:
+        raise ConfigError(f"data.calendar {name!r}: fewer than {num_bars} bars from {first.date()}")
+    stamps = pd.DatetimeIndex(stamps[:num_bars], name=None).tz_convert("UTC").as_unit("ns")
+    _, per_session = np.unique(stamps.tz_convert(cal.tz).normalize(), return_counts=True)
+    values, counts = np.unique(per_session, return_counts=True)
+    return stamps, int(values[np.argmax(counts)])

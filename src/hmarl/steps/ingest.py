@@ -35,7 +35,7 @@ def load_source(cfg: HmarlConfig) -> tuple[Panel, pd.DataFrame | None, dict]:
     """Raw bars as a panel, the source's own benchmark (synthetic only) and a description of the source."""
     data = cfg.data
     if data.source == "synthetic":
-        bars, benchmark = generate(cfg.synthetic, data.benchmark_symbol)
+        bars, benchmark = generate(cfg.synthetic, data.benchmark_symbol, data.calendar)
         panel = build_panel([(raw_bars(bars, "synthetic market"), "synthetic market")])
         syn = cfg.synthetic
         source = {
