@@ -214,3 +214,28 @@ def test_a_state_file_holds_the_masters_directive_from_one_call_to_the_next(bund
         state.write_text(text)
         assert main(args) == 2
         assert problem in capsys.readouterr().err
+
+
+def relabelled_canonical(src: Path, dst: Path, **meta) -> Path:
+    """The canonical folder ``src`` with meta.json saying other things about the same bars."""
+    data = read_canonical(src)
+    keep = {k: v for k, v in data.meta.items() if k != "fingerprint"} | meta
+    write_canonical(dst, data.bars, data.benchmark, data.exogenous, keep)
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("meta", "said"),
+    [
+        ({"freq": "1h", "bar_seconds": 3600}, "bar frequency '1h' differs from the model's '1D'"),
+        ({"calendar": "XNYS"}, "calendar 'XNYS' differs from the model's None"),
+    ],
+)
+def test_data_of_another_frequency_or_calendar_is_refused(bundle_dir, tmp_path, capsys, meta, said):
+    assert load_bundle(bundle_dir).data_meta["freq"] == "1D"  # the bundle records what it was trained on
+    data = relabelled_canonical(bundle_dir / "canonical", tmp_path / "other", **meta)
+    for command in (["act"], ["evaluate", "--out", str(tmp_path / "eval")]):
+        assert main([*command, "--model", str(bundle_dir), "--data", str(data)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("hmarl: error: ") and said in err and "Traceback" not in err
+    assert not (tmp_path / "eval").exists()

@@ -78,8 +78,13 @@ def write_canonical_dir(folder: Path, market: Market, exogenous: pd.DataFrame | 
     return write_canonical(folder, canon.bars, canon.benchmark, canon.exogenous, canon.meta)
 
 
-def write_summary(folder: Path, status: str) -> Path:
-    write_json(folder / "summary.json", {"status": status})
+def write_summary(folder: Path, status: str, fingerprint: str | None = None) -> Path:
+    """A validate summary for the canonical data of ``fingerprint`` (default: ``folder/canonical``'s)."""
+    if fingerprint is None and (folder.parent / "canonical" / "meta.json").exists():
+        fingerprint = json.loads((folder.parent / "canonical" / "meta.json").read_text())["fingerprint"]
+    if fingerprint is None and (folder / "canonical" / "meta.json").exists():
+        fingerprint = json.loads((folder / "canonical" / "meta.json").read_text())["fingerprint"]
+    write_json(folder / "summary.json", {"status": status, "fingerprint": fingerprint})
     return folder
 
 
@@ -294,6 +299,10 @@ def test_step_refuses_missing_or_failed_validation_and_runs_when_passed(tmp_path
     with pytest.raises(StepError, match="not valid JSON"):
         runner.execute("features", CFG, ios, out)
 
+    write_summary(validation, "passed", fingerprint="0" * 64)  # passed, but for other bars (a re-ingest)
+    with pytest.raises(StepError, match="refusing data that was not validated: .*fingerprint 000000000000"):
+        runner.execute("features", CFG, ios, out)
+    assert not (tmp_path / "features").exists()
     write_summary(validation, "passed")
     metrics = runner.execute("features", CFG, ios, out)
     assert metrics["nonfinite"] == 0 and metrics["bars"] == 320 and metrics["features"] == 23

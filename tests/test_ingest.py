@@ -299,12 +299,24 @@ def test_benchmark_not_covering_the_calendar_is_an_error(tmp_path, raw, drop, ma
         ingest(tmp_path, f"data.path={data_path}", f"data.benchmark_path={bench}")
 
 
-def test_without_benchmark_the_equal_weight_universe_index_is_used(tmp_path, raw):
+def test_a_longer_benchmark_hole_names_the_option_and_fills_when_raised(tmp_path, raw):
+    data_path = write(raw, tmp_path / "bars.parquet")
+    bench = write(_benchmark(raw, drop=list(range(50, 54))), tmp_path / "spy.parquet")
+    with pytest.raises(DataError, match=r"at most data.max_fill_bars=3 are filled forward; raise it"):
+        ingest(tmp_path, f"data.path={data_path}", f"data.benchmark_path={bench}")
+    _, data = ingest(
+        tmp_path, f"data.path={data_path}", f"data.benchmark_path={bench}", "data.max_fill_bars=4"
+    )
+    assert data.meta["benchmark_filled_bars"] == 4 and data.meta["max_fill_bars"] == 4
+    close = data.benchmark["close"].to_numpy()
+    assert (close[50:54] == close[49]).all()  # carried forward, never interpolated
+
+
+def test_without_benchmark_none_is_made_up(tmp_path, raw):
     _, data = ingest(tmp_path, f"data.path={write(raw, tmp_path / 'bars.parquet')}")
-    assert data.meta["benchmark_source"] == "equal_weight_universe"
-    close = data.pivot("close")
-    index = data.benchmark["close"].to_numpy()
-    np.testing.assert_allclose(index[1:] / index[:-1], (close[1:] / close[:-1]).mean(axis=1))
+    assert data.benchmark is None and not (tmp_path / "canon" / "benchmark.parquet").exists()
+    assert data.meta["benchmark"] is None and data.meta["benchmark_source"] == "none"
+    assert len(data.timestamps) == data.meta["num_bars"]
 
 
 def test_exogenous_series_join_as_of_backward(tmp_path, raw):

@@ -325,8 +325,11 @@ def test_outlier_fraction_exceeded(tmp_path, good):
 
 
 def test_outliers_below_the_fraction_pass_and_are_listed(tmp_path, good):
-    data = spiked(good, [30, 290])
-    report, metrics = run_step(tmp_path, data, "validation.max_outlier_fraction=0.02")
+    data = spiked(good, [30, 290])  # one-bar spikes that revert: bad prints unless allow-listed
+    allow = [{"symbol": data.bars.at[i, "symbol"], "timestamp": data.bars.at[i, "timestamp"].isoformat()}
+             for i in (30, 290)]  # fmt: skip
+    allow_list = "validation.allow_bad_prints=" + json.dumps(allow)
+    report, metrics = run_step(tmp_path, data, "validation.max_outlier_fraction=0.02", allow_list)
     summary = json.loads((report / "summary.json").read_text())
     assert summary["status"] == "passed" and metrics["outliers"] == 4
     close = data.bars["close"]
@@ -337,6 +340,7 @@ def test_outliers_below_the_fraction_pass_and_are_listed(tmp_path, good):
     assert first["symbol"] == "AAA" and first["timestamp"] == data.bars.at[30, "timestamp"].isoformat()
     assert first["return"] == pytest.approx(ret[30])
     assert "Return outliers (4)" in (report / "report.html").read_text()
+    assert [a["symbol"] for a in summary["data"]["allowed_bad_prints"]] == ["AAA", "CCC"]
 
 
 def test_empty_dataset(tmp_path, good):

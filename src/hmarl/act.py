@@ -71,6 +71,7 @@ class Bundle:
     encoder: torch.nn.Module | None  # None: the symbol agents run their own fine-tuned encoder
     symbol_agent: SymbolAgent
     master: MasterAgent
+    data_meta: dict = dataclasses.field(default_factory=dict)  # the training data's features/meta.json
 
     @property
     def window(self) -> int:
@@ -141,12 +142,20 @@ def load_bundle(folder: str | Path) -> Bundle:
         encoder,
         symbol_agent,
         master,
+        meta,
     )
 
 
 # --------------------------------------------------------------------------- checks and inputs
 def check_data(bundle: Bundle, store: FeatureStore, where: str) -> None:
     """DataError naming how ``store`` (features of the data given) differs from what the model knows."""
+    for key, what in (("freq", "bar frequency"), ("calendar", "calendar")):  # bundles before these: unchecked
+        if key in bundle.data_meta and store.meta.get(key) != bundle.data_meta[key]:
+            raise DataError(
+                f"{where}: {what} {store.meta.get(key)!r} differs from the model's {bundle.data_meta[key]!r} "
+                f"(it was trained on {bundle.data_meta.get('freq')} bars, calendar "
+                f"{bundle.data_meta.get('calendar')}; give it data of that frequency and data.calendar)"
+            )
     if store.symbols != bundle.symbols:
         missing = [s for s in bundle.symbols if s not in store.symbols]
         extra = [s for s in store.symbols if s not in bundle.symbols]

@@ -33,6 +33,9 @@ class ExogenousSource(Section):
     name: str = Field(min_length=1)
     path: str = Field(min_length=1)
     columns: list[str] | None = None  # None: every numeric column except timestamp
+    # bars in a row that may carry the last value forward (None: data.max_fill_bars); a monthly series on
+    # daily bars needs ~23
+    max_fill_bars: int | None = Field(None, ge=0)
 
 
 class DataConfig(Section):
@@ -44,6 +47,11 @@ class DataConfig(Section):
     exogenous: list[ExogenousSource] = Field(default_factory=list)
     symbols: list[str] | None = None  # explicit universe; None: top-N selection
     session_tz: str = "America/New_York"  # time zone whose local date defines a trading session
+    # exchange calendar (exchange_calendars name: XNYS, XLON, ..., 24/7, 24/5): holidays and early closes
+    # are not gaps, annualization = the calendar's bars per year; None: the data's own calendar (day bars on
+    # Mon-Fri business days, annualized over the data's span), as the embedded synthetic market is laid out
+    calendar: str | None = None
+    max_fill_bars: int = Field(3, ge=0)  # benchmark / exogenous holes filled forward up to this many bars
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
@@ -79,11 +87,26 @@ class UniverseConfig(Section):
     selection_at: Literal["start", "end"] = "start"
 
 
+class AllowedPrint(Section):
+    symbol: str = Field(min_length=1)
+    timestamp: str = Field(min_length=1)  # the bar's timestamp or its trading date (2008-10-13)
+
+
 class ValidationConfig(Section):
     max_abs_return: float = Field(0.5, gt=0.0)  # bars beyond are reported as outliers
     max_outlier_fraction: float = Field(0.001, ge=0.0, le=1.0)
-    max_calendar_gap_bars: int = Field(5, ge=1)  # longest allowed gap, in expected bars
+    max_calendar_gap_bars: int = Field(
+        5, ge=0
+    )  # longest allowed gap, in expected bars (0: none, with data.calendar)
     min_bars_per_symbol: int = Field(100, ge=1)
+    # bad prints: a price that leaves the symbol's recent range and comes straight back (see data/bad_prints.py)
+    bad_print_sigmas: float = Field(25.0, gt=0.0)  # open/close move out and back, in robust sigmas
+    bad_print_sigmas_high_low: float = Field(
+        50.0, gt=0.0
+    )  # the same for high/low (flash-crash lows are real)
+    bad_print_window: int = Field(60, ge=5)  # bars before the print that set the symbol's robust sigma
+    bad_print_reversion: float = Field(0.7, gt=0.0, le=1.0)  # the next bar gives back this much of the move
+    allow_bad_prints: list[AllowedPrint] = Field(default_factory=list)  # known genuine events
 
 
 class FeaturesConfig(Section):

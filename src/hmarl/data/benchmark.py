@@ -1,9 +1,9 @@
 """The benchmark series: read from a file, or built as the equal-weight index of a universe, and put on
 the bars' calendar.
 
-The benchmark is never traded, so short holes (at most ``MAX_FILL_BARS`` consecutive bars) carry the
-previous values forward (volume 0); a longer hole, or a benchmark that starts after the calendar, is a
-DataError. Day-based calendars match benchmark bars by trading date (a midnight-labelled daily file
+The benchmark is never traded, so short holes (at most ``data.max_fill_bars`` consecutive bars) carry the
+previous values forward (volume 0; the count is in meta.json and the validation report); a longer hole, or
+a benchmark that starts after the calendar, is a DataError naming the option to change. Day-based calendars match benchmark bars by trading date (a midnight-labelled daily file
 joins 14:30 UTC bars); intraday ones by exact timestamp.
 """
 
@@ -25,7 +25,6 @@ from hmarl.data.readers import (
 )
 from hmarl.errors import DataError
 
-MAX_FILL_BARS = 3
 PRICE_COLUMNS = ("open", "high", "low", "close")
 
 
@@ -79,7 +78,7 @@ def read_benchmark(spec: str, symbol: str) -> tuple[pd.DataFrame, str]:
     return frame.sort_values("timestamp", kind="stable").reset_index(drop=True), symbol
 
 
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start indices and lengths of the True runs of a 1-d mask."""
     edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
@@ -87,9 +86,14 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def align_benchmark(
-    frame: pd.DataFrame, calendar: np.ndarray, freq: Frequency, tz: str, where: str = "benchmark"
+    frame: pd.DataFrame,
+    calendar: np.ndarray,
+    freq: Frequency,
+    tz: str,
+    max_fill: int,
+    where: str = "benchmark",
 ) -> tuple[pd.DataFrame, int]:
-    """The benchmark on ``calendar`` (holes of <= MAX_FILL_BARS filled) and the number of filled bars."""
+    """The benchmark on ``calendar`` (holes of <= ``max_fill`` bars filled) and the number of filled bars."""
     ts = timestamps_ns(frame["timestamp"])
     key_cal, key = (session_days(calendar, tz), session_days(ts, tz)) if freq.day_based else (calendar, ts)
     dup = key[1:] == key[:-1]
@@ -110,12 +114,13 @@ def align_benchmark(
             f"{where} does not cover the calendar: no value for its first bar {stamps[0].isoformat()} "
             f"(benchmark starts {first})"
         )
-    starts, lengths = _runs(hole)
-    if len(lengths) and lengths.max() > MAX_FILL_BARS:
+    starts, lengths = runs(hole)
+    if len(lengths) and lengths.max() > max_fill:
         i = int(np.argmax(lengths))
         raise DataError(
             f"{where} does not cover the calendar: {lengths[i]} consecutive bars missing from "
-            f"{stamps[starts[i]].isoformat()} (at most {MAX_FILL_BARS} are filled)"
+            f"{stamps[starts[i]].isoformat()} (at most data.max_fill_bars={max_fill} are filled forward; "
+            "raise it, or fix the benchmark file)"
         )
     if hole.any():
         idx = np.maximum.accumulate(np.where(hole, 0, np.arange(len(calendar))))

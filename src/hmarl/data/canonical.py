@@ -7,13 +7,15 @@ A folder holding
     tradable (bool); sorted by symbol then timestamp; every symbol has every calendar timestamp, so the
     frame is a full (symbol x calendar) grid and :func:`pivot` is a reshape.
 ``benchmark.parquet``
-    timestamp, close (+ open, high, low, volume when known) on the same calendar.
+    timestamp, close (+ open, high, low, volume when known) on the same calendar; absent when the data
+    has no benchmark (meta ``benchmark: null``: nothing is made up).
 ``exogenous.parquet``
     only when exogenous series are configured: timestamp + ``<name>__<column>`` float64 columns.
 ``meta.json``
     symbols (sorted), dropped_symbols {symbol: reason}, freq, bar_seconds, bars_per_day, bars_per_year,
-    num_bars, num_symbols, start, end, source, fingerprint, gap_rule, benchmark_symbol,
-    benchmark_source, exogenous_columns, ... The same JSON is in each Parquet file's schema metadata
+    calendar (exchange calendar name or null), session_tz, num_bars, num_symbols, start, end, source,
+    fingerprint, gap_rule, benchmark (symbol or null), benchmark_symbol, benchmark_source,
+    benchmark_filled_bars, max_fill_bars, exogenous_filled_bars, exogenous_columns, ... The same JSON is in each Parquet file's schema metadata
     under the key ``b"hmarl"``.
 
 ``fingerprint`` is a sha256 over the bars' content (symbols, timestamps, values, tradable), independent
@@ -54,7 +56,7 @@ BARS_SCHEMA = pa.schema(
 @dataclass
 class CanonicalData:
     bars: pd.DataFrame
-    benchmark: pd.DataFrame
+    benchmark: pd.DataFrame | None  # None: the data has no benchmark
     exogenous: pd.DataFrame | None
     meta: dict
 
@@ -65,10 +67,16 @@ class CanonicalData:
     @property
     def timestamps(self) -> pd.DatetimeIndex:
         """The calendar (T,) in UTC."""
-        return pd.DatetimeIndex(self.benchmark["timestamp"])
+        t, _ = grid_shape(self.bars)
+        return pd.DatetimeIndex(self.bars["timestamp"].iloc[:t])
 
     def pivot(self, column: str) -> np.ndarray:
         return pivot(self.bars, column)
+
+
+def has_benchmark(meta: dict) -> bool:
+    """False only when meta.json says the data has no benchmark (``benchmark: null``)."""
+    return not ("benchmark" in meta and meta["benchmark"] is None)
 
 
 def grid_shape(bars: pd.DataFrame) -> tuple[int, int]:
@@ -149,7 +157,7 @@ def _series_schema(df: pd.DataFrame) -> pa.Schema:
 def write_canonical(
     path: str | Path,
     bars: pd.DataFrame,
-    benchmark: pd.DataFrame,
+    benchmark: pd.DataFrame | None,
     exogenous: pd.DataFrame | None,
     meta: dict,
 ) -> dict:
@@ -171,11 +179,9 @@ def write_canonical(
         tmp.mkdir(parents=True)
         opts = {"compression": "zstd"}
         pq.write_table(_table(bars[list(REQUIRED_COLUMNS)], meta_json, BARS_SCHEMA), tmp / BARS_FILE, **opts)
-        pq.write_table(_table(benchmark, meta_json, _series_schema(benchmark)), tmp / BENCHMARK_FILE, **opts)
-        if exogenous is not None:
-            pq.write_table(
-                _table(exogenous, meta_json, _series_schema(exogenous)), tmp / EXOGENOUS_FILE, **opts
-            )
+        for frame, file in ((benchmark, BENCHMARK_FILE), (exogenous, EXOGENOUS_FILE)):
+            if frame is not None:
+                pq.write_table(_table(frame, meta_json, _series_schema(frame)), tmp / file, **opts)
         write_json(tmp / META_FILE, meta)
     return meta
 
@@ -183,18 +189,22 @@ def write_canonical(
 def read_canonical(path: str | Path, verify: bool = True) -> CanonicalData:
     """Load a canonical folder; ``verify`` re-checks the grid and the fingerprint (~0.1 s per 600k rows)."""
     path = Path(path)
-    for name in (META_FILE, BARS_FILE, BENCHMARK_FILE):
+    for name in (META_FILE, BARS_FILE):
         if not (path / name).exists():
             raise DataError(f"{path}: not a canonical dataset ({name} missing)")
     meta = read_json(path / META_FILE)
+    if not (path / BENCHMARK_FILE).exists() and has_benchmark(meta):
+        raise DataError(
+            f"{path}: {BENCHMARK_FILE} missing (meta.json does not say the data has no benchmark)"
+        )
     bars = pd.read_parquet(path / BARS_FILE)
-    benchmark = pd.read_parquet(path / BENCHMARK_FILE)
+    benchmark = pd.read_parquet(path / BENCHMARK_FILE) if has_benchmark(meta) else None
     exo_path = path / EXOGENOUS_FILE
     exogenous = pd.read_parquet(exo_path) if exo_path.exists() else None
     if verify:
         check_bars(bars, meta["symbols"])
         if fingerprint(bars) != meta.get("fingerprint"):
             raise DataError(f"{path}: bars.parquet does not match the fingerprint in meta.json")
-        if len(benchmark) != meta["num_bars"]:
+        if benchmark is not None and len(benchmark) != meta["num_bars"]:
             raise DataError(f"{path}: benchmark has {len(benchmark)} bars, meta says {meta['num_bars']}")
     return CanonicalData(bars, benchmark, exogenous, meta)

@@ -1,7 +1,9 @@
 """Exogenous series (``data.exogenous``: VIX, rates, ...) joined to the calendar as-of backward.
 
 A bar at time t gets the last value stamped at or before t (bars before the first value get NaN), so
-nothing from after the bar leaks in -- provided each file's timestamp is the moment its value became
+nothing from after the bar leaks in. A bar with no new value since the previous bar carries the last one
+forward: at most ``max_fill_bars`` in a row (the source's own key, else ``data.max_fill_bars``; a monthly
+series on daily bars needs ~23), else a DataError naming the key; the filled count goes to meta.json -- provided each file's timestamp is the moment its value became
 known (a daily close stamped at midnight of its own date would be known too early: stamp it at the
 close). Columns are named ``<name>__<column>``.
 """
@@ -12,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from hmarl.config import ExogenousSource
+from hmarl.data.benchmark import runs
 from hmarl.data.readers import (
     numeric_column,
     read_table,
@@ -55,11 +58,33 @@ def read_exogenous(src: ExogenousSource) -> pd.DataFrame:
     return frame
 
 
-def align_exogenous(frames: list[pd.DataFrame], calendar: np.ndarray) -> pd.DataFrame:
-    """Join each sorted frame as-of backward onto the calendar (causal: last value at or before a bar)."""
+def filled_bars(idx: np.ndarray, calendar: np.ndarray, max_fill: int, key: str) -> int:
+    """Bars after a series' first value that carry an old value (``idx``: as-of row per bar); a run longer
+    than ``max_fill`` is a DataError."""
+    carried = np.zeros(len(idx), dtype=bool)
+    carried[1:] = (idx[1:] == idx[:-1]) & (idx[1:] >= 0)
+    starts, lengths = runs(carried)
+    if len(lengths) and lengths.max() > max_fill:
+        i = int(np.argmax(lengths))
+        stamp = to_datetime_index(calendar[starts[i] : starts[i] + 1])[0].isoformat()
+        raise DataError(
+            f"{key}: no new value for {lengths[i]} bars in a row from {stamp} (at most {max_fill} are filled "
+            f"forward; raise {key}.max_fill_bars or data.max_fill_bars, or fix the file)"
+        )
+    return int(carried.sum())
+
+
+def align_exogenous(
+    frames: list[pd.DataFrame], calendar: np.ndarray, sources: list[ExogenousSource], max_fill: int
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Join each sorted frame as-of backward onto the calendar (causal: last value at or before a bar);
+    also the filled-bar count per source."""
     out = {"timestamp": to_datetime_index(calendar)}
-    for frame in frames:
+    filled = {}
+    for frame, src in zip(frames, sources, strict=True):
         idx = np.searchsorted(timestamps_ns(frame["timestamp"]), calendar, side="right") - 1
+        limit = max_fill if src.max_fill_bars is None else src.max_fill_bars
+        filled[src.name] = filled_bars(idx, calendar, limit, f"data.exogenous[{src.name}]")
         for col in frame.columns.drop("timestamp"):
             values = frame[col].to_numpy(dtype=np.float64)
             out[col] = np.where(idx >= 0, values[np.maximum(idx, 0)], np.nan)
@@ -69,4 +94,4 @@ def align_exogenous(frames: list[pd.DataFrame], calendar: np.ndarray) -> pd.Data
         raise DataError(
             f"data.exogenous: column name(s) {clash} appear twice (give each source its own name)"
         )
-    return pd.DataFrame(out)
+    return pd.DataFrame(out), filled

@@ -78,8 +78,11 @@ class SyntheticMarket:
     bars_per_year: float
 
 
-def bar_timestamps(start: str, num_bars: int, freq: str) -> tuple[pd.DatetimeIndex, int]:
-    """``num_bars`` UTC bar starts from ``start`` and the number of bars per session."""
+def bar_timestamps(
+    start: str, num_bars: int, freq: str, calendar: str | None = None
+) -> tuple[pd.DatetimeIndex, int]:
+    """``num_bars`` UTC bar starts from ``start`` and the number of bars per session: on the sessions of the
+    exchange ``calendar`` (``data.calendar``) when given, else on Mon-Fri business days, 09:30-16:00 New York."""
     try:
         step = pd.Timedelta(freq)
     except ValueError:
@@ -88,6 +91,10 @@ def bar_timestamps(start: str, num_bars: int, freq: str) -> tuple[pd.DatetimeInd
         first = pd.Timestamp(start)
     except ValueError:
         raise ConfigError(f"synthetic.start: {start!r} is not a date") from None
+    if calendar is not None and step <= pd.Timedelta(days=1):
+        from hmarl.data.exchange import session_bar_starts
+
+        return session_bar_starts(calendar, first, num_bars, step)
     if step == pd.Timedelta(days=1):
         days = pd.bdate_range(first, periods=num_bars)
         return (days + DAILY_TIME).tz_localize("UTC").as_unit("ns"), 1
@@ -180,9 +187,11 @@ def planted_loading(cfg: SyntheticConfig, sigma: np.ndarray) -> float:
     return b
 
 
-def simulate(cfg: SyntheticConfig, benchmark_symbol: str = "SPY") -> SyntheticMarket:
+def simulate(
+    cfg: SyntheticConfig, benchmark_symbol: str = "SPY", calendar: str | None = None
+) -> SyntheticMarket:
     rng = np.random.default_rng(cfg.seed)
-    stamps, per_day = bar_timestamps(cfg.start, cfg.num_bars, cfg.freq)
+    stamps, per_day = bar_timestamps(cfg.start, cfg.num_bars, cfg.freq, calendar)
     t_bars, n_sym = cfg.num_bars, cfg.num_symbols
     per_year = per_day * BUSINESS_DAYS_PER_YEAR
     symbols = [f"S{i:0{max(3, len(str(n_sym - 1)))}d}" for i in range(n_sym)]
@@ -252,7 +261,10 @@ def simulate(cfg: SyntheticConfig, benchmark_symbol: str = "SPY") -> SyntheticMa
     return SyntheticMarket(bars, benchmark, symbols, stamps, signal, regime, b, per_day, per_year)
 
 
-def generate(cfg: SyntheticConfig, benchmark_symbol: str = "SPY") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(bars, benchmark) in the raw long schema of real data; same config and seed => same frames."""
-    market = simulate(cfg, benchmark_symbol)
+def generate(
+    cfg: SyntheticConfig, benchmark_symbol: str = "SPY", calendar: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(bars, benchmark) in the raw long schema of real data (on ``calendar``'s sessions when given); same
+    config and seed => same frames."""
+    market = simulate(cfg, benchmark_symbol, calendar)
     return market.bars, market.benchmark

@@ -121,6 +121,8 @@ class Outcome:
     notes: list[str]  # checks that could not run, and why
     seconds: float  # wall time, excluding the Great Expectations import
     ge_import_seconds: float
+    # calendar, benchmark (or None), forward-filled bars per series, allow-listed bad prints (data_facts)
+    facts: dict = field(default_factory=dict)
 
     @property
     def success(self) -> bool:
@@ -147,6 +149,7 @@ def summary(outcome: Outcome) -> dict:
         "outlier_count": len(outcome.outliers),
         "outliers": outcome.outliers,
         "params": outcome.params,
+        "data": outcome.facts,
         "notes": outcome.notes,
         "results": [c.to_dict() for c in outcome.checks],
     }
@@ -173,6 +176,23 @@ def _check_row(check: CheckResult) -> str:
     return _row(*cells, first=status, last=f'<td class="examples">{examples}</td>')
 
 
+def _fact_rows(facts: dict) -> list[tuple[str, object]]:
+    if not facts:
+        return []
+    filled = ", ".join(f"{k}: {v}" for k, v in facts.get("filled_bars", {}).items())
+    allowed = "; ".join(
+        f"{a['symbol']} {a['timestamp']} ({a['score']:.0f} sigma)" for a in facts["allowed_bad_prints"]
+    )
+    return [
+        ("bar frequency", facts.get("freq")),
+        ("exchange calendar", facts.get("calendar") or "none (the data's own calendar)"),
+        ("bars per year", facts.get("bars_per_year")),
+        ("benchmark", facts.get("benchmark") or "none: benchmark-relative parts are skipped"),
+        (f"bars filled forward (data.max_fill_bars={facts.get('max_fill_bars')})", filled or "none"),
+        ("allow-listed bad prints", allowed or "none"),
+    ]
+
+
 def render_html(outcome: Outcome) -> str:
     """A self-contained page: facts, every expectation (failures first), the outlier list."""
     s = summary(outcome)
@@ -185,6 +205,7 @@ def render_html(outcome: Outcome) -> str:
         ("calendar bars", outcome.calendar_bars),
         ("expectations", f"{s['expectations_total']} ({s['expectations_failed']} failed)"),
         ("return outliers", len(outcome.outliers)),
+        *_fact_rows(outcome.facts),
         *((f"validation.{k}", v) for k, v in outcome.params.items()),
     ]
     parts = [

@@ -1,9 +1,15 @@
 """Featurize validated canonical bars into the feature store (causal features, regime, per-fold norms).
 
-Refuses to run unless the validate step's ``summary.json`` says ``"status": "passed"``. The store keeps
+Refuses to run unless the validate step's ``summary.json`` says ``"status": "passed"`` for these very bars
+(its fingerprint is the canonical data's: a re-ingest after validation is refused). The store keeps
 raw features; a bar is marked tradable only if the canonical bar was tradable, it lies past
 ``features.warmup_bars`` and every feature is defined there. Entries of other bars are stored as 0
 (:meth:`FeatureStore.normalized` maps them to 0 as well, i.e. to the train mean).
+
+Data without a benchmark (canonical meta ``benchmark: null``): the market reference that the regime features,
+the master's benchmark state and its ``excess_return`` reward read is the universe's own equal-weight index
+(the passive alternative the gate judges against), recorded in the store's meta as ``market_reference:
+equal_weight_universe`` with ``benchmark: null``, so evaluation reports no benchmark series for it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from hmarl.config import HmarlConfig
-from hmarl.data.canonical import CanonicalData, read_canonical
+from hmarl.data.benchmark import equal_weight_index
+from hmarl.data.canonical import CanonicalData, has_benchmark, read_canonical
 from hmarl.data.features import FEATURE_NAMES, compute_features, fold_norm_stats
 from hmarl.data.readers import timestamps_ns
 from hmarl.data.regime import REGIME_NAMES, compute_regime, exogenous_regime
@@ -42,15 +49,15 @@ class Market:
     timestamps: np.ndarray  # (T,) int64 ns UTC
     ohlcv: np.ndarray  # (T, S, 5) float64
     tradable: np.ndarray  # (T, S) bool
-    benchmark: np.ndarray  # (T,) float64 close
+    benchmark: np.ndarray  # (T,) float64 close of the market reference (the benchmark, or see module doc)
     bars_per_year: float
     exogenous: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (T,) float64
     meta: dict = field(default_factory=dict)  # the canonical meta.json
 
 
 # --------------------------------------------------------------------------- inputs
-def require_passed_validation(folder: Path) -> dict:
-    """The validate step's summary; StepError unless its status is ``passed``."""
+def require_passed_validation(folder: Path, fingerprint: str | None = None) -> dict:
+    """The validate step's summary; StepError unless its status is ``passed`` for data of ``fingerprint``."""
     path = Path(folder) / "summary.json"
     if not path.exists():
         raise StepError(f"features: validation summary {path} not found; run the validate step first")
@@ -63,6 +70,13 @@ def require_passed_validation(folder: Path) -> dict:
         raise StepError(
             f"features: refusing unvalidated data: {path} has status {status!r} (need 'passed'); "
             "fix the data or the validation thresholds and re-run validate"
+        )
+    validated = summary.get("fingerprint")
+    if fingerprint is not None and validated != fingerprint:
+        raise StepError(
+            f"features: refusing data that was not validated: {path} passed data of fingerprint "
+            f"{str(validated)[:12]}..., the canonical data now has {fingerprint[:12]}... (re-ingested after "
+            "validation?); re-run validate"
         )
     return summary
 
@@ -91,7 +105,7 @@ def market_from_canonical(canon: CanonicalData, source: str = "canonical") -> Ma
     for name, frame in series.items():
         if frame is not None and not np.array_equal(timestamps_ns(frame["timestamp"]), calendar):
             raise DataError(f"{source}: {name} timestamps differ from the bars' calendar")
-    bench = canon.benchmark["close"].to_numpy(dtype=np.float64)
+    bench = market_reference(canon, ohlcv, tradable)
     bad = ~(np.isfinite(bench) & (bench > 0))
     if bad.any():
         stamp = pd.Timestamp(calendar[np.argmax(bad)], tz="UTC")
@@ -104,6 +118,14 @@ def market_from_canonical(canon: CanonicalData, source: str = "canonical") -> Ma
         raise DataError(f"{source}: meta key 'bars_per_year' missing")
     bars_per_year = float(canon.meta["bars_per_year"])
     return Market(symbols, calendar, ohlcv, tradable, bench, bars_per_year, exo_columns, dict(canon.meta))
+
+
+def market_reference(canon: CanonicalData, ohlcv: np.ndarray, tradable: np.ndarray) -> np.ndarray:
+    """The benchmark's close, or without one the universe's equal-weight index of tradable closes."""
+    if canon.benchmark is not None:
+        return canon.benchmark["close"].to_numpy(dtype=np.float64)
+    close = np.where(tradable, ohlcv[..., OHLCV.index("close")], np.nan)
+    return equal_weight_index({"close": close})["close"]
 
 
 # --------------------------------------------------------------------------- the store
@@ -136,7 +158,11 @@ def assemble_store(market: Market, computed: tuple, mean, std, **meta) -> Featur
         "freq": market.meta.get("freq"),
         "bar_seconds": market.meta.get("bar_seconds"),
         "bars_per_year": market.bars_per_year,
+        "calendar": market.meta.get("calendar"),
+        "session_tz": market.meta.get("session_tz"),
         "fingerprint": market.meta.get("fingerprint"),
+        "benchmark": market.meta.get("benchmark", market.meta.get("benchmark_symbol")),
+        "market_reference": "benchmark" if has_benchmark(market.meta) else "equal_weight_universe",
     }
     return FeatureStore(
         features=features,
@@ -170,10 +196,11 @@ def build_store(cfg: HmarlConfig, market: Market) -> FeatureStore:
 
 
 def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> dict[str, float]:
-    require_passed_validation(inputs["validation"])
     t0 = time.perf_counter()
     folder = inputs["canonical"]
-    market = market_from_canonical(read_canonical(folder), source=str(folder))
+    canon = read_canonical(folder)  # checks the bars against meta.json's fingerprint
+    require_passed_validation(inputs["validation"], canon.meta.get("fingerprint"))
+    market = market_from_canonical(canon, source=str(folder))
     t1 = time.perf_counter()
     store = build_store(cfg, market)
     t2 = time.perf_counter()
