@@ -95,6 +95,7 @@ class HmStep(ctypes.Structure):
             for name in (
                 "table",
                 "bench",
+                "cash_rate",
                 "directives",
                 "actions",
                 "mask_in",
@@ -206,8 +207,13 @@ class NativeStep:
         st.weights[:] = env.weights.tolist()
         st.master_weights[:] = env.master_weights.tolist()
         st.tiers[:] = env.tiers.tolist()
-        self._keep = [m.table.contiguous(), m.benchmark.contiguous(), env.directives.contiguous()]
-        for name, t in zip(("table", "bench", "directives"), self._keep, strict=True):
+        self._keep = [
+            m.table.contiguous(),
+            m.benchmark.contiguous(),
+            m.cash_rate.contiguous(),
+            env.directives.contiguous(),
+        ]
+        for name, t in zip(("table", "bench", "cash_rate", "directives"), self._keep, strict=True):
             setattr(st, name, t.data_ptr())
         state = dict(
             agent=env._agent,
