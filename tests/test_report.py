@@ -12,7 +12,7 @@ from eval_fixtures import REPORT_SECTIONS
 from hmarl.evaluation.gate import evaluate_gate
 from hmarl.evaluation.metrics import performance_metrics
 from hmarl.evaluation.params import GateConfig
-from hmarl.evaluation.report import EvaluationResult, render_html, render_markdown, write_report
+from hmarl.evaluation.report import SUMMARY_METRICS, EvaluationResult, render_html, render_markdown, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -77,7 +77,8 @@ def test_report_numbers_are_the_metrics_and_the_gate():
     m = performance_metrics(np.asarray(result.equity["policy"]), 252.0)
     row = re.search(r"<tr><td>policy \(policy\)</td>(.*?)</tr>", text).group(1)
     cells = re.findall(r"<td>(.*?)</td>", row)
-    assert cells[3] == f"{m['sharpe']:.4g}" and cells[5] == f"{m['max_drawdown']:.4g}"
+    col = {name: i for i, name in enumerate(SUMMARY_METRICS)}
+    assert cells[col["sharpe"]] == f"{m['sharpe']:.4g}" and cells[col["max_drawdown"]] == f"{m['max_drawdown']:.4g}"
     assert "NO-GO" in text  # master_drawdown_reduction was NaN: fails closed
     gate_row = re.search(r"<tr class='fail'><td>master_drawdown_reduction</td>(.*?)</tr>", text)
     assert gate_row and "n/a" in gate_row.group(1) and "FAIL" in gate_row.group(1)
