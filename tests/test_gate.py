@@ -54,7 +54,7 @@ def test_seed_thresholds_come_from_params():
         0.0,
     )
     assert (v["value_excess_annual_return"].tier, v["value_excess_annual_return"].threshold) == ("value", 0.03)
-    assert c["value_excess_annual_return"].threshold == 0.0  # smoke overlay
+    assert c["value_excess_annual_return"].threshold == 0.005  # smoke overlay
     assert {n: x for n, x in c.items() if n != "value_excess_annual_return"} == {
         n: x for n, x in v.items() if n != "value_excess_annual_return"
     }

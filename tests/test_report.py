@@ -48,6 +48,12 @@ def _result(**kw) -> EvaluationResult:
         overfitting={"deflated_sharpe": 0.93, "pbo": 0.12, "n_trials": 17},
         gate=evaluate_gate(values, cfg).to_dict(),
         notes=["synthetic <planted_alpha> data"],
+        value=[
+            {"name": "policy", "sharpe (excess)": 1.4, "annual_return at buy_hold vol": 0.21},
+            {"name": "buy_hold", "sharpe (excess)": 0.4, "annual_return at buy_hold vol": 0.08},
+        ],
+        risk_free="constant 0.02 a year",
+        benchmark="absent (the data has no benchmark)",
     )
     defaults.update(kw)
     return EvaluationResult(**defaults)
@@ -98,10 +104,11 @@ def test_missing_sections_say_so():
             overfitting={},
             gate=None,
             notes=[],
+            value=[],
         )
     )
     assert text.count("src='data:image/png") == 2  # only equity and drawdowns
-    assert text.count("not available") == 7 and "<h2>Gate</h2>" not in text  # + stress windows
+    assert text.count("not available") == 8 and "<h2>Gate</h2>" not in text  # + stress windows, value
 
 
 def test_markdown_summary():
@@ -111,6 +118,9 @@ def test_markdown_summary():
     assert "| fold | sharpe | max_drawdown |" in md and "| 1 | 0.55 | 0.2 |" in md
     assert "| bps | sharpe |" in md and "| 50 | 0.5 |" in md
     assert "random<masked>" in md
+    # the basis of every ratio, and the value table
+    assert "Risk-free rate: constant 0.02 a year" in md and "Benchmark: absent (the data has no benchmark)" in md
+    assert "## Value vs passive investing" in md and "| policy | 1.4 | 0.21 |" in md
 
 
 def test_given_metrics_are_used_as_is():

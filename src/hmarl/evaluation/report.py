@@ -264,10 +264,9 @@ def render_html(result: EvaluationResult) -> str:
     sections.append(
         ("Metrics", f"<p>{html.escape(_basis(result))}</p>" + _html_table(_metric_rows(result)))
     )
-    if result.value:
-        sections.append(
-            ("Value vs passive investing", f"<p>{html.escape(VALUE_TEXT)}</p>" + _html_table(result.value))
-        )
+    sections.append(
+        ("Value vs passive investing", f"<p>{html.escape(VALUE_TEXT)}</p>" + _html_table(result.value))
+    )
     if result.overfitting:
         sections.append(("Overfitting", _html_table([result.overfitting])))
     sections.append(
