@@ -92,7 +92,9 @@ def test_stress_windows_only_when_the_dates_cover_them():
     assert {r["name"] for r in partial.stress_windows} == {POLICY, *BASELINES}
     row = next(r for r in partial.stress_windows if r["name"] == POLICY)
     assert row["covered_from"] == "2020-10-01" and row["covered_to"] == last
-    share = np.busday_count("2020-10-01", np.datetime64(last) + 1) / np.busday_count("2020-10-01", "2021-07-01")
+    share = np.busday_count("2020-10-01", np.datetime64(last) + 1) / np.busday_count(
+        "2020-10-01", "2021-07-01"
+    )
     assert 0 < row["coverage"] < 1 and row["coverage"] == pytest.approx(share)
     assert row["status"] == f"partial (2020-10-01 .. {last}, {share:.0%} of the window)"
     start = next(i for i, d in enumerate(agg.dates) if d[:10] >= "2020-10-01")

@@ -48,12 +48,21 @@ def test_seed_thresholds_come_from_params():
     assert _cfg("profile=full") == GateConfig()
     # the value tier: thresholds from params; smoke only lowers the whole-account return to "above cash"
     v = _cfg("profile=full").criteria
-    assert (v["value_excess_sharpe_vs_buy_hold"].op, v["value_excess_sharpe_vs_buy_hold"].threshold) == (">", 0.1)
-    assert (v["value_matched_vol_return_vs_buy_hold"].op, v["value_matched_vol_return_vs_buy_hold"].threshold) == (
+    assert (v["value_excess_sharpe_vs_buy_hold"].op, v["value_excess_sharpe_vs_buy_hold"].threshold) == (
+        ">",
+        0.1,
+    )
+    assert (
+        v["value_matched_vol_return_vs_buy_hold"].op,
+        v["value_matched_vol_return_vs_buy_hold"].threshold,
+    ) == (
         ">",
         0.0,
     )
-    assert (v["value_excess_annual_return"].tier, v["value_excess_annual_return"].threshold) == ("value", 0.03)
+    assert (v["value_excess_annual_return"].tier, v["value_excess_annual_return"].threshold) == (
+        "value",
+        0.03,
+    )
     assert c["value_excess_annual_return"].threshold == 0.005  # smoke overlay
     assert {n: x for n, x in c.items() if n != "value_excess_annual_return"} == {
         n: x for n, x in v.items() if n != "value_excess_annual_return"

@@ -78,7 +78,10 @@ def test_costs_are_charged_and_cash_earns_the_rate():
     """Flat prices: with zero costs and rate, the book never changes; commission costs exactly what the
     trades pay; with a cash rate and nothing invested, equity compounds at annual / bars_per_year."""
     cfg = _cfg(
-        "env.slippage_bps=0", "env.slippage_vol_coef=0", "env.slippage_impact_coef=0", "env.commission_bps_round_trip=0"
+        "env.slippage_bps=0",
+        "env.slippage_vol_coef=0",
+        "env.slippage_impact_coef=0",
+        "env.commission_bps_round_trip=0",
     )
     close = np.full((50, 4), 20.0)
     market = _market(close, cfg)
@@ -87,7 +90,10 @@ def test_costs_are_charged_and_cash_earns_the_rate():
     np.testing.assert_allclose(free.equity, cfg.env.initial_cash)
     np.testing.assert_allclose(free.exposure, 1.0)
     paid_cfg = _cfg(
-        "env.slippage_bps=0", "env.slippage_vol_coef=0", "env.slippage_impact_coef=0", "env.commission_bps_round_trip=20"
+        "env.slippage_bps=0",
+        "env.slippage_vol_coef=0",
+        "env.slippage_impact_coef=0",
+        "env.commission_bps_round_trip=20",
     )
     paid = rebalanced_series(_market(close, paid_cfg), paid_cfg, (10, 50), weights)
     fee = 10 / 1e4  # per leg
@@ -96,7 +102,9 @@ def test_costs_are_charged_and_cash_earns_the_rate():
     assert (paid.costs[1:] == 0).all() and paid.equity[-1] == pytest.approx(cfg.env.initial_cash / (1 + fee))
     rate_cfg = _cfg("env.cash_rate.annual=0.04")
     cash = rebalanced_series(_market(close, rate_cfg), rate_cfg, (10, 50), np.zeros((50, 4)))
-    np.testing.assert_allclose(cash.equity, cfg.env.initial_cash * (1 + 0.04 / BPY) ** np.arange(40), rtol=1e-12)
+    np.testing.assert_allclose(
+        cash.equity, cfg.env.initial_cash * (1 + 0.04 / BPY) ** np.arange(40), rtol=1e-12
+    )
     m = performance_metrics(cash.equity, BPY, risk_free=0.04 / BPY)
     assert m["sharpe"] == 0.0 and abs(m["excess_annual_return"]) < 1e-12
 
@@ -106,11 +114,18 @@ def test_vol_target_cuts_volatility_and_higher_costs_cost_more():
     close = _random_walk(900, 8, 0.035, seed=3, drift=0.0003)
     market = _market(close, cfg)
     weights = passive_weights(market, cfg)
-    by_cost = {c: passive_series(market, _cfg(f"env.commission_bps_round_trip={c}"), (300, 900), weights) for c in (0, 50)}
+    by_cost = {
+        c: passive_series(market, _cfg(f"env.commission_bps_round_trip={c}"), (300, 900), weights)
+        for c in (0, 50)
+    }
     for name in ("vol_target", "trend_filter"):
         cheap, dear = by_cost[0][name], by_cost[50][name]
         assert dear.costs.sum() > cheap.costs.sum() > 0 and dear.equity[-1] < cheap.equity[-1]
         assert dear.turnover.sum() == pytest.approx(cheap.turnover.sum(), rel=0.1)  # the same rule
     vt = performance_metrics(by_cost[0]["vol_target"].equity, BPY)
-    ew_vol = np.std(np.diff(close[300:], axis=0) / close[300:-1], axis=0, ddof=1).mean() / math.sqrt(8) * math.sqrt(BPY)
+    ew_vol = (
+        np.std(np.diff(close[300:], axis=0) / close[300:-1], axis=0, ddof=1).mean()
+        / math.sqrt(8)
+        * math.sqrt(BPY)
+    )
     assert vt["volatility"] < 0.8 * ew_vol and vt["volatility"] == pytest.approx(0.15, abs=0.04)

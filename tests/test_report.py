@@ -12,7 +12,13 @@ from eval_fixtures import REPORT_SECTIONS
 from hmarl.evaluation.gate import evaluate_gate
 from hmarl.evaluation.metrics import performance_metrics
 from hmarl.evaluation.params import GateConfig
-from hmarl.evaluation.report import SUMMARY_METRICS, EvaluationResult, render_html, render_markdown, write_report
+from hmarl.evaluation.report import (
+    SUMMARY_METRICS,
+    EvaluationResult,
+    render_html,
+    render_markdown,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -84,7 +90,10 @@ def test_report_numbers_are_the_metrics_and_the_gate():
     row = re.search(r"<tr><td>policy \(policy\)</td>(.*?)</tr>", text).group(1)
     cells = re.findall(r"<td>(.*?)</td>", row)
     col = {name: i for i, name in enumerate(SUMMARY_METRICS)}
-    assert cells[col["sharpe"]] == f"{m['sharpe']:.4g}" and cells[col["max_drawdown"]] == f"{m['max_drawdown']:.4g}"
+    assert (
+        cells[col["sharpe"]] == f"{m['sharpe']:.4g}"
+        and cells[col["max_drawdown"]] == f"{m['max_drawdown']:.4g}"
+    )
     assert "NO-GO" in text  # master_drawdown_reduction was NaN: fails closed
     gate_row = re.search(r"<tr class='fail'><td>master_drawdown_reduction</td>(.*?)</tr>", text)
     assert gate_row and "n/a" in gate_row.group(1) and "FAIL" in gate_row.group(1)
@@ -119,7 +128,9 @@ def test_markdown_summary():
     assert "| bps | sharpe |" in md and "| 50 | 0.5 |" in md
     assert "random<masked>" in md
     # the basis of every ratio, and the value table
-    assert "Risk-free rate: constant 0.02 a year" in md and "Benchmark: absent (the data has no benchmark)" in md
+    assert (
+        "Risk-free rate: constant 0.02 a year" in md and "Benchmark: absent (the data has no benchmark)" in md
+    )
     assert "## Value vs passive investing" in md and "| policy | 1.4 | 0.21 |" in md
 
 

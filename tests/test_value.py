@@ -64,7 +64,10 @@ def test_an_all_cash_policy_fails():
     # also on smoke, whose whole-account threshold is lower
     smoke = build_config(yaml.safe_load((REPO / "params.yaml").read_text()), ["profile=smoke"])
     smoke_value = {c.name: c.passed for c in evaluate_gate(values, smoke.gate).criteria if c.tier == "value"}
-    assert not smoke_value["value_matched_vol_return_vs_buy_hold"] and not smoke_value["value_excess_annual_return"]
+    assert (
+        not smoke_value["value_matched_vol_return_vs_buy_hold"]
+        and not smoke_value["value_excess_annual_return"]
+    )
 
 
 def test_a_buy_and_hold_clone_fails():
@@ -72,7 +75,9 @@ def test_a_buy_and_hold_clone_fails():
     values, passed, _ = _value_verdict(_with_policy(lambda bh: bh.copy()), cfg)
     assert values["value_excess_sharpe_vs_buy_hold"] == pytest.approx(0.0, abs=1e-9)
     assert values["value_matched_vol_return_vs_buy_hold"] == pytest.approx(0.0, abs=1e-9)
-    assert not passed["value_excess_sharpe_vs_buy_hold"] and not passed["value_matched_vol_return_vs_buy_hold"]
+    assert (
+        not passed["value_excess_sharpe_vs_buy_hold"] and not passed["value_matched_vol_return_vs_buy_hold"]
+    )
     # levered or diluted with cash, it is still the same bet: no edge at matched volatility
     for k in (0.3, 2.0):
         v, p, _ = _value_verdict(_with_policy(lambda bh, k=k: RF + k * (bh - RF)), cfg)
@@ -90,7 +95,9 @@ def test_a_policy_that_beats_buy_and_hold_passes():
     # the table the report shows: each name's return at buy-and-hold's volatility
     rows = {r["name"]: r for r in value_rows(agg)}
     assert {"policy", "buy_hold", "vol_target", "trend_filter", "benchmark"} <= set(rows)
-    assert rows["buy_hold"]["annual_return at buy_hold vol"] == pytest.approx(agg.metrics["buy_hold"]["annual_return"])
+    assert rows["buy_hold"]["annual_return at buy_hold vol"] == pytest.approx(
+        agg.metrics["buy_hold"]["annual_return"]
+    )
     assert rows["policy"]["vol scale"] == pytest.approx(1.0, rel=1e-6)
 
 
@@ -127,12 +134,16 @@ def test_sharpe_is_in_excess_of_the_rate_in_the_simulator_and_the_metrics():
     market = MarketData.from_store(store, cfg.env)
     hold = lambda obs: torch.zeros(obs.mask.shape[:2], dtype=torch.int64)  # noqa: E731
     bt = backtest(market, cfg, (20, 120), hold, 2, 0)
-    np.testing.assert_allclose(bt.equity[:, 0], cfg.env.initial_cash * (1 + RATE / market.bars_per_year) ** np.arange(100))
+    np.testing.assert_allclose(
+        bt.equity[:, 0], cfg.env.initial_cash * (1 + RATE / market.bars_per_year) ** np.arange(100)
+    )
     np.testing.assert_allclose(bt.risk_free, RATE / market.bars_per_year)
     assert (np.abs(bt.sharpe) < 1e-6).all()
     m = performance_metrics(bt.equity[:, 0], market.bars_per_year, risk_free=bt.risk_free)
     bpy = market.bars_per_year
-    assert abs(m["excess_annual_return"]) < 1e-12 and m["annual_return"] == pytest.approx((1 + RATE / bpy) ** bpy - 1)
+    assert abs(m["excess_annual_return"]) < 1e-12 and m["annual_return"] == pytest.approx(
+        (1 + RATE / bpy) ** bpy - 1
+    )
     assert performance_metrics(bt.equity[:, 0], market.bars_per_year)["sharpe"] > 1e3  # raw: "riskless gain"
 
 
@@ -150,3 +161,40 @@ def test_the_rate_changes_every_sharpe_of_an_evaluation():
         assert m["sharpe"] < a0.metrics[name]["sharpe"]
     assert a.overfitting["deflated_sharpe"] != a0.overfitting["deflated_sharpe"]
     assert any(f"constant {RATE} a year" in n for n in a.notes)
+
+
+def test_without_a_benchmark_its_rows_are_left_out_and_the_report_says_so(tmp_path):
+    from hmarl.evaluation.outputs import write_evaluation
+    from hmarl.evaluation.plot_data import write_plot_csvs
+
+    folds = make_folds(3, 120)
+    for f in folds:
+        for by_name in f.series.values():
+            del by_name["benchmark"]
+        f.info["benchmark"] = "absent: the data has no benchmark"
+    agg = aggregate(folds, _cfg())
+    assert "benchmark" not in agg.metrics and not agg.has_benchmark
+    assert any("no benchmark" in n for n in agg.notes)
+    assert "benchmark" not in {r["name"] for r in value_rows(agg)}
+    assert all(not np.isnan(v) for v in value_values(agg).values())  # buy-and-hold is the reference, not SPY
+    write_evaluation(tmp_path / "gate", agg, "t")
+    md = (tmp_path / "gate" / "report.md").read_text()
+    assert "Benchmark: absent (the data has no benchmark)" in md and "| benchmark |" not in md
+    write_plot_csvs(tmp_path / "plots", agg)
+    import csv
+
+    with open(tmp_path / "plots" / "equity.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert "benchmark" in rows[0] and all(r["benchmark"] == "" for r in rows)  # declared column, no values
+    assert all(r["vol_target"] != "" and r["trend_filter"] != "" for r in rows)
+
+
+def test_a_store_without_a_benchmark_gives_a_market_without_one():
+    import dataclasses
+
+    store = make_store(num_bars=80, num_symbols=3, seed=1)
+    cfg = _cfg()
+    assert MarketData.from_store(store, cfg.env).has_benchmark
+    bare = dataclasses.replace(store, meta={**store.meta, "benchmark_source": "none"})
+    market = MarketData.from_store(bare, cfg.env)
+    assert not market.has_benchmark and (market.benchmark == 1).all()  # a placeholder nothing reports

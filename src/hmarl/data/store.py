@@ -120,6 +120,8 @@ class FeatureStore:
         with np.load(path / "norm.npz") as norm:
             mean, std = norm["mean"], norm["std"]
         rate = np.load(path / "cash_rate.npy") if (path / "cash_rate.npy").exists() else None
-        store = cls(**arrays, norm_mean=mean, norm_std=std, meta=read_json(path / "meta.json"), cash_rate=rate)
+        store = cls(
+            **arrays, norm_mean=mean, norm_std=std, meta=read_json(path / "meta.json"), cash_rate=rate
+        )
         store.check()
         return store

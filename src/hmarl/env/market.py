@@ -49,7 +49,9 @@ class MarketData:
 
     def __post_init__(self) -> None:
         if self.cash_rate is None:
-            self.cash_rate = torch.zeros(self.table.shape[1], dtype=self.table.dtype, device=self.table.device)
+            self.cash_rate = torch.zeros(
+                self.table.shape[1], dtype=self.table.dtype, device=self.table.device
+            )
 
     @property
     def num_bars(self) -> int:

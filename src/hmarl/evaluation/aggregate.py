@@ -226,5 +226,3 @@ def timing_edges(periods: Sequence[PeriodEvaluation]) -> dict[str, dict[str, flo
         mean, t = edge_t(excess)
         out[name] = {"mean": mean, "t": t, "steps": float(excess.size)}
     return out
-
-

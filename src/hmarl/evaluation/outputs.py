@@ -1,7 +1,7 @@
 """Files of an aggregated evaluation: ``metrics.json``, ``evaluation.json``, ``report.html``, ``report.md``.
 
-    agg = aggregate([PeriodEvaluation.load(p) for p in folders], cfg)
-    write_evaluation("reports/gate", agg, title="Walk-forward evaluation", gate=verdict.to_dict())
+agg = aggregate([PeriodEvaluation.load(p) for p in folders], cfg)
+write_evaluation("reports/gate", agg, title="Walk-forward evaluation", gate=verdict.to_dict())
 """
 
 from __future__ import annotations

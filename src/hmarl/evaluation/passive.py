@@ -33,7 +33,13 @@ PASSIVE = ("vol_target", "trend_filter")
 
 def _table(market: MarketData) -> dict[str, np.ndarray]:
     t = market.table.double().cpu().numpy()
-    return {"open": t[OPEN], "close": t[CLOSE], "tradable": t[TRADABLE] > 0.5, "sigma": t[SIGMA], "adv": t[ADV]}
+    return {
+        "open": t[OPEN],
+        "close": t[CLOSE],
+        "tradable": t[TRADABLE] > 0.5,
+        "sigma": t[SIGMA],
+        "adv": t[ADV],
+    }
 
 
 def vol_target_weights(market: MarketData, cfg: HmarlConfig) -> np.ndarray:
@@ -93,7 +99,9 @@ def rebalanced_series(
         dq = np.where(trade, change / close0, 0.0)
         dq = np.maximum(dq, -shares)  # never sell more than held
         slip = env.slippage_bps / 1e4 + env.slippage_vol_coef * m["sigma"][t]
-        slip = np.minimum(slip + env.slippage_impact_coef * np.abs(dq) * close0 / m["adv"][t], env.slippage_max)
+        slip = np.minimum(
+            slip + env.slippage_impact_coef * np.abs(dq) * close0 / m["adv"][t], env.slippage_max
+        )
         sold = np.maximum(-dq, 0.0)
         proceeds = (sold * open1 * (1.0 - slip) * (1.0 - fee)).sum()
         bought = np.maximum(dq, 0.0)

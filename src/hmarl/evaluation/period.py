@@ -83,7 +83,9 @@ class PeriodEvaluation:
         t = len(self.dates) - 1
         self.risk_free = np.zeros(t) if self.risk_free is None else np.asarray(self.risk_free, np.float64)
         if self.risk_free.shape != (t,) or not np.isfinite(self.risk_free).all():
-            raise DataError(f"{self.label}: risk_free must be {t} finite per-bar rates, got {self.risk_free.shape}")
+            raise DataError(
+                f"{self.label}: risk_free must be {t} finite per-bar rates, got {self.risk_free.shape}"
+            )
         for cost, by_name in self.series.items():
             for name, s in by_name.items():
                 if s.equity.shape != (t + 1,):

@@ -261,9 +261,7 @@ def render_html(result: EvaluationResult) -> str:
                 + _html_table(_gate_rows(gate), fail_rows),
             )
         )
-    sections.append(
-        ("Metrics", f"<p>{html.escape(_basis(result))}</p>" + _html_table(_metric_rows(result)))
-    )
+    sections.append(("Metrics", f"<p>{html.escape(_basis(result))}</p>" + _html_table(_metric_rows(result))))
     sections.append(
         ("Value vs passive investing", f"<p>{html.escape(VALUE_TEXT)}</p>" + _html_table(result.value))
     )

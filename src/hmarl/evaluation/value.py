@@ -58,7 +58,11 @@ def value_values(agg) -> dict[str, float]:
     base = agg.series[agg.cost_bps]
     if POLICY not in base or REFERENCE not in base:
         return dict.fromkeys(
-            ("value_excess_sharpe_vs_buy_hold", "value_matched_vol_return_vs_buy_hold", "value_excess_annual_return"),
+            (
+                "value_excess_sharpe_vs_buy_hold",
+                "value_matched_vol_return_vs_buy_hold",
+                "value_excess_annual_return",
+            ),
             _NAN,
         )
     pol, ref = agg.metrics[POLICY], agg.metrics[REFERENCE]
@@ -82,7 +86,9 @@ def value_rows(agg) -> list[dict]:
             continue
         m = agg.metrics[name]
         matched, k = (
-            matched_vol_annual_return(base[name].equity, base[REFERENCE].equity, agg.bars_per_year, agg.risk_free)
+            matched_vol_annual_return(
+                base[name].equity, base[REFERENCE].equity, agg.bars_per_year, agg.risk_free
+            )
             if REFERENCE in base
             else (_NAN, _NAN)
         )

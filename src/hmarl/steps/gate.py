@@ -37,7 +37,6 @@ from hmarl.evaluation.gate import Verdict, evaluate_gate, write_gate_json
 from hmarl.evaluation.metrics import drawdown_reduction
 from hmarl.evaluation.period import POLICY, PeriodEvaluation
 from hmarl.evaluation.plot_data import write_plot_csvs
-from hmarl.evaluation.value import value_values
 from hmarl.evaluation.stage5_checklist import (
     STAGE5_VALUE_NAMES,
     SeedDiff,
@@ -46,6 +45,7 @@ from hmarl.evaluation.stage5_checklist import (
     reward_contributions,
     worst_seed_values,
 )
+from hmarl.evaluation.value import value_values
 from hmarl.io import read_json, write_json
 from hmarl.tracking import Tracker
 
