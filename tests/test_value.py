@@ -19,7 +19,7 @@ from hmarl.evaluation.aggregate import aggregate
 from hmarl.evaluation.backtest import backtest
 from hmarl.evaluation.gate import evaluate_gate
 from hmarl.evaluation.metrics import performance_metrics
-from hmarl.evaluation.period import POLICY, PolicySeries
+from hmarl.evaluation.period import POLICY, PeriodEvaluation, PolicySeries
 from hmarl.evaluation.value import matched_vol_annual_return, value_rows, value_values
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,3 +198,19 @@ def test_a_store_without_a_benchmark_gives_a_market_without_one():
     bare = dataclasses.replace(store, meta={**store.meta, "benchmark_source": "none"})
     market = MarketData.from_store(bare, cfg.env)
     assert not market.has_benchmark and (market.benchmark == 1).all()  # a placeholder nothing reports
+
+
+def test_a_period_saved_before_the_rate_existed_reads_back_with_rate_zero(tmp_path):
+    import json
+
+    period = make_folds(1, 60)[0]
+    period.save(tmp_path / "p")
+    with np.load(tmp_path / "p" / "series.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "risk_free"}
+    np.savez(tmp_path / "p" / "series.npz", **arrays)
+    meta = json.loads((tmp_path / "p" / "period.json").read_text())
+    del meta["risk_free"]
+    (tmp_path / "p" / "period.json").write_text(json.dumps(meta))
+    old = PeriodEvaluation.load(tmp_path / "p")
+    assert (old.risk_free == 0).all() and "not recorded" in old.risk_free_label
+    assert old.metrics()[POLICY]["sharpe"] == pytest.approx(period.metrics()[POLICY]["sharpe"])
