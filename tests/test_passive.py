@@ -63,15 +63,19 @@ def test_rules_are_causal_and_at_most_fully_invested():
     assert 0.4 < np.median(exposure) < 1.0 and exposure.max() <= 1.0 + 1e-12
 
 
-def test_trend_filter_holds_a_symbol_only_above_its_average_with_full_history():
+def test_trend_filter_holds_equal_weight_only_while_the_index_is_above_its_average():
     cfg = _cfg("walk_forward.baselines.trend_window=50")
-    t = 200
-    up = 100 * np.exp(0.01 * np.arange(t))  # always above its trailing average once it has one
-    down = 100 * np.exp(-0.01 * np.arange(t))  # always below
-    w = trend_weights(_market(np.stack([up, down], 1), cfg), cfg)
-    assert (w[:49] == 0).all()  # fewer than 50 closes: no average yet, cash
-    np.testing.assert_allclose(w[49:, 0], 0.5)  # its equal slot of 2 symbols
-    assert (w[:, 1] == 0).all()
+    # both symbols rise for 150 bars, then fall: the index crosses below its 50-bar average after the top
+    path = np.r_[np.arange(150), 150 - np.arange(150) * 1.0]
+    close = np.stack([100 * np.exp(0.01 * path), 80 * np.exp(0.01 * path)], 1)
+    w = trend_weights(_market(close, cfg), cfg)
+    assert (w[:49] == 0).all()  # fewer than 50 index levels: no average yet, cash
+    np.testing.assert_allclose(w[49:150], 0.5)  # rising: above its average, equal slots
+    index = np.exp(0.01 * path)  # the equal-weight index (both symbols move alike)
+    sma = np.convolve(index, np.ones(50) / 50, mode="valid")  # sma[k] ends at bar k + 49
+    above = index[49:] > sma
+    np.testing.assert_array_equal(w[49:, 0] > 0, above)
+    assert not above[-100:].any() and (w[-100:] == 0).all()  # falling: all cash
 
 
 def test_costs_are_charged_and_cash_earns_the_rate():

@@ -141,7 +141,7 @@ class PassiveBaselinesConfig(Section):
 
     vol_target: float = Field(0.15, gt=0)  # annual volatility target of the equal-weight portfolio
     vol_window: int = Field(20, ge=2)  # trailing bars of realized volatility
-    trend_window: int = Field(200, ge=2)  # bars of each symbol's simple moving average
+    trend_window: int = Field(200, ge=2)  # bars of the equal-weight index's simple moving average
     rebalance_band: float = Field(0.25, ge=0)  # trade a symbol when its weight is this share of a slot off
 
 

@@ -32,7 +32,7 @@ BASELINES = (
     "no_master",  # the same symbol agents under the fixed neutral directive (env.master.default)
     "buy_hold",  # equal-weight buy-and-hold of every symbol, entry costs charged
     "vol_target",  # equal weight scaled to a 15 % volatility target, at most fully invested (passive.py)
-    "trend_filter",  # each symbol's equal slot only while above its 200-bar average (passive.py)
+    "trend_filter",  # equal weight only while the equal-weight index is above its 200-bar average
     "benchmark",  # the benchmark series (e.g. SPY), no costs; absent when the data has no benchmark
     "sl_rule",  # the SL-only rule: buy when P(up) > P(down), sell when P(down) > P(up)
     "random",  # the masked random policy (mean of walk_forward.eval_envs accounts)
