@@ -67,11 +67,14 @@ class ReferenceEnv:
         num_envs: int,
         bar_range: tuple[int, int],
         seed: int = 0,
+        cash_rate: np.ndarray | None = None,  # (T,) annual rate on positive cash; None: env.cash_rate.annual
     ):
         self.open, self.close, self.tradable, self.sigma, self.adv = (
             np.asarray(x, dtype=np.float64) for x in table
         )
         self.bench = np.asarray(benchmark, dtype=np.float64)
+        rate = env_cfg.cash_rate.annual if cash_rate is None else cash_rate
+        self.cash_rate = np.broadcast_to(np.asarray(rate, dtype=np.float64), self.bench.shape)
         self.cfg, self.rcfg = env_cfg, reward_cfg
         self.n, self.s = num_envs, self.open.shape[1]
         self.lo, self.hi = bar_range
@@ -258,7 +261,9 @@ class ReferenceEnv:
             )
             cash += o["proceeds"] - notional * (1.0 + o["slip"]) * (1.0 + fee)
             o["executed"] = o["a3"] if (notional > 0 or o["q_sell"] > 0) else HOLD
+        # borrowing pays env.financing_rate; positive cash earns the cash rate of the decision bar t
         financing = max(-cash, 0.0) * cfg.financing_rate / self.bars_per_year
+        financing -= max(cash, 0.0) * (self.cash_rate[t] / self.bars_per_year)
         cash -= financing
 
         # positions, mark at close t+1, rewards

@@ -16,6 +16,7 @@ from hmarl.io import write_json
 REPORT_SECTIONS = (
     "Gate",
     "Metrics",
+    "Value vs passive investing",
     "Overfitting",
     "Equity",
     "Drawdowns",
@@ -49,6 +50,7 @@ def make_period(
     edge: dict[str, float] | None = None,
     symbols: int = 5,
     bpy: float = BPY,
+    risk_free: float = 0.0,
 ) -> PeriodEvaluation:
     """A period of ``t`` bars starting at bar ``lo`` / date ``start``: every name of POLICY + BASELINES at
     every cost level. The policy's bar return is the sum of its per-symbol P&L minus costs."""
@@ -85,6 +87,8 @@ def make_period(
         actions,
         symbol_returns,
         {"timing_excess": timing},
+        np.full(t, risk_free),
+        f"constant {risk_free * bpy:g} a year",
     )
 
 

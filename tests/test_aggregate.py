@@ -86,9 +86,23 @@ def test_stress_windows_only_when_the_dates_cover_them():
     eq = agg.equity[POLICY][inside[0] - 1 : inside[-1] + 1]
     assert covid[POLICY]["status"] == "covered"
     assert covid[POLICY]["total_return"] == pytest.approx(eq[-1] / eq[0] - 1)
-    # a window only partly inside the data is not evaluated
+    # a window only partly inside the data is evaluated on the covered part, which the row names
     partial = aggregate(folds, _cfg("walk_forward.stress_windows={late: ['2020-10-01', '2021-06-30']}"))
-    assert [r["status"][:11] for r in partial.stress_windows] == ["not covered"]
+    last = agg.dates[-1][:10]
+    assert {r["name"] for r in partial.stress_windows} == {POLICY, *BASELINES}
+    row = next(r for r in partial.stress_windows if r["name"] == POLICY)
+    assert row["covered_from"] == "2020-10-01" and row["covered_to"] == last
+    share = np.busday_count("2020-10-01", np.datetime64(last) + 1) / np.busday_count(
+        "2020-10-01", "2021-07-01"
+    )
+    assert 0 < row["coverage"] < 1 and row["coverage"] == pytest.approx(share)
+    assert row["status"] == f"partial (2020-10-01 .. {last}, {share:.0%} of the window)"
+    start = next(i for i, d in enumerate(agg.dates) if d[:10] >= "2020-10-01")
+    eq = agg.equity[POLICY][start - 1 :]
+    assert row["total_return"] == pytest.approx(eq[-1] / eq[0] - 1)
+    # a window the data does not reach at all is not covered
+    none = aggregate(folds, _cfg("walk_forward.stress_windows={later: ['2022-01-01', '2022-06-30']}"))
+    assert [r["status"][:11] for r in none.stress_windows] == ["not covered"]
     with pytest.raises(ConfigError, match=r"walk_forward.stress_windows.bad"):
         aggregate(folds, _cfg("walk_forward.stress_windows={bad: ['2020-13-01', '2020-12-31']}"))
 

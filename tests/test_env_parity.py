@@ -8,6 +8,8 @@ things (executed actions, masks, termination) agree exactly.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -34,7 +36,7 @@ def _close(name, got, want, step):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, err_msg=f"{name} differs at step {step}")
 
 
-def run_parity(store, env_cfg, reward_cfg, steps, bar_range=None, seed=3):
+def run_parity(store, env_cfg, reward_cfg, steps, bar_range=None, seed=3, cash_rate=None):
     market = MarketData.from_store(store, env_cfg)
     rng_range = bar_range or (0, market.num_bars)
     env = MarketEnv(market, env_cfg, reward_cfg, bar_range=rng_range, seed=seed)
@@ -48,6 +50,7 @@ def run_parity(store, env_cfg, reward_cfg, steps, bar_range=None, seed=3):
         env.num_envs,
         (env.bar_lo, env.bar_hi),
         seed=seed,
+        cash_rate=cash_rate,
     )
     obs, ref_obs = env.reset(), ref.reset()
     rng = np.random.default_rng(seed)
@@ -120,6 +123,43 @@ def test_parity_leverage_and_financing(backend):
     cfg = _stress_env(allow_leverage=True, max_leverage=2.0, financing_rate=0.5, num_envs=3, backend=backend)
     seen = run_parity(store, cfg, reward_config(), steps=300)
     assert seen["resets"] > 0
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_parity_cash_rate_series(backend):
+    """Positive cash earns a time-varying annual rate (a T-bill-like series, percent, NaN before its first
+    value: the constant there); big caps leave cash idle and then run it out, so both signs occur."""
+    store = make_store(num_bars=300, num_symbols=5, seed=7, vol=0.03)
+    t = np.arange(store.num_bars)
+    percent = np.where(t < 40, np.nan, 2.0 + 3.0 * np.sin(t / 25.0) ** 2)  # 2-5 %
+    store = dataclasses.replace(store, cash_rate=percent)
+    cfg = _stress_env(
+        allow_leverage=True,
+        max_leverage=1.5,
+        num_envs=3,
+        backend=backend,
+        cash_rate={"annual": 0.01, "series": "tbill__rate", "percent": True},
+    )
+    annual = np.where(np.isnan(percent), 0.01, percent / 100.0)
+    seen = run_parity(store, cfg, reward_config(), steps=300, cash_rate=annual)
+    assert seen["resets"] > 0
+    market = MarketData.from_store(store, cfg)
+    np.testing.assert_allclose(market.cash_rate.numpy(), annual / market.bars_per_year)
+
+
+def test_idle_cash_earns_the_rate():
+    """An all-HOLD account compounds exactly at annual / bars_per_year per bar (simple rate per bar)."""
+    store = make_store(num_bars=60, num_symbols=3, seed=2)
+    cfg = env_config(num_envs=2, episode_length=50, cash_rate={"annual": 0.05})
+    market = MarketData.from_store(store, cfg)
+    env = MarketEnv(market, cfg, reward_config(), bar_range=(0, 60))
+    env.reset()
+    steps = 20
+    for _ in range(steps):
+        res = env.step(torch.zeros(2, 3, dtype=torch.int64))
+    want = cfg.initial_cash * (1.0 + 0.05 / market.bars_per_year) ** steps
+    np.testing.assert_allclose(env.state()["cash"].numpy(), want, rtol=1e-12)
+    assert (res.info["financing"] < 0).all()  # interest earned is negative financing
 
 
 @pytest.mark.parametrize("backend", backends())

@@ -43,7 +43,30 @@ def test_seed_thresholds_come_from_params():
     assert (c["master_drawdown_reduction"].op, c["master_drawdown_reduction"].threshold) == (">", 0.15)
     assert (c["sanitizer_trade_delta_mean"].op, c["sanitizer_trade_delta_mean"].threshold) == ("<", 0.15)
     assert (c["strategic_max_drawdown"].tier, c["strategic_max_drawdown"].op) == ("strategic", "<")
-    assert cfg.tiers["strategic"] is False and cfg == GateConfig()  # params.yaml spells out the defaults
+    assert cfg.tiers["strategic"] is False and cfg.tiers["value"] is True
+    # params.yaml spells out the defaults (the full profile has no gate overlay)
+    assert _cfg("profile=full") == GateConfig()
+    # the value tier: thresholds from params; smoke only lowers the whole-account return to "above cash"
+    v = _cfg("profile=full").criteria
+    assert (v["value_excess_sharpe_vs_buy_hold"].op, v["value_excess_sharpe_vs_buy_hold"].threshold) == (
+        ">",
+        0.1,
+    )
+    assert (
+        v["value_matched_vol_return_vs_buy_hold"].op,
+        v["value_matched_vol_return_vs_buy_hold"].threshold,
+    ) == (
+        ">",
+        0.0,
+    )
+    assert (v["value_excess_annual_return"].tier, v["value_excess_annual_return"].threshold) == (
+        "value",
+        0.03,
+    )
+    assert c["value_excess_annual_return"].threshold == 0.005  # smoke overlay
+    assert {n: x for n, x in c.items() if n != "value_excess_annual_return"} == {
+        n: x for n, x in v.items() if n != "value_excess_annual_return"
+    }
     assert _cfg("gate.criteria.strategic_sharpe.threshold=1.2").criteria["strategic_sharpe"].threshold == 1.2
 
 
@@ -105,7 +128,7 @@ def test_gate_json_is_one_complete_document(tmp_path):
     data = json.loads(path.read_text())  # strict JSON: NaN was written as null
     assert data["decision"] == "no-go" and data["go"] is False
     assert data["failing"] == ["master_drawdown_reduction"]
-    assert set(data["blocking_tiers"]) == {"learning", "master", "stage5", "stability"}
+    assert set(data["blocking_tiers"]) == {"learning", "master", "stage5", "stability", "value"}
     assert set(data["criteria"]) == set(cfg.criteria)
     row = data["criteria"]["master_drawdown_reduction"]
     assert (row["value"], row["threshold"], row["op"], row["passed"]) == (0.05, 0.15, ">", False)

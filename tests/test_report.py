@@ -12,7 +12,13 @@ from eval_fixtures import REPORT_SECTIONS
 from hmarl.evaluation.gate import evaluate_gate
 from hmarl.evaluation.metrics import performance_metrics
 from hmarl.evaluation.params import GateConfig
-from hmarl.evaluation.report import EvaluationResult, render_html, render_markdown, write_report
+from hmarl.evaluation.report import (
+    SUMMARY_METRICS,
+    EvaluationResult,
+    render_html,
+    render_markdown,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -48,6 +54,12 @@ def _result(**kw) -> EvaluationResult:
         overfitting={"deflated_sharpe": 0.93, "pbo": 0.12, "n_trials": 17},
         gate=evaluate_gate(values, cfg).to_dict(),
         notes=["synthetic <planted_alpha> data"],
+        value=[
+            {"name": "policy", "sharpe (excess)": 1.4, "annual_return at buy_hold vol": 0.21},
+            {"name": "buy_hold", "sharpe (excess)": 0.4, "annual_return at buy_hold vol": 0.08},
+        ],
+        risk_free="constant 0.02 a year",
+        benchmark="absent (the data has no benchmark)",
     )
     defaults.update(kw)
     return EvaluationResult(**defaults)
@@ -77,7 +89,11 @@ def test_report_numbers_are_the_metrics_and_the_gate():
     m = performance_metrics(np.asarray(result.equity["policy"]), 252.0)
     row = re.search(r"<tr><td>policy \(policy\)</td>(.*?)</tr>", text).group(1)
     cells = re.findall(r"<td>(.*?)</td>", row)
-    assert cells[3] == f"{m['sharpe']:.4g}" and cells[5] == f"{m['max_drawdown']:.4g}"
+    col = {name: i for i, name in enumerate(SUMMARY_METRICS)}
+    assert (
+        cells[col["sharpe"]] == f"{m['sharpe']:.4g}"
+        and cells[col["max_drawdown"]] == f"{m['max_drawdown']:.4g}"
+    )
     assert "NO-GO" in text  # master_drawdown_reduction was NaN: fails closed
     gate_row = re.search(r"<tr class='fail'><td>master_drawdown_reduction</td>(.*?)</tr>", text)
     assert gate_row and "n/a" in gate_row.group(1) and "FAIL" in gate_row.group(1)
@@ -97,10 +113,11 @@ def test_missing_sections_say_so():
             overfitting={},
             gate=None,
             notes=[],
+            value=[],
         )
     )
     assert text.count("src='data:image/png") == 2  # only equity and drawdowns
-    assert text.count("not available") == 7 and "<h2>Gate</h2>" not in text  # + stress windows
+    assert text.count("not available") == 8 and "<h2>Gate</h2>" not in text  # + stress windows, value
 
 
 def test_markdown_summary():
@@ -110,6 +127,11 @@ def test_markdown_summary():
     assert "| fold | sharpe | max_drawdown |" in md and "| 1 | 0.55 | 0.2 |" in md
     assert "| bps | sharpe |" in md and "| 50 | 0.5 |" in md
     assert "random<masked>" in md
+    # the basis of every ratio, and the value table
+    assert (
+        "Risk-free rate: constant 0.02 a year" in md and "Benchmark: absent (the data has no benchmark)" in md
+    )
+    assert "## Value vs passive investing" in md and "| policy | 1.4 | 0.21 |" in md
 
 
 def test_given_metrics_are_used_as_is():

@@ -329,3 +329,36 @@ def test_hourly_bars_are_annualized_from_their_own_calendar(tmp_path):
     r = np.diff(period.base[POLICY].equity) / period.base[POLICY].equity[:-1]
     expected = r.mean() / r.std(ddof=1) * np.sqrt(period.bars_per_year) if r.std() > 0 else 0.0
     assert metrics["policy_sharpe"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_cash_rate_passive_baselines_and_a_missing_benchmark(pipeline, tmp_path):
+    """Idle cash earns env.cash_rate in every simulated arm and the period records it as its risk-free rate;
+    the passive rules run on the same bars; data without a benchmark gets no benchmark series, never a
+    stand-in."""
+    import dataclasses
+
+    root, inputs, _ = pipeline
+    cfg, data, market, tables, symbols, master = models_of(root, inputs, 1, "env.cash_rate.annual=0.04")
+    lo, hi = data.fold.test
+    bare = dataclasses.replace(market, has_benchmark=False)
+    with torch_threads(1):
+        period = evaluate_period(cfg, bare, tables, symbols, master, (lo, hi), "fold_1")
+    base = period.base
+    assert "benchmark" not in base and period.info["benchmark"].startswith("absent")
+    assert {"vol_target", "trend_filter"} <= set(base) and set(base) == {POLICY, *BASELINES} - {"benchmark"}
+    np.testing.assert_allclose(period.risk_free, 0.04 / market.bars_per_year)
+    assert period.risk_free_label == "constant 0.04 a year"
+    # the policy holds some cash all the time: with the rate it ends higher than without, by the interest
+    without = period_of(root, 1).base[POLICY]
+    assert base[POLICY].equity[-1] > without.equity[-1]
+    for name in ("vol_target", "trend_filter"):
+        s = base[name]
+        assert s.equity.shape == without.equity.shape and (s.exposure <= 1.0 + 1e-9).all()
+    period.save(tmp_path / "p")
+    back = PeriodEvaluation.load(tmp_path / "p")
+    np.testing.assert_array_equal(back.risk_free, period.risk_free)
+    assert back.risk_free_label == period.risk_free_label and "benchmark" not in back.base
+    # metrics are in excess of the rate
+    r = np.diff(base[POLICY].equity) / base[POLICY].equity[:-1] - period.risk_free
+    sharpe = r.mean() / r.std(ddof=1) * np.sqrt(period.bars_per_year)
+    assert back.metrics()[POLICY]["sharpe"] == pytest.approx(sharpe, rel=1e-9)

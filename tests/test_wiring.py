@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,14 @@ def test_fan_out_stages_iterate_over_the_config_lists():
     assert stages["stage5"]["foreach"] == "${stage5.seeds}"
     assert stages["walk_forward"]["foreach"] == "${walk_forward.folds}"
     assert "reports/walk_forward/fold_${item}" in stages["walk_forward"]["do"]["outs"]
+
+
+def test_params_cover_the_sections_a_step_reads_itself():
+    """Every ``cfg.<section>`` a step module reads is in its PARAMS (tracking and the profile name only
+    say where runs are logged / which overlay: the overlay itself is a dependency of every stage)."""
+    exempt = {"tracking", "profile", "model_copy"}
+    for name in STEP_NAMES:
+        mod = step_module(name)
+        read = set(re.findall(r"\bcfg\.([a-z_0-9]+)", Path(mod.__file__).read_text())) - exempt
+        missing = read - set(mod.PARAMS)
+        assert not missing, f"{name} reads cfg.{sorted(missing)} but PARAMS lacks them"

@@ -52,7 +52,13 @@ from hmarl.positions import Account, read_positions
 from hmarl.sl.calibration import calibrated_probs
 from hmarl.sl.inputs import feature_mismatch, model_inputs
 from hmarl.sl.models import load_checkpoint
-from hmarl.steps.features import Market, assemble_store, market_features, market_from_canonical
+from hmarl.steps.features import (
+    Market,
+    assemble_store,
+    cash_rate_series,
+    market_features,
+    market_from_canonical,
+)
 
 PARTS = ("features", "sl_cache", "encoder", "symbols", "master")
 ORDER_FIELDS = ("symbol", "action", "probability", "buy_notional", "sell_fraction", "allowed", "directive")
@@ -191,6 +197,7 @@ def featurize(bundle: Bundle, market: Market, where: str = "data") -> FeatureSto
         market_features(market, warmup),
         bundle.norm_mean[None],
         bundle.norm_std[None],
+        cash_rate=cash_rate_series(bundle.cfg, market),
         window=bundle.window,
         warmup_bars=warmup,
     )

@@ -10,6 +10,7 @@ nothing copies windows. Layout of a store folder::
     benchmark.npy    (T,)      float64  benchmark close (e.g. SPY) on the same calendar
     timestamps.npy   (T,)      int64    bar start, ns since epoch, UTC
     norm.npz         mean, std (n_folds, F): statistics of each fold's train bars only
+    cash_rate.npy    (T,)      float64  optional: annual rate of env.cash_rate.series (NaN before its first value)
     meta.json        symbols, feature_names, regime_names, freq, bars_per_year, fingerprint, folds, ...
 
 ``load`` memory-maps the big arrays, so opening a store is instant and costs no RAM.
@@ -40,6 +41,7 @@ class FeatureStore:
     norm_mean: np.ndarray
     norm_std: np.ndarray
     meta: dict = field(default_factory=dict)
+    cash_rate: np.ndarray | None = None  # (T,) annual rate on cash, only when env.cash_rate.series is set
 
     @property
     def symbols(self) -> list[str]:
@@ -89,6 +91,8 @@ class FeatureStore:
                 raise DataError(
                     f"feature store: {name} has shape {getattr(self, name).shape}, expected {shape}"
                 )
+        if self.cash_rate is not None and np.shape(self.cash_rate) != (t,):
+            raise DataError(f"feature store: cash_rate has shape {np.shape(self.cash_rate)}, expected {(t,)}")
         if self.regime.shape[0] != t:
             raise DataError(f"feature store: regime has {self.regime.shape[0]} bars, expected {t}")
         if len(self.meta.get("symbols", [])) != s or len(self.meta.get("feature_names", [])) != f:
@@ -101,6 +105,8 @@ class FeatureStore:
         path.mkdir(parents=True, exist_ok=True)
         for name in _ARRAYS:
             np.save(path / f"{name}.npy", getattr(self, name))
+        if self.cash_rate is not None:
+            np.save(path / "cash_rate.npy", np.asarray(self.cash_rate, dtype=np.float64))
         np.savez(path / "norm.npz", mean=self.norm_mean, std=self.norm_std)
         write_json(path / "meta.json", self.meta)
 
@@ -113,6 +119,9 @@ class FeatureStore:
         arrays = {name: np.load(path / f"{name}.npy", mmap_mode=mode) for name in _ARRAYS}
         with np.load(path / "norm.npz") as norm:
             mean, std = norm["mean"], norm["std"]
-        store = cls(**arrays, norm_mean=mean, norm_std=std, meta=read_json(path / "meta.json"))
+        rate = np.load(path / "cash_rate.npy") if (path / "cash_rate.npy").exists() else None
+        store = cls(
+            **arrays, norm_mean=mean, norm_std=std, meta=read_json(path / "meta.json"), cash_rate=rate
+        )
         store.check()
         return store

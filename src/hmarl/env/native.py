@@ -95,6 +95,7 @@ class HmStep(ctypes.Structure):
             for name in (
                 "table",
                 "bench",
+                "cash_rate",
                 "directives",
                 "actions",
                 "mask_in",
@@ -206,8 +207,14 @@ class NativeStep:
         st.weights[:] = env.weights.tolist()
         st.master_weights[:] = env.master_weights.tolist()
         st.tiers[:] = env.tiers.tolist()
-        self._keep = [m.table.contiguous(), m.benchmark.contiguous(), env.directives.contiguous()]
-        for name, t in zip(("table", "bench", "directives"), self._keep, strict=True):
+        market = {
+            "table": m.table,
+            "bench": m.benchmark,
+            "cash_rate": m.cash_rate,
+            "directives": env.directives,
+        }
+        self._keep = [t.contiguous() for t in market.values()]
+        for name, t in zip(market, self._keep, strict=True):
             setattr(st, name, t.data_ptr())
         state = dict(
             agent=env._agent,

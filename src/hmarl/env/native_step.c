@@ -22,6 +22,7 @@ typedef struct {
     /* market and tables */
     const double *table;      /* (5, T, S) open, close, tradable, sigma, adv */
     const double *bench;      /* (T,) */
+    const double *cash_rate;  /* (T,) per-bar rate earned by positive cash */
     const double *directives; /* (G, 3) risk, cap, limit */
     const int64_t *actions;   /* (N, S) */
     const uint8_t *mask_in;   /* (N, S, 7) masks of the current observation */
@@ -261,7 +262,7 @@ static void step_env(HmStep *p, int64_t i) {
         sc_turnover[j] = (q_buy + q_sell) * open1[j];
     }
     cash += proceeds_total - paid_total;
-    const double fin = maxd(-cash, 0.0) * p->fin_per_bar;
+    const double fin = maxd(-cash, 0.0) * p->fin_per_bar - maxd(cash, 0.0) * p->cash_rate[t];
     cash -= fin;
     const double equity1 = cash + total;
     const double peak_eq = maxd(p->account[2 * N + i], equity1);

@@ -51,6 +51,28 @@ class MasterGridConfig(Section):
         return self
 
 
+class CashRateConfig(Section):
+    """What idle cash earns, and the risk-free rate of every Sharpe / Sortino / deflated Sharpe.
+
+    ``annual``: a constant annual rate (simple, accrued per bar as ``annual / bars_per_year``).
+    ``series``: the name of an exogenous column (``<source name>__<column>`` of ``data.exogenous``, e.g. a
+    3-month T-bill yield file with timestamp + rate) holding the annual rate per bar (as-of backward, like
+    every exogenous series); it replaces ``annual`` where it has a value (before its first value: ``annual``).
+    ``percent``: the series is in percent (5.02 = 5.02 %).
+    The default is a constant 0: the synthetic markets price no interest (their drift is the planted signal,
+    nothing else), so a positive rate there would be a free gift to cash; real-data profiles set the rate
+    of their period and currency (a wrong constant biases every excess Sharpe, so none is guessed here)."""
+
+    annual: float = Field(0.0, ge=-0.05, le=1.0)
+    series: str | None = None
+    percent: bool = False
+
+    def describe(self) -> str:
+        if self.series:
+            return f"series {self.series} (annual{', percent' if self.percent else ''}; {self.annual:g} before it)"
+        return f"constant {self.annual:g} a year"
+
+
 class EnvConfig(Section):
     num_envs: int = Field(64, ge=1)
     episode_length: int = Field(256, ge=1)  # steps; an episode also ends at the end of its bar range
@@ -71,6 +93,7 @@ class EnvConfig(Section):
     allow_leverage: bool = False  # long-only cash account unless true
     max_leverage: float = Field(1.0, ge=1.0)  # gross exposure / equity when leverage is allowed
     financing_rate: float = Field(0.05, ge=0)  # annual rate charged on negative cash
+    cash_rate: CashRateConfig = CashRateConfig()  # what positive cash earns (the risk-free rate)
     # actions (fractions of the symbol's allowed allocation = equity x cap x risk multiplier)
     buy_fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75], min_length=3, max_length=3)
     add_fraction: float = Field(0.25, gt=0, le=1)  # ADD_TO_WINNER, up to the full allocation

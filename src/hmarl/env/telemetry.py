@@ -115,7 +115,7 @@ class EpisodeLog:
             ep_reward_mean=(col["reward"] / agent_steps).mean().item(),
             ep_master_reward_mean=(col["master_reward"] / col["length"].clamp_min(1.0)).mean().item(),
             ep_cost_mean=col["cost"].mean().item(),
-            ep_financing_mean=col["financing"].mean().item(),
+            ep_financing_mean=col["financing"].mean().item(),  # net: borrowing paid - cash interest earned
             ep_turnover_mean=col["turnover"].mean().item(),
         )
         for c in REWARD_COMPONENTS:

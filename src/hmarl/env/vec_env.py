@@ -6,7 +6,8 @@ Timing of one ``step(actions)`` (no look-ahead: nothing of bar t+1 is seen befor
    Masked-out picks become HOLD; the repetition limit turns a 4th identical non-HOLD action into HOLD.
 2. Fill at ``open[t + 1]`` (fills.py): cancellations, sells, buys (position limit, pro-rata cash),
    commission and slippage.
-3. Financing on negative cash for the bar, then the account is marked at ``close[t + 1]``.
+3. Financing on negative cash (``env.financing_rate``) less interest on positive cash (``env.cash_rate``,
+   the rate of bar ``t``) for the bar, then the account is marked at ``close[t + 1]``.
 4. Rewards (rewards.py) for the step t -> t+1; anti-collapse window update; telemetry.
 5. Termination (bankruptcy, max drawdown) or truncation (episode length, end of the bar range).
 6. Next-step autoreset (Gymnasium ``AutoresetMode.NEXT_STEP``): an env that ended on the previous call
@@ -299,9 +300,10 @@ class MarketEnv:
         torch.maximum(peak, close1, out=self.peak_px).mul_(holding1)
         self.hold.add_(1.0).mul_(holding1)
 
-        # 3. financing on negative cash, then mark at close t+1
+        # 3. financing on negative cash less interest on positive cash (net, may be < 0), then mark at close t+1
         self.cash.add_(fills.cash_delta)
-        financing = (-self.cash).clamp_min_(0.0) * self.financing_per_bar
+        interest = self.cash.clamp_min(0.0) * self.market.cash_rate.index_select(0, self.t)
+        financing = (-self.cash).clamp_min_(0.0).mul_(self.financing_per_bar).sub_(interest)
         self.cash.sub_(financing)
         value1 = self.shares * close1
         equity0 = self.equity.clone()

@@ -10,7 +10,7 @@ and the oracle that reads the true planted signal (synthetic data).
 Equal-weight buy-and-hold (:func:`buy_and_hold`) is not simulated step by step but filled once with the
 simulator's own fill code: the decision at ``lo`` buys every symbol tradable at ``lo + 1`` for the same
 notional at that bar's open, paying the same commission and slippage (fixed + volatility + impact) as any
-order, then holds to the end.
+order, then holds to the end; what the fill leaves in cash earns the cash rate.
 """
 
 from __future__ import annotations
@@ -48,10 +48,12 @@ class Backtest:
     gross: np.ndarray  # (steps, N) gross position value at the step's close
     symbol_pnl: np.ndarray  # (steps, N, S) net P&L of each symbol in the step (after its costs), currency
     directive: np.ndarray  # (steps + 1, N) directive in force after each decision point (index)
+    risk_free: np.ndarray | None = None  # (steps,) per-bar cash rate of each step (None: 0)
 
     @property
     def sharpe(self) -> np.ndarray:
-        return sharpe_ratio(self.equity, self.bars_per_year)
+        """Annualized Sharpe of each account in excess of the cash rate."""
+        return sharpe_ratio(self.equity, self.bars_per_year, self.risk_free)
 
     @property
     def total_return(self) -> np.ndarray:
@@ -158,7 +160,14 @@ def backtest(
         gross=value[1:].sum(-1),
         symbol_pnl=np.diff(value, axis=0) - dq * open_[:, None, :] - cost,
         directive=torch.stack(directive).numpy(),
+        risk_free=risk_free(market, bar_range),
     )
+
+
+def risk_free(market: MarketData, bar_range: tuple[int, int]) -> np.ndarray:
+    """``(steps,)`` the per-bar rate cash earns in each step of ``bar_range`` (the rate of its decision bar)."""
+    lo, hi = bar_range
+    return market.cash_rate[lo : hi - 1].double().cpu().numpy()
 
 
 def buy_and_hold(market: MarketData, cfg: HmarlConfig, bar_range: tuple[int, int]) -> PolicySeries:
@@ -194,7 +203,8 @@ def buy_and_hold(market: MarketData, cfg: HmarlConfig, bar_range: tuple[int, int
     close = market.table[CLOSE, lo + 1 : hi].double().cpu().numpy()
     value = close @ q
     steps = hi - lo - 1
-    equity = np.concatenate([[cfg.env.initial_cash], left + value])
+    cash = left * np.cumprod(1.0 + risk_free(market, bar_range))  # the leftover earns the rate
+    equity = np.concatenate([[cfg.env.initial_cash], cash + value])
     costs, turnover = np.zeros(steps), np.zeros(steps)
     costs[0] = float(fills.cost.sum())
     turnover[0] = float((fills.q_buy * t1[OPEN]).sum()) / cfg.env.initial_cash

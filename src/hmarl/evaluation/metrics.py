@@ -12,8 +12,11 @@ Conventions (shared by every caller, so numbers are comparable across steps):
 - NaN means "not defined from this input": Sharpe, Sortino and volatility need at least 2 bar returns,
   every metric needs at least 1; win rate needs at least one bar that moved; turnover, costs and exposure
   need their per-bar input. Consumers that judge (the gate) treat NaN and inf as a failure.
-- Sharpe and Sortino use raw bar returns (risk-free rate 0); Sortino's downside deviation is
-  ``sqrt(mean(min(r, 0)^2))`` over all bars (target 0). Max drawdown is a positive fraction of the running
+- Sharpe and Sortino use bar returns in excess of the risk-free rate ``rf`` (``risk_free``: the simple
+  rate of each bar, what cash earns in the simulator, ``MarketData.cash_rate``; 0 when not given);
+  Sortino's downside deviation is ``sqrt(mean(min(r - rf, 0)^2))`` over all bars (target rf).
+  ``excess_annual_return`` is the geometric annual return over the risk-free path,
+  ``(V_T / V_0 / prod(1 + rf)) ** (bars_per_year / T) - 1`` (an all-cash account: 0). Max drawdown is a positive fraction of the running
   peak (0.25 = 25 %), the peak including the initial equity. Annual return is geometric:
   ``(V_T / V_0) ** (bars_per_year / T) - 1``.
 """
@@ -29,6 +32,7 @@ from hmarl.errors import DataError
 METRIC_NAMES = (
     "total_return",
     "annual_return",
+    "excess_annual_return",
     "volatility",
     "sharpe",
     "sortino",
@@ -97,12 +101,29 @@ def _scalar(x: np.ndarray):
     return float(x) if np.ndim(x) == 0 else x
 
 
-def sharpe_ratio(values, bars_per_year: float):
-    """Annualized Sharpe of the bar returns of value paths ``(T + 1, ...)``: the canonical one.
+def excess(r: np.ndarray, risk_free=None) -> np.ndarray:
+    """Bar returns ``(T, ...)`` less the per-bar risk-free rate (a scalar or ``(T,)``; None: 0)."""
+    if risk_free is None:
+        return r
+    rf = np.asarray(risk_free, dtype=np.float64)
+    if rf.ndim == 1:
+        if rf.shape[0] != r.shape[0]:
+            raise DataError(f"risk_free: {rf.shape[0]} rates for {r.shape[0]} bar returns")
+        rf = rf.reshape(rf.shape + (1,) * (r.ndim - 1))
+    elif rf.ndim:
+        raise DataError(f"risk_free: a scalar or one rate per bar expected, got shape {rf.shape}")
+    if not np.isfinite(rf).all():
+        raise DataError("risk_free: non-finite rate")
+    return r - rf
 
-    Flat equity gives 0; fewer than 2 bar returns give NaN (see the module docstring)."""
+
+def sharpe_ratio(values, bars_per_year: float, risk_free=None):
+    """Annualized Sharpe of the bar returns of value paths ``(T + 1, ...)`` in excess of ``risk_free``
+    (per-bar simple rates, see the module docstring): the canonical one.
+
+    Flat excess returns give 0; fewer than 2 bar returns give NaN (see the module docstring)."""
     bpy = check_bars_per_year(bars_per_year)
-    r = bar_returns(values)
+    r = excess(bar_returns(values), risk_free)
     sd = _sample_std(r)
     return _scalar(ratio(_mean(r), sd) * math.sqrt(bpy) if r.shape[0] >= 2 else sd)
 
@@ -123,13 +144,15 @@ def performance_metrics(
     turnover=None,
     costs=None,
     exposure=None,
+    risk_free=None,
 ) -> dict[str, float | np.ndarray]:
     """All metrics of :data:`METRIC_NAMES` for equity paths ``(T + 1, ...)``.
 
     Optional per-bar inputs, each ``(T, ...)`` like the returns:
       ``turnover``: traded notional of the bar as a fraction of equity -> annualized mean (times the book
       is traded per year); ``costs``: costs paid in the bar, in currency -> total as a fraction of the
-      initial equity; ``exposure``: gross position value / equity -> mean over bars.
+      initial equity; ``exposure``: gross position value / equity -> mean over bars; ``risk_free``: the
+      per-bar simple risk-free rate (scalar or ``(T,)``) of Sharpe, Sortino and excess_annual_return.
     Scalars come back as floats for a single path, arrays shaped like the trailing axes otherwise.
     """
     bpy = check_bars_per_year(bars_per_year)
@@ -143,15 +166,18 @@ def performance_metrics(
     if t == 0:
         out.update({k: nan for k in METRIC_NAMES if k != "num_bars"})
         return {k: _scalar(out[k]) for k in METRIC_NAMES}
-    mean, sd = _mean(r), _sample_std(r)
+    x = excess(r, risk_free)
+    mean, sd = _mean(x), _sample_std(x)
     annual_return = growth ** (bpy / t) - 1.0
+    rf_growth = np.prod(1.0 + (r - x), axis=0)
     mdd = drawdown(v).max(0)
-    downside = np.sqrt(np.mean(np.minimum(r, 0.0) ** 2, axis=0))
+    downside = np.sqrt(np.mean(np.minimum(x, 0.0) ** 2, axis=0))
     moved = (r != 0).sum(0)
     out.update(
         total_return=growth - 1.0,
         annual_return=annual_return,
-        volatility=sd * math.sqrt(bpy),
+        excess_annual_return=(growth / rf_growth) ** (bpy / t) - 1.0,
+        volatility=_sample_std(r) * math.sqrt(bpy),
         sharpe=ratio(mean, sd) * math.sqrt(bpy) if t >= 2 else nan,
         sortino=ratio(mean, downside) * math.sqrt(bpy) if t >= 2 else nan,
         max_drawdown=mdd,

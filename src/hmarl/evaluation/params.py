@@ -62,9 +62,29 @@ SEED_CRITERIA: dict[str, tuple[str, str, float, str]] = {
         0.0,
         "updates with a non-finite loss or telemetry value",
     ),
+    # value: the policy beats equal-weight buy-and-hold on the same test bars, net of costs, in a way cash
+    # cannot fake (evaluation/value.py); every Sharpe in excess of the risk-free (cash) rate
+    "value_excess_sharpe_vs_buy_hold": (
+        "value",
+        ">",
+        0.1,
+        "policy excess-return Sharpe - buy-and-hold's (a clone scores ~0)",
+    ),
+    "value_matched_vol_return_vs_buy_hold": (
+        "value",
+        ">",
+        0.0,
+        "policy annual return at buy-and-hold's volatility - buy-and-hold's annual return (all cash: undefined)",
+    ),
+    "value_excess_annual_return": (
+        "value",
+        ">",
+        0.03,
+        "policy annual return over the risk-free path (all cash: 0)",
+    ),
     # strategic targets: reported; blocking only when tiers.strategic is true
     "strategic_annual_return": ("strategic", ">", 0.15, "policy annual return"),
-    "strategic_sharpe": ("strategic", ">", 0.8, "policy Sharpe"),
+    "strategic_sharpe": ("strategic", ">", 0.8, "policy Sharpe (excess of the risk-free rate)"),
     "strategic_max_drawdown": ("strategic", "<", 0.25, "policy max drawdown"),
 }
 DESCRIPTIONS = {name: row[3] for name, row in SEED_CRITERIA.items()}
@@ -92,6 +112,7 @@ class GateConfig(Section):
             "master": True,
             "stage5": True,
             "stability": True,
+            "value": True,
             "strategic": False,
         }
     )
@@ -115,6 +136,15 @@ class Stage5RunConfig(Section):
     total_steps: int = Field(8192, ge=1)  # env steps per seed (the seed's 5-10k smoke run)
 
 
+class PassiveBaselinesConfig(Section):
+    """``walk_forward.baselines``: the passive rules reported next to buy-and-hold (evaluation/passive.py)."""
+
+    vol_target: float = Field(0.15, gt=0)  # annual volatility target of the equal-weight portfolio
+    vol_window: int = Field(20, ge=2)  # trailing bars of realized volatility
+    trend_window: int = Field(200, ge=2)  # bars of the equal-weight index's simple moving average
+    rebalance_band: float = Field(0.25, ge=0)  # trade a symbol when its weight is this share of a slot off
+
+
 class WalkForwardConfig(Section):
     """``walk_forward:``: which folds are evaluated (one DVC stage / KFP task each) and how."""
 
@@ -127,6 +157,7 @@ class WalkForwardConfig(Section):
         }
     )
     eval_envs: int = Field(8, ge=1)  # accounts of sampling policies (masked random)
+    baselines: PassiveBaselinesConfig = PassiveBaselinesConfig()
     pbo_splits: int = Field(8, ge=2)  # CSCV blocks (even)
 
     @model_validator(mode="after")

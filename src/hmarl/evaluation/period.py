@@ -3,9 +3,13 @@
 The walk-forward step writes one per fold, ``hmarl evaluate`` one per dataset; the gate and the report
 read them back and concatenate folds (:mod:`hmarl.evaluation.aggregate`). On disk a period is a folder::
 
-    period.json   label, bar range, dates, bars_per_year, symbols, base cost, cost levels, names, info
+    period.json   label, bar range, dates, bars_per_year, symbols, base cost, cost levels, names,
+                  risk_free (how the rate was set), info
     series.npz    <cost>__<name>__<field> arrays of every PolicySeries, plus ``actions`` and
-                  ``symbol_returns`` of the policy at the base cost
+                  ``symbol_returns`` of the policy at the base cost and ``risk_free`` (the per-bar rate)
+
+Every Sharpe / Sortino of a period is in excess of its ``risk_free`` per-bar rate (what idle cash earned
+in the simulator, ``env.cash_rate``). A period written before the rate existed reads back with rate 0.
 
 Names: :data:`POLICY` is the evaluated hierarchy (symbol agents + master); :data:`BASELINES` are judged on
 the same bars with the same costs (the benchmark series pays none: it is the market, not a strategy).
@@ -27,7 +31,9 @@ BASELINES = (
     "symbol_agents",  # the same symbol agents under their training directive (ppo.directive), no master
     "no_master",  # the same symbol agents under the fixed neutral directive (env.master.default)
     "buy_hold",  # equal-weight buy-and-hold of every symbol, entry costs charged
-    "benchmark",  # the benchmark series (e.g. SPY), no costs
+    "vol_target",  # equal weight scaled to a 15 % volatility target, at most fully invested (passive.py)
+    "trend_filter",  # equal weight only while the equal-weight index is above its 200-bar average
+    "benchmark",  # the benchmark series (e.g. SPY), no costs; absent when the data has no benchmark
     "sl_rule",  # the SL-only rule: buy when P(up) > P(down), sell when P(down) > P(up)
     "random",  # the masked random policy (mean of walk_forward.eval_envs accounts)
 )
@@ -49,8 +55,11 @@ class PolicySeries:
                 raise DataError(f"{name}: shape {a.shape}, expected ({self.equity.shape[0] - 1},) per bar")
             setattr(self, name, a)
 
-    def metrics(self, bars_per_year: float) -> dict[str, float]:
-        return performance_metrics(self.equity, bars_per_year, self.turnover, self.costs, self.exposure)
+    def metrics(self, bars_per_year: float, risk_free=None) -> dict[str, float]:
+        """Performance metrics; Sharpe / Sortino in excess of ``risk_free`` (per-bar rate, None: 0)."""
+        return performance_metrics(
+            self.equity, bars_per_year, self.turnover, self.costs, self.exposure, risk_free
+        )
 
 
 @dataclass
@@ -65,11 +74,18 @@ class PeriodEvaluation:
     actions: np.ndarray  # (T, 7) share of each executed action of the policy per step (base cost)
     symbol_returns: np.ndarray  # (T, S) policy P&L of each symbol in the bar / equity at its start
     info: dict = field(default_factory=dict)  # JSON-able extras: training summaries, directive counts, ...
+    risk_free: np.ndarray | None = None  # (T,) per-bar risk-free rate (cash rate of each step); None: 0
+    risk_free_label: str = "constant 0 a year"  # how it was set (env.cash_rate), shown in the reports
 
     def __post_init__(self) -> None:
         if self.cost_bps not in self.series:
             raise DataError(f"{self.label}: no series at the base cost {self.cost_bps} bps")
         t = len(self.dates) - 1
+        self.risk_free = np.zeros(t) if self.risk_free is None else np.asarray(self.risk_free, np.float64)
+        if self.risk_free.shape != (t,) or not np.isfinite(self.risk_free).all():
+            raise DataError(
+                f"{self.label}: risk_free must be {t} finite per-bar rates, got {self.risk_free.shape}"
+            )
         for cost, by_name in self.series.items():
             for name, s in by_name.items():
                 if s.equity.shape != (t + 1,):
@@ -91,13 +107,13 @@ class PeriodEvaluation:
     def metrics(self, cost_bps: float | None = None) -> dict[str, dict[str, float]]:
         """name -> performance metrics at ``cost_bps`` (default: the base cost)."""
         level = self.cost_bps if cost_bps is None else cost_bps
-        return {name: s.metrics(self.bars_per_year) for name, s in self.series[level].items()}
+        return {name: s.metrics(self.bars_per_year, self.risk_free) for name, s in self.series[level].items()}
 
     # ------------------------------------------------------------------ disk
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = {"actions": self.actions, "symbol_returns": self.symbol_returns}
+        arrays = {"actions": self.actions, "symbol_returns": self.symbol_returns, "risk_free": self.risk_free}
         for cost, by_name in self.series.items():
             for name, s in by_name.items():
                 for f in FIELDS:
@@ -115,6 +131,7 @@ class PeriodEvaluation:
                 "cost_bps": self.cost_bps,
                 "cost_levels": sorted(self.series),
                 "names": {_cost_key(c): sorted(v) for c, v in self.series.items()},
+                "risk_free": self.risk_free_label,
                 "info": self.info,
             },
         )
@@ -146,6 +163,8 @@ class PeriodEvaluation:
             arrays["actions"],
             arrays["symbol_returns"],
             meta.get("info", {}),
+            arrays.get("risk_free"),
+            meta.get("risk_free", "constant 0 a year (not recorded)"),
         )
 
 

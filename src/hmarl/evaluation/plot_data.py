@@ -2,7 +2,8 @@
 
 Column names are fixed (strategy names, action names, ``mean``/``min``/``max`` across seeds), so the
 plot definitions in ``dvc.yaml`` can name them; every file has a numeric x column (``step``, ``cost_bps``,
-``fold``, ``bin``) and non-finite values are written empty.
+``fold``, ``bin``) and non-finite values are written empty. Every strategy of :data:`STRATEGIES` has its
+column, empty when the evaluation lacks it (the benchmark of data without one).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import numpy as np
 from hmarl.env.actions import ACTION_NAMES
 from hmarl.evaluation.aggregate import Aggregate
 from hmarl.evaluation.metrics import drawdown
+from hmarl.evaluation.period import BASELINES, POLICY
 from hmarl.io import atomic_path
+
+STRATEGIES = (POLICY, *BASELINES)  # the strategy columns of equity, drawdown, cost_stress and folds
 
 
 def _cell(v) -> object:
@@ -55,20 +59,26 @@ def write_plot_csvs(
     """Write the plot files into ``folder``; returns their names."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    equity = {n: v / v[0] for n, v in agg.equity.items()}
+    names = list(STRATEGIES) + [n for n in agg.names if n not in STRATEGIES]
+    empty = np.full(len(agg.dates), math.nan)
+    equity = {n: agg.equity[n] / agg.equity[n][0] if n in agg.equity else empty for n in names}
     _curves(out / "equity.csv", "step", equity)
-    _curves(out / "drawdown.csv", "step", {n: 0.0 - drawdown(v) for n, v in agg.equity.items()})  # no "-0"
+    dd = {n: 0.0 - drawdown(agg.equity[n]) if n in agg.equity else empty for n in names}  # 0.0 -: no "-0"
+    _curves(out / "drawdown.csv", "step", dd)
     _curves(out / "actions.csv", "step", {a: agg.actions[:, i] for i, a in enumerate(ACTION_NAMES)})
     stress = agg.cost_stress()
     write_csv(
         out / "cost_stress.csv",
-        ["cost_bps", *agg.names],
-        [[c, *(by[n]["sharpe"] if n in by else math.nan for n in agg.names)] for c, by in stress.items()],
+        ["cost_bps", *names],
+        [[c, *(by[n]["sharpe"] if n in by else math.nan for n in names)] for c, by in stress.items()],
     )
     write_csv(
         out / "folds.csv",
-        ["fold", *agg.names],
-        [[i, *(m[n]["sharpe"] for n in agg.names)] for i, m in enumerate(agg.per_period.values())],
+        ["fold", *names],
+        [
+            [i, *(m[n]["sharpe"] if n in m else math.nan for n in names)]
+            for i, m in enumerate(agg.per_period.values())
+        ],
     )
     sharpes = np.array([x for x in agg.symbol_sharpes.values() if math.isfinite(x)])
     counts, edges = (

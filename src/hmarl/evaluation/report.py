@@ -46,6 +46,9 @@ class EvaluationResult:
     overfitting: dict[str, float] = field(default_factory=dict)  # deflated Sharpe, PBO, trials ...
     gate: dict | None = None  # Verdict.to_dict()
     notes: list[str] = field(default_factory=list)
+    value: list[dict] = field(default_factory=list)  # policy vs buy-and-hold and the passive rules
+    risk_free: str = "constant 0 a year"  # the rate of every excess-return Sharpe (env.cash_rate)
+    benchmark: str = "present"  # "absent (...)" when the data has no benchmark
 
 
 def summary_metrics(result: EvaluationResult) -> dict[str, dict[str, float]]:
@@ -116,6 +119,23 @@ def _metric_rows(result: EvaluationResult) -> list[dict]:
         {"name": n + (" (policy)" if n == result.policy else ""), **{k: m.get(k) for k in SUMMARY_METRICS}}
         for n, m in summary_metrics(result).items()
     ]
+
+
+VALUE_TEXT = (
+    "Value tier: the policy must beat equal-weight buy-and-hold of the same symbols on the same test bars, "
+    "net of costs, in a way cash cannot fake: its excess-return Sharpe above buy-and-hold's by a margin, "
+    "its excess returns scaled to buy-and-hold's volatility earning more than buy-and-hold, and its own "
+    "annual return above the risk-free path by a threshold (cash earns exactly the rate, so it adds "
+    "nothing in excess of it). Volatility-targeted and trend-filtered equal weight are shown for scale."
+)
+
+
+def _basis(result: EvaluationResult) -> str:
+    """What every ratio of the report is measured against."""
+    return (
+        f"Risk-free rate: {result.risk_free} (idle cash earned it; Sharpe, Sortino and deflated Sharpe are "
+        f"in excess of it). Benchmark: {result.benchmark}."
+    )
 
 
 def _gate_rows(gate: Mapping) -> list[dict]:
@@ -241,7 +261,10 @@ def render_html(result: EvaluationResult) -> str:
                 + _html_table(_gate_rows(gate), fail_rows),
             )
         )
-    sections.append(("Metrics", _html_table(_metric_rows(result))))
+    sections.append(("Metrics", f"<p>{html.escape(_basis(result))}</p>" + _html_table(_metric_rows(result))))
+    sections.append(
+        ("Value vs passive investing", f"<p>{html.escape(VALUE_TEXT)}</p>" + _html_table(result.value))
+    )
     if result.overfitting:
         sections.append(("Overfitting", _html_table([result.overfitting])))
     sections.append(
@@ -307,7 +330,10 @@ def render_markdown(result: EvaluationResult) -> str:
         parts.append(f"**Gate: {g['decision'].upper()}** (blocking failures: {failing})\n")
         parts.append(_md_table(_gate_rows(g)))
     parts.append("## Metrics\n")
+    parts.append(_basis(result) + "\n")
     parts.append(_md_table(_metric_rows(result)))
+    if result.value:
+        parts += ["## Value vs passive investing\n", VALUE_TEXT + "\n", _md_table(result.value)]
     if result.overfitting:
         parts += ["## Overfitting\n", _md_table([result.overfitting])]
     parts += ["## Folds\n", _md_table(result.folds), "## Cost stress\n", _md_table(result.cost_stress)]

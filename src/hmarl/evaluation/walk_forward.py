@@ -11,7 +11,13 @@ Every simulated arm starts flat at the range's first bar with ``env.initial_cash
   directive, as the agents it is the SL-only alternative to);
 - ``random``: the masked random policy, ``walk_forward.eval_envs`` accounts as one portfolio (training
   directive), seeded with ``seed`` so every cost level draws the same numbers;
-- ``buy_hold``: equal-weight buy-and-hold with entry commission and slippage; ``benchmark``: no costs.
+- ``buy_hold``: equal-weight buy-and-hold with entry commission and slippage;
+- ``vol_target`` / ``trend_filter``: the passive rules of :mod:`hmarl.evaluation.passive`, same costs;
+- ``benchmark``: the benchmark, no costs -- left out when the data has none (``MarketData.has_benchmark``:
+  ``info["benchmark"]`` says so and the reports repeat it; nothing is put in its place).
+
+Idle cash earns ``env.cash_rate`` in every simulated arm; the period records that per-bar rate as its
+risk-free rate (``PeriodEvaluation.risk_free``), so every Sharpe of it is an excess-return Sharpe.
 
 Cost stress changes ``env.commission_bps_round_trip`` only (slippage is a market property, unchanged).
 """
@@ -35,8 +41,10 @@ from hmarl.evaluation.backtest import (
     benchmark_series,
     buy_and_hold,
     random_policy,
+    risk_free,
     sl_rule_policy,
 )
+from hmarl.evaluation.passive import passive_series, passive_weights
 from hmarl.evaluation.period import POLICY, PeriodEvaluation, PolicySeries
 from hmarl.learners.stage_config import symbol_stage_config
 
@@ -79,6 +87,7 @@ def evaluate_period(
     director = Hierarchy(symbols, tables, master.eval(), bench).director()
     sl_rule = sl_rule_policy(tables)
     base = float(cfg.env.commission_bps_round_trip)
+    passive = passive_weights(market, cfg)
     series: dict[float, dict[str, PolicySeries]] = {}
     actions = symbol_returns = directives = timing = None
     for level in cost_levels(cfg):
@@ -96,7 +105,9 @@ def evaluate_period(
         }
         series[level] = {name: bt.series() for name, bt in runs.items()}
         series[level]["buy_hold"] = buy_and_hold(market, neutral, bars)
-        series[level]["benchmark"] = benchmark_series(market, neutral, bars)
+        series[level].update(passive_series(market, neutral, bars, passive))
+        if market.has_benchmark:
+            series[level]["benchmark"] = benchmark_series(market, neutral, bars)
         if level == base:
             policy = runs[POLICY]
             actions, symbol_returns = policy.action_shares(), policy.symbol_returns()
@@ -110,6 +121,7 @@ def evaluate_period(
         "random_accounts": cfg.walk_forward.eval_envs,
         "cost_stress": "env.commission_bps_round_trip varied; slippage unchanged",
         "timing_excess": timing,  # name -> per-step drift-free selection excess (Backtest.timing_excess)
+        "benchmark": "present" if market.has_benchmark else "absent: the data has no benchmark",
     }
     return PeriodEvaluation(
         label,
@@ -122,4 +134,6 @@ def evaluate_period(
         actions,
         symbol_returns,
         {**extra, **(info or {})},
+        risk_free(market, bars),
+        market.risk_free,
     )

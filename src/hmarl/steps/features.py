@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hmarl.config import HmarlConfig
+from hmarl.config import ConfigError, HmarlConfig
 from hmarl.data.benchmark import equal_weight_index
 from hmarl.data.canonical import CanonicalData, has_benchmark, read_canonical
 from hmarl.data.features import FEATURE_NAMES, compute_features, fold_norm_stats
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 INPUTS = {"canonical": "data/canonical", "validation": "reports/validate"}
 OUTPUTS = {"store": "data/features"}
-PARAMS = ("features", "splits")
+PARAMS = ("features", "splits", "env")
 
 
 @dataclass
@@ -146,10 +146,25 @@ def market_features(market: Market, warmup_bars: int) -> tuple[np.ndarray, np.nd
     return features, usable, regime, regime_names
 
 
-def assemble_store(market: Market, computed: tuple, mean, std, **meta) -> FeatureStore:
+def cash_rate_series(cfg: HmarlConfig, market: Market) -> np.ndarray | None:
+    """The raw exogenous column named by ``env.cash_rate.series`` (None when no series is configured)."""
+    name = cfg.env.cash_rate.series
+    if not name:
+        return None
+    if name not in market.exogenous:
+        raise ConfigError(
+            f"env.cash_rate.series: {name!r} is not an exogenous column of the data "
+            f"(have {sorted(market.exogenous)}; add its file to data.exogenous)"
+        )
+    return np.asarray(market.exogenous[name], dtype=np.float64)
+
+
+def assemble_store(
+    market: Market, computed: tuple, mean, std, cash_rate: np.ndarray | None = None, **meta
+) -> FeatureStore:
     """A feature store of ``market`` from :func:`market_features` output and normalization statistics
     (per fold in the pipeline, the model fold's in ``hmarl act`` / ``hmarl evaluate``); ``meta`` adds
-    the caller's keys to the data's identity."""
+    the caller's keys to the data's identity; ``cash_rate``: :func:`cash_rate_series`."""
     features, usable, regime, regime_names = computed
     identity = {
         "symbols": market.symbols,
@@ -162,6 +177,7 @@ def assemble_store(market: Market, computed: tuple, mean, std, **meta) -> Featur
         "session_tz": market.meta.get("session_tz"),
         "fingerprint": market.meta.get("fingerprint"),
         "benchmark": market.meta.get("benchmark", market.meta.get("benchmark_symbol")),
+        "benchmark_source": market.meta.get("benchmark_source"),
         "market_reference": "benchmark" if has_benchmark(market.meta) else "equal_weight_universe",
     }
     return FeatureStore(
@@ -174,6 +190,7 @@ def assemble_store(market: Market, computed: tuple, mean, std, **meta) -> Featur
         norm_mean=mean,
         norm_std=std,
         meta={**identity, **meta},
+        cash_rate=cash_rate,
     )
 
 
@@ -187,6 +204,7 @@ def build_store(cfg: HmarlConfig, market: Market) -> FeatureStore:
         computed,
         mean,
         std,
+        cash_rate=cash_rate_series(cfg, market),
         folds=[fold.to_dict() for fold in folds],
         window=cfg.features.window,
         label_horizon=cfg.features.label_horizon,

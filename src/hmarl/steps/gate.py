@@ -12,8 +12,9 @@ nothing. Folders of other seeds/folds (left by an older config) are ignored, wit
 
 Gate values: ``symbol_walk_forward_sharpe`` = Sharpe of the ``symbol_agents`` baseline over the concatenated
 folds at the base cost; ``master_drawdown_reduction`` = 1 - maxDD(policy) / maxDD(no_master); the Stage 5
-and stability values are the worst seed's; ``strategic_*`` = the policy's annual return / Sharpe / max
-drawdown. A verdict of no-go is a result, not an error: the step succeeds and ``promote`` reads it.
+and stability values are the worst seed's; ``value_*`` = the policy against equal-weight buy-and-hold
+(:mod:`hmarl.evaluation.value`); ``strategic_*`` = the policy's annual return / Sharpe / max drawdown.
+Every Sharpe is in excess of the risk-free (cash) rate of the folds. A verdict of no-go is a result, not an error: the step succeeds and ``promote`` reads it.
 
 Outputs: ``reports/gate/{gate.json, values.json, metrics.json, evaluation.json, seeds.json, report.html,
 report.md}`` and ``plots/gate/*.csv``. Use :func:`assess` to get the verdict without writing anything.
@@ -44,6 +45,7 @@ from hmarl.evaluation.stage5_checklist import (
     reward_contributions,
     worst_seed_values,
 )
+from hmarl.evaluation.value import value_values
 from hmarl.io import read_json, write_json
 from hmarl.tracking import Tracker
 
@@ -159,6 +161,7 @@ def gate_values(agg: Aggregate, per_seed: dict[str, dict[str, float]], cfg: Hmar
         "master_drawdown_reduction": drawdown_reduction(
             metric(POLICY, "max_drawdown"), metric("no_master", "max_drawdown")
         ),
+        **value_values(agg),
         "strategic_annual_return": metric(POLICY, "annual_return"),
         "strategic_sharpe": metric(POLICY, "sharpe"),
         "strategic_max_drawdown": metric(POLICY, "max_drawdown"),

@@ -38,7 +38,7 @@ from hmarl.steps import train_symbols
 log = logging.getLogger(__name__)
 INPUTS = dict(train_symbols.INPUTS)
 OUTPUTS = {"run": "reports/stage5/seed_42"}
-PARAMS = ("stage5", "agent", "ppo", "env", "reward", "gate")
+PARAMS = ("seed", "stage5", "agent", "ppo", "env", "reward", "gate")
 
 
 def seed_config(cfg: HmarlConfig) -> HmarlConfig:

@@ -55,7 +55,7 @@ INPUTS = {
     "symbols": "models/symbols",
 }
 OUTPUTS = {"model": "models/master"}
-PARAMS = ("seed", "master", "env", "reward")
+PARAMS = ("seed", "device", "agent", "master", "env", "reward")
 _BOOKKEEPING = {"checkpoint_dir", "checkpoint_every", "eval_envs"}
 
 

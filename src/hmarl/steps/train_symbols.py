@@ -31,7 +31,7 @@ from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig, config_dict
 from hmarl.env.actions import ACTION_NAMES
 from hmarl.env.vec_env import Observation
-from hmarl.evaluation.backtest import ObsPolicy, backtest, buy_and_hold, random_policy
+from hmarl.evaluation.backtest import ObsPolicy, backtest, buy_and_hold, random_policy, risk_free
 from hmarl.evaluation.backtest import agent_policy as eval_agent_policy
 from hmarl.evaluation.metrics import sharpe_ratio
 from hmarl.io import read_json, write_json
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 INPUTS = {"store": "data/features", "sl_cache": "data/sl_cache", "encoder": "models/encoder"}
 OUTPUTS = {"model": "models/symbols"}
-PARAMS = ("seed", "agent", "ppo", "env", "reward")
+PARAMS = ("seed", "device", "agent", "ppo", "env", "reward", "features")
 # keys that do not change what is trained: a run differing only in these resumes the same checkpoints
 _BOOKKEEPING = {"checkpoint_dir", "checkpoint_every", "progress", "eval_envs"}
 
@@ -153,7 +153,7 @@ def evaluate(cfg: HmarlConfig, data: TrainingData, result: TrainResult, device: 
         }
     bh = buy_and_hold(market, cfg, bars).equity
     out["buy_hold"] = {
-        "sharpe": float(sharpe_ratio(bh, market.bars_per_year)),
+        "sharpe": float(sharpe_ratio(bh, market.bars_per_year, risk_free(market, bars))),
         "total_return": float(bh[-1] / bh[0] - 1.0),
     }
     return out

@@ -31,7 +31,6 @@ from hmarl.config import HmarlConfig
 from hmarl.data.splits import folds_for
 from hmarl.errors import DataError
 from hmarl.evaluation.metrics import finite_or_none
-from hmarl.evaluation.period import BASELINES, POLICY
 from hmarl.evaluation.walk_forward import evaluate_period
 from hmarl.io import read_json, write_json
 from hmarl.sl.cache import NONE
@@ -48,7 +47,7 @@ INPUTS = {
     "master": "models/master",
 }
 OUTPUTS = {"evaluation": "reports/walk_forward/fold_0"}
-PARAMS = ("seed", "agent", "ppo", "master", "env", "reward", "walk_forward")
+PARAMS = ("seed", "device", "features", "agent", "ppo", "master", "env", "reward", "walk_forward")
 METRICS = ("sharpe", "total_return", "max_drawdown")
 
 
@@ -174,6 +173,6 @@ def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> 
     log.info(
         "walk_forward fold %d: Sharpe %s",
         k,
-        {n: round(metrics[f"{n}_sharpe"], 2) for n in (POLICY, *BASELINES)},
+        {n: round(metrics[f"{n}_sharpe"], 2) for n in period.base},  # the benchmark only when present
     )
     return metrics

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from hmarl.env.actions import ACTION_NAMES
+from hmarl.evaluation.period import BASELINES, POLICY
 from hmarl.steps import STEP_NAMES
 from hmarl.steps.runner import step_module
 from hmarl.wiring.closure import PACKAGE_DIR, file_closure
@@ -46,8 +48,7 @@ HEADER = """\
 # Outputs go to DVC's local cache; metrics are small JSON files in git.
 """
 
-PLOTS_SERIES = ["policy", "symbol_agents", "no_master", "buy_hold", "benchmark", "sl_rule", "random"]
-ACTIONS = ["HOLD", "BUY_SMALL", "BUY_MEDIUM", "BUY_LARGE", "SELL_PARTIAL", "SELL_ALL", "ADD_TO_WINNER"]
+PLOTS_SERIES = [POLICY, *BASELINES]  # the gate's CSV columns, one per strategy
 PLOTS_COMMENT = "\n# `dvc plots show` / `dvc plots diff`: the gate's walk-forward curves (files written by hmarl step gate)\n"
 
 
@@ -65,7 +66,7 @@ def _plots() -> list[dict]:
         line("drawdown", "Drawdown", "step", PLOTS_SERIES),
         line("cost_stress", "Sharpe vs round-trip cost (bps)", "cost_bps", PLOTS_SERIES),
         line("folds", "Sharpe per walk-forward fold", "fold", PLOTS_SERIES),
-        line("actions", "Policy action mix over time", "step", ACTIONS),
+        line("actions", "Policy action mix over time", "step", list(ACTION_NAMES)),
         line("entropy", "Stage 5 policy action entropy across seeds", "step", ["mean", "min", "max"]),
         bars("symbol_sharpe", "Per-symbol walk-forward Sharpe of the policy (histogram)", "symbols", "bin"),
         bars(
