@@ -195,9 +195,14 @@ def test_a_store_without_a_benchmark_gives_a_market_without_one():
     store = make_store(num_bars=80, num_symbols=3, seed=1)
     cfg = _cfg()
     assert MarketData.from_store(store, cfg.env).has_benchmark
-    bare = dataclasses.replace(store, meta={**store.meta, "benchmark_source": "none"})
+    # the features step marks it `benchmark: null` and keeps the universe's equal-weight index as the
+    # master's market reference: it trains the master, no report shows it as a benchmark
+    bare = dataclasses.replace(store, meta={**store.meta, "benchmark": None, "benchmark_source": "none"})
     market = MarketData.from_store(bare, cfg.env)
-    assert not market.has_benchmark and (market.benchmark == 1).all()  # a placeholder nothing reports
+    assert not market.has_benchmark
+    assert np.allclose(market.benchmark.cpu().numpy(), store.benchmark)
+    none = MarketData.from_store(dataclasses.replace(bare, benchmark=None), cfg.env)
+    assert not none.has_benchmark and (none.benchmark == 1).all()  # a placeholder nothing reports
 
 
 def test_a_period_saved_before_the_rate_existed_reads_back_with_rate_zero(tmp_path):
