@@ -31,7 +31,7 @@ from hmarl.agents.hierarchy import Hierarchy
 from hmarl.agents.inputs import AgentTables
 from hmarl.agents.master import benchmark_table
 from hmarl.bundle import Bundle, load_bundle, resolve_model
-from hmarl.config import HmarlConfig, build_config
+from hmarl.config import HmarlConfig
 from hmarl.data.canonical import read_canonical
 from hmarl.data.store import FeatureStore
 from hmarl.decider import Decider, MasterBar, MasterHold, newest_bar, orders, start_bar
@@ -186,7 +186,9 @@ def check_orders(orders: list[dict], where: str) -> None:
     for row in orders:
         for key in ("probability", "buy_notional", "sell_fraction"):
             if not math.isfinite(row[key]):
-                raise DataError(f"{where}: {row['symbol']}: {key} is {row[key]} (not finite); nothing written")
+                raise DataError(
+                    f"{where}: {row['symbol']}: {key} is {row[key]} (not finite); nothing written"
+                )
 
 
 def write_state(path: str | Path, model: str, bar: MasterBar) -> None:

@@ -71,7 +71,9 @@ def resolve_model(model: str | Path, cfg: HmarlConfig | None, workdir: Path) -> 
         uri = tracking.mlflow_uri
         if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
             # MLflow would create an empty registry there; nothing can be found in it
-            raise DataError(f"{uri.removeprefix('sqlite:///')}: no model registry there (tracking.mlflow_uri)")
+            raise DataError(
+                f"{uri.removeprefix('sqlite:///')}: no model registry there (tracking.mlflow_uri)"
+            )
         return ModelRegistry(tracking).download(str(model), workdir)
     return Path(model)
 

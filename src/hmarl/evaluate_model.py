@@ -60,7 +60,9 @@ def evaluation_config(bundle: Bundle, cfg: HmarlConfig | None) -> HmarlConfig:
     (walk_forward cost levels / stress windows, tracking), so two models are judged the same way. Without
     the caller's params nothing is tracked (no MLflow store appears in the working folder)."""
     if cfg is None:
-        return bundle.cfg.model_copy(update={"tracking": bundle.cfg.tracking.model_copy(update={"enabled": False})})
+        return bundle.cfg.model_copy(
+            update={"tracking": bundle.cfg.tracking.model_copy(update={"enabled": False})}
+        )
     return bundle.cfg.model_copy(update={"walk_forward": cfg.walk_forward, "tracking": cfg.tracking})
 
 

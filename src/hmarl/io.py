@@ -6,6 +6,7 @@ being swapped); :func:`remove_leftovers` clears those of a path before the next 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -68,10 +69,8 @@ def _fsync(path: Path, flags: int) -> None:
 
 
 def _fsync_dir(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # some filesystems refuse fsync on folders; the rename stays atomic
         _fsync(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # some filesystems refuse fsync on folders; the rename is still atomic
-        pass
 
 
 def replace_path(src: Path, dst: Path) -> None:

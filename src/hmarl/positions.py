@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from pydantic import Field
 
 from hmarl.errors import DataError

@@ -20,8 +20,8 @@ from torch import nn
 from hmarl.encoders.branches import BiLSTMBranch, CNNBranch, GraphBranch, TransformerBranch
 from hmarl.encoders.params import EncoderConfig
 from hmarl.errors import DataError
-from hmarl.safe_load import guarded, read_weights
 from hmarl.io import atomic_path
+from hmarl.safe_load import guarded, read_weights
 from hmarl.sl.cache import CHANNELS
 from hmarl.sl.inputs import feature_mismatch
 
@@ -111,9 +111,13 @@ def load_encoder(
 
     def build() -> tuple[SharedEncoder, PretrainHeads]:
         if list(ckpt["feature_names"]) != list(feature_names):
-            raise DataError(feature_mismatch(list(ckpt["feature_names"]), list(feature_names), "checkpoint", "store"))
+            raise DataError(
+                feature_mismatch(list(ckpt["feature_names"]), list(feature_names), "checkpoint", "store")
+            )
         if list(ckpt["symbols"]) != list(symbols):
-            raise DataError(f"encoder was trained on another symbol universe ({len(ckpt['symbols'])} symbols)")
+            raise DataError(
+                f"encoder was trained on another symbol universe ({len(ckpt['symbols'])} symbols)"
+            )
         cfg = EncoderConfig(**ckpt["hparams"])
         s = len(symbols)
         encoder = SharedEncoder(cfg, ckpt["window"], len(feature_names), torch.zeros(s, s))

@@ -217,7 +217,9 @@ class CheckpointStore:
         except (ValueError, KeyError, TypeError) as exc:
             raise _Unusable(f"unreadable manifest ({type(exc).__name__}: {exc})") from None
         if not ok:
-            raise _Unusable(f"manifest names update {manifest['update']} / world size {manifest['world_size']}")
+            raise _Unusable(
+                f"manifest names update {manifest['update']} / world size {manifest['world_size']}"
+            )
         for rank in range(self.world_size):
             name = f"rank{rank}.pt"
             if not isinstance(files.get(name), dict):
@@ -288,7 +290,9 @@ def run_lock(folder: str | Path, wait_s: float, setting: str) -> Iterator[None]:
             "stop it"
         ) from None
     try:
-        write_text(owner, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}")
+        write_text(
+            owner, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
+        )
         yield
     finally:
         lock.release()

@@ -254,7 +254,11 @@ def train(
     gen = torch.Generator(device).manual_seed(seed)
     buf = MasterBuffer(m.num_steps, env.num_envs, master.obs_dim, master.joint_dim, device)
     num_updates = math.ceil(m.total_steps / m.num_steps)
-    store = None if checkpoint_root is None else CheckpointStore(checkpoint_root, info.rank, world_size=info.world_size)
+    store = (
+        None
+        if checkpoint_root is None
+        else CheckpointStore(checkpoint_root, info.rank, world_size=info.world_size)
+    )
     obs = env.reset(seed=seed)
     start_update, global_step, series, hist, episode, resumed_from = 0, 0, [], [], {}, None
 

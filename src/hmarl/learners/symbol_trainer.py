@@ -232,7 +232,11 @@ def train(
     amp = autocast(cfg, device)
     weights = cfg.reward.weight_vector()
     num_updates = math.ceil(p.total_steps / p.num_steps)
-    store = None if checkpoint_root is None else CheckpointStore(checkpoint_root, info.rank, world_size=info.world_size)
+    store = (
+        None
+        if checkpoint_root is None
+        else CheckpointStore(checkpoint_root, info.rank, world_size=info.world_size)
+    )
     obs = compact(env.reset(seed=seed))
     start_update, global_step, series, episode = 0, 0, [], {}
     resumed_from, warm = None, {}

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from hmarl.errors import DataError
-from hmarl.safe_load import guarded, read_weights
 from hmarl.io import atomic_path
+from hmarl.safe_load import guarded, read_weights
 from hmarl.sl.inputs import feature_mismatch
 from hmarl.sl.params import SLModelParams
 

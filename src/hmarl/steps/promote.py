@@ -75,7 +75,9 @@ def assemble_bundle(cfg: HmarlConfig, inputs: dict[str, Path], out: Path, verdic
     store, sl, enc = Path(inputs["store"]), Path(inputs["sl_cache"]), Path(inputs["encoder"])
     master = Path(inputs["master"])
     symbols = symbol_agent_dir(Path(inputs["symbols"]), master)
-    master_manifest = read_document(master / "manifest.json") if (master / "manifest.json").is_file() else None
+    master_manifest = (
+        read_document(master / "manifest.json") if (master / "manifest.json").is_file() else None
+    )
     if master_manifest is None:
         raise DataError(f"{master}: not a master folder (manifest.json missing); run train_master")
     fold = master_manifest["fold"]  # the training data's identity (an index; older manifests: the fold)

@@ -224,7 +224,7 @@ def _write_outputs(
             "env_steps": int(summary["env_steps"]),
             "updates": int(summary["updates"]),
             "resumed_from_update": masters[0].resumed_from,
-            "resume_skipped": masters[0].resume_skipped,
+            "resume_skipped": [s for p in result.phases for s in p.resume_skipped],
             "critic": cfg.master.critic,
             "alternating_rounds": cfg.master.alternating_rounds,
             "world_size": cfg.master.world_size,
