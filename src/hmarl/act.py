@@ -238,7 +238,10 @@ def _stamp(value: object) -> int:
     stamp = pd.Timestamp(value)
     if pd.isna(stamp):
         raise ValueError(f"timestamp {value!r} is not a time")
-    return int(stamp.value)
+    try:
+        return int(stamp.value)
+    except OverflowError:
+        raise ValueError(f"timestamp {value!r} lies outside 1677..2262") from None
 
 
 def render(result: dict, fmt: str) -> str:

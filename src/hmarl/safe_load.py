@@ -20,6 +20,7 @@ import numpy as np
 from hmarl.errors import DataError
 
 T = TypeVar("T")
+_KIND_NAMES = {list: "a list", dict: "an object", str: "a string", int: "a whole number", float: "a number"}
 
 
 def _existing(path: Path) -> None:
@@ -73,8 +74,8 @@ def read_arrays(path: str | Path, names: tuple[str, ...]) -> dict[str, np.ndarra
     """Named finite float arrays of an ``.npz`` (no pickled objects)."""
     path = Path(path)
     _existing(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
+    try:  # our own handle: np.load leaves its file open when the archive is damaged
+        with path.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
             missing = [n for n in names if n not in z.files]
             if missing:
                 raise DataError(f"{path}: missing arrays {missing} (has {sorted(z.files)})")
@@ -109,7 +110,10 @@ def typed_key(doc: dict, key: str, kind: type | tuple[type, ...], path: str | Pa
         raise DataError(f"{path}: missing key {key!r}")
     value, kinds = doc[key], kind if isinstance(kind, tuple) else (kind,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise DataError(f"{path}: key {key!r} has the wrong type ({type(value).__name__})")
+        wanted = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+        raise DataError(
+            f"{path}: key {key!r} must be {wanted}, found {_KIND_NAMES.get(type(value), type(value).__name__)}"
+        )
     return value
 
 
