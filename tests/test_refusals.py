@@ -103,3 +103,17 @@ def test_the_readme_table_is_the_tested_cases():
     assert MARKERS[0] in text and MARKERS[1] in text, "README: the refusal table's markers are missing"
     start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
     assert text[start:end].strip() == table(), "README table out of date: python tests/refusal_cases.py"
+
+
+def test_evaluate_outside_a_project_needs_no_params_and_writes_only_its_output(
+    base, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the bundle brings its own params
+    code = main(
+        ["evaluate", "--model", str(base.bundle), "--data", str(base.root / "canonical"), "--out", "ev"]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev"]  # no mlruns.db, no stray files
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+    assert main(["evaluate", "--model", "b", "--data", "d", "--out", "o", "--set", "seed=1"]) == 2
+    assert "--set needs a params file" in capsys.readouterr().err
