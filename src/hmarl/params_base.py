@@ -1,4 +1,5 @@
-"""The base of every params section: unknown keys are errors, values are immutable once loaded.
+"""The base of every params section: unknown keys are errors, numbers are finite, values are immutable once
+loaded.
 
 Its own module so each package's ``params.py`` (imported by :mod:`hmarl.config`) can share it
 without importing ``hmarl.config`` back.
@@ -26,7 +27,8 @@ def _numeric(annotation: Any) -> type | None:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN / infinity in params is always a mistake (a NaN learning rate trains nothing, silently)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

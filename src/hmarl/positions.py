@@ -116,7 +116,7 @@ def _number(
     """A finite number; with ``limit`` (its params key and value), at most that in absolute value."""
     try:
         x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
         x = math.nan
     if isinstance(value, bool) or not math.isfinite(x):
         raise DataError(
