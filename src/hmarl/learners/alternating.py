@@ -109,17 +109,7 @@ def train_schedule(
     m, bars = cfg.master, data.fold.train
     tables = data.tables(cfg, market.device).restrict(*bars)
     res = master_trainer.train(cfg, market, tables, symbols, bars, checkpoints, tracker, info)
-    phases = [
-        Phase(
-            0,
-            "master",
-            res.series,
-            res.global_step,
-            res.resumed_from,
-            res.directive_counts,
-            res.resume_skipped,
-        )
-    ]
+    phases = [_master_phase(0, res)]
     master = res.master
     master_steps, symbol_steps = res.global_step, 0
     for r in range(1, m.alternating_rounds + 1):
@@ -156,15 +146,11 @@ def train_schedule(
             init_state=master.state_dict(),
         )
         master, master_steps = res.master, master_steps + res.global_step
-        phases.append(
-            Phase(
-                r,
-                "master",
-                res.series,
-                res.global_step,
-                res.resumed_from,
-                res.directive_counts,
-                res.resume_skipped,
-            )
-        )
+        phases.append(_master_phase(r, res))
     return ScheduleResult(master, symbols, phases)
+
+
+def _master_phase(r: int, res: master_trainer.MasterResult) -> Phase:
+    return Phase(
+        r, "master", res.series, res.global_step, res.resumed_from, res.directive_counts, res.resume_skipped
+    )
