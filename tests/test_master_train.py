@@ -17,7 +17,7 @@ from hmarl.agents.saved import load_agent
 from hmarl.agents.saved_master import load_master
 from hmarl.env.actions import grid_size
 from hmarl.errors import DataError
-from hmarl.io import read_json, write_json
+from hmarl.io import read_json
 from hmarl.learners.checkpoint import CheckpointStore
 from hmarl.learners.master_trainer import MasterDivergence, train
 from hmarl.steps.runner import execute
@@ -172,8 +172,8 @@ def test_resume_from_the_last_checkpoint_ends_with_the_uninterrupted_weights(ups
     (run_dir,) = list((tmp_path / "mck").iterdir())
     store = CheckpointStore(run_dir)
     assert store.latest_update() == 4
-    # a crash after update 3's checkpoint: the latest marker still points at it (update 4 never landed)
-    write_json(run_dir / "latest.json", {"update": 3})
+    # a crash after update 3's checkpoint: update 4's files were never sealed by its manifest
+    (run_dir / "update_0000004" / "manifest.json").unlink()
     metrics, resumed = train_step(upstream, tmp_path, "master.checkpoint_every=1", out="resumed")
     assert metrics["resumed"] == 1.0
     wf, wr = master_weights(full), master_weights(resumed)
@@ -333,7 +333,7 @@ def test_alternating_round_writes_fine_tuned_agents_and_resumes_mid_round(upstre
     # killed during the round's symbol fine-tuning: its first update stands, the round's master never ran
     store = CheckpointStore(run_dir / "round_1" / "symbols")
     assert store.latest_update() == 2
-    write_json(store.root / "latest.json", {"update": 1})
+    (store.root / "update_0000002" / "manifest.json").unlink()  # update 2 never sealed
     shutil.rmtree(run_dir / "round_1" / "master")
     metrics, resumed = train_step(upstream, tmp_path, *ROUND, out="resumed")
     assert metrics["resumed"] == 1.0

@@ -48,14 +48,30 @@ def test_success_renames_outputs_and_writes_metrics(tmp_path, step):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["flag.txt", "table"]  # no temp left
 
 
-def test_failure_leaves_no_output_not_even_stale_ones(tmp_path, step):
+def test_failure_writes_nothing_and_keeps_the_previous_complete_outputs(tmp_path, step):
     step(fail=False)
     runner.execute("x", HmarlConfig(), metrics_path=tmp_path / "x.json")
+    (tmp_path / "out" / "flag.txt").write_text("previous")
     step(fail=True)
     with pytest.raises(RuntimeError, match="boom"):
         runner.execute("x", HmarlConfig(), metrics_path=tmp_path / "x.json")
-    assert list((tmp_path / "out").iterdir()) == []
-    assert not (tmp_path / "x.json").exists()
+    # the previous run's outputs stay whole (no half-written table, no temp folders beside them)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["flag.txt", "table"]
+    assert (tmp_path / "out" / "flag.txt").read_text() == "previous"
+    assert json.loads((tmp_path / "x.json").read_text()) == {"rows": 3.0}
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_next_run(tmp_path, step):
+    out = tmp_path / "out"
+    out.mkdir()
+    killed = [out / ".table.tmp-abc123", out / "..table.tmp-abc123.tmp-def", out / ".flag.txt.old-x1"]
+    for path in killed:
+        path.mkdir()
+        (path / "big.bin").write_bytes(b"0" * 1000)
+    (out / ".other.tmp-keep").mkdir()  # not a temp of this step's outputs: left alone
+    step(fail=False)
+    runner.execute("x", HmarlConfig())
+    assert sorted(p.name for p in out.iterdir()) == [".other.tmp-keep", "flag.txt", "table"]
 
 
 def test_missing_input_and_unknown_names(tmp_path, step):

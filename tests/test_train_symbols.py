@@ -162,10 +162,10 @@ def test_sigkill_mid_run_then_resume_ends_with_the_uninterrupted_weights(upstrea
     deadline = time.monotonic() + 240
     killed_at = None
     while time.monotonic() < deadline and proc.poll() is None:
-        markers = list(ckpt.glob("*/latest.json"))
-        if markers and json.loads(markers[0].read_text())["update"] >= 6:
+        sealed = [json.loads(m.read_text())["update"] for m in ckpt.glob("*/update_*/manifest.json")]
+        if sealed and max(sealed) >= 6:
             proc.send_signal(signal.SIGKILL)
-            killed_at = json.loads(markers[0].read_text())["update"]
+            killed_at = max(sealed)
             break
         time.sleep(0.01)
     proc.wait(timeout=60)

@@ -234,7 +234,7 @@ def test_non_positive_price(tmp_path, good, column, value):
     data.bars.loc[33, column] = value
     data.bars.loc[33, "low"] = min(value, data.bars.at[33, "low"])  # keep the bar consistent otherwise
     message, _ = expect_failure(tmp_path, data)
-    assert f"prices_positive ({column}): 1 row with {column} <= 0" in message
+    assert f"prices_positive ({column}): 1 row with {column} <= 0 or infinite" in message
     assert f"{row_text(data.bars, 33)} {column}={value}" in message and "(row 33)" in message
 
 

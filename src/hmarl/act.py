@@ -1,14 +1,8 @@
 """``hmarl act``: what a trading desk runs every bar. From a model bundle and the latest bars, the target
 order of every symbol: the master's directive and each symbol agent's action, size and allowed actions.
 
-A bundle is a folder holding the pipeline's outputs under their step output names::
-
-    features/   meta.json + norm.npz of the feature store (feature list, symbols, folds, normalization)
-    sl_cache/   manifest.json + checkpoints/<model>/fold_<k>.pt (the SL direction classifiers)
-    encoder/    manifest.json + the fold's encoder checkpoint
-    symbols/    agent.pt (train_symbols)        master/   master.pt (train_master)
-
-or a registry URI ``models:/<name>@<alias>`` whose artifact is such a folder. ``--data`` is a canonical bar
+The bundle (a folder or ``models:/<name>@<alias>``) is checked whole by :func:`hmarl.bundle.load_bundle`.
+``--data`` is a canonical bar
 folder (the ingest step's output format) with enough history for the feature windows (``features.window``
 bars past the ``features.warmup_bars``). Features of the history are computed with the pipeline's own code
 and normalized with the model fold's train statistics; the decision is for the newest bar, for the
@@ -24,6 +18,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +29,12 @@ import torch
 
 from hmarl.agents.hierarchy import Hierarchy
 from hmarl.agents.inputs import AgentTables
-from hmarl.agents.master import MasterAgent, benchmark_table
-from hmarl.agents.saved import load_agent
-from hmarl.agents.saved_master import load_master
-from hmarl.agents.symbol import SymbolAgent
-from hmarl.config import HmarlConfig, build_config
+from hmarl.agents.master import benchmark_table
+from hmarl.bundle import Bundle, load_bundle, resolve_model
+from hmarl.config import HmarlConfig
 from hmarl.data.canonical import read_canonical
 from hmarl.data.store import FeatureStore
 from hmarl.decider import Decider, MasterBar, MasterHold, newest_bar, orders, start_bar
-from hmarl.encoders.model import load_encoder
 from hmarl.env.actions import grid_size
 from hmarl.env.market import MarketData
 from hmarl.env.vec_env import MarketEnv
@@ -51,7 +43,6 @@ from hmarl.io import atomic_path, read_json, write_json
 from hmarl.positions import Account, read_positions
 from hmarl.sl.calibration import calibrated_probs
 from hmarl.sl.inputs import feature_mismatch, model_inputs
-from hmarl.sl.models import load_checkpoint
 from hmarl.steps.features import (
     Market,
     assemble_store,
@@ -60,96 +51,7 @@ from hmarl.steps.features import (
     market_from_canonical,
 )
 
-PARTS = ("features", "sl_cache", "encoder", "symbols", "master")
 ORDER_FIELDS = ("symbol", "action", "probability", "buy_notional", "sell_fraction", "allowed", "directive")
-
-
-@dataclass
-class Bundle:
-    cfg: HmarlConfig  # the params the master was trained with
-    symbols: list[str]
-    feature_names: list[str]
-    regime_names: list[str]
-    fold: int
-    norm_mean: np.ndarray  # (F,)
-    norm_std: np.ndarray
-    sl_models: list[tuple[torch.nn.Module, float]]  # (classifier, temperature) in SL cache channel order
-    encoder: torch.nn.Module | None  # None: the symbol agents run their own fine-tuned encoder
-    symbol_agent: SymbolAgent
-    master: MasterAgent
-    data_meta: dict = dataclasses.field(default_factory=dict)  # the training data's features/meta.json
-
-    @property
-    def window(self) -> int:
-        return self.cfg.features.window
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.symbol_agent.parameters()).device
-
-    def to(self, device: str | torch.device) -> Bundle:
-        """Moves the models to ``device`` (in place); :func:`decide` then runs there."""
-        for m in [*(model for model, _ in self.sl_models), self.encoder, self.symbol_agent, self.master]:
-            if m is not None:
-                m.to(device)
-        return self
-
-
-def resolve_model(model: str | Path, cfg: HmarlConfig | None, workdir: Path) -> Path:
-    """A bundle folder, or a registry URI downloaded into ``workdir``."""
-    if str(model).startswith("models:/"):
-        from hmarl.tracking.registry import ModelRegistry
-
-        tracking = (cfg or build_config({})).tracking
-        return ModelRegistry(tracking).download(str(model), workdir)
-    return Path(model)
-
-
-def load_bundle(folder: str | Path) -> Bundle:
-    root = Path(folder)
-    missing = [p for p in PARTS if not (root / p).is_dir()]
-    if missing:
-        raise DataError(f"{root}: not a model bundle, missing {missing} (need {list(PARTS)})")
-    meta = read_json(root / "features" / "meta.json")
-    norm = np.load(root / "features" / "norm.npz")
-    master, master_meta = load_master(root / "master" / "master.pt")
-    symbol_agent, agent_meta = load_agent(root / "symbols" / "agent.pt")
-    cfg = build_config(read_json(root / "master" / "manifest.json")["config"])
-    fold = int(master_meta["fold"])
-    for name, m in (("symbols", agent_meta), ("master", master_meta)):
-        if m["symbols"] != meta["symbols"] or m["fingerprint"] != meta["fingerprint"]:
-            raise DataError(f"{root}/{name}: trained on other data than {root}/features describes")
-    sl_manifest = read_json(root / "sl_cache" / "manifest.json")
-    sl_models = []
-    # in the cache's channel order (mlp_down, mlp_flat, mlp_up, lstm_down, ...), as the agents saw them
-    for name in dict.fromkeys(c.rsplit("_", 1)[0] for c in sl_manifest["channels"]):
-        model, info = load_checkpoint(
-            root / "sl_cache" / "checkpoints" / name / f"fold_{fold}.pt", meta["feature_names"]
-        )
-        sl_models.append((model, float(info.get("temperature", 1.0))))
-    encoder = None
-    if agent_meta.get("encoder") is None:
-        fits = read_json(root / "encoder" / "manifest.json")["fits"]
-        fit = next((f for f in fits if f["fold"] == fold), None)
-        if fit is None:
-            raise DataError(f"{root}/encoder: no encoder checkpoint for fold {fold}")
-        encoder, _, _ = load_encoder(
-            root / "encoder" / fit["checkpoint"], meta["feature_names"], meta["symbols"]
-        )
-    return Bundle(
-        cfg,
-        list(meta["symbols"]),
-        list(meta["feature_names"]),
-        list(meta["regime_names"]),
-        fold,
-        np.asarray(norm["mean"])[fold],
-        np.asarray(norm["std"])[fold],
-        sl_models,
-        encoder,
-        symbol_agent,
-        master,
-        meta,
-    )
 
 
 # --------------------------------------------------------------------------- checks and inputs
@@ -278,16 +180,29 @@ def act(
     bars as a resident :class:`Decider` does; without it every call is a master bar."""
     with tempfile.TemporaryDirectory() as tmp:
         bundle = load_bundle(resolve_model(model, cfg, Path(tmp)))
-    account = read_positions(positions, bundle.symbols) if positions is not None else None
+    limits = (cfg or bundle.cfg).desk
+    account = read_positions(positions, bundle.symbols, limits) if positions is not None else None
     market = market_from_canonical(read_canonical(data), source=str(data))
     inputs = latest_inputs(bundle, market, where=str(data))
     decider = Decider(bundle)
     if state is not None and Path(state).exists():
-        decider.master_bar = read_state(state, str(model), grid_size(bundle.cfg.env))
+        newest = int(inputs.timestamp.value)
+        decider.master_bar = read_state(state, str(model), grid_size(bundle.cfg.env), newest)
     orders = decider.decide(inputs, account)
+    check_orders(orders, f"orders for {data}")  # before anything is written: never NaN to the desk
     if state is not None:
         write_state(state, str(model), decider.master_bar)
     return {"timestamp": inputs.timestamp.isoformat(), "directive": orders[0]["directive"], "orders": orders}
+
+
+def check_orders(orders: list[dict], where: str) -> None:
+    """DataError naming the symbol and field of the first order number that is not finite."""
+    for row in orders:
+        for key in ("probability", "buy_notional", "sell_fraction"):
+            if not math.isfinite(row[key]):
+                raise DataError(
+                    f"{where}: {row['symbol']}: {key} is {row[key]} (not finite); nothing written"
+                )
 
 
 def write_state(path: str | Path, model: str, bar: MasterBar) -> None:
@@ -296,30 +211,56 @@ def write_state(path: str | Path, model: str, bar: MasterBar) -> None:
     write_json(path, {"model": model, "timestamp": stamp, "directive": bar.directive, "before": before})
 
 
-def read_state(path: str | Path, model: str, num_directives: int) -> MasterBar:
-    """The master's last decision from a state file written by :func:`write_state` for ``model``."""
+def read_state(path: str | Path, model: str, num_directives: int, newest: int | None = None) -> MasterBar:
+    """The master's last decision from a state file written by :func:`write_state` for ``model``; with
+    ``newest`` (the data's newest bar, ns since the epoch) a state from a later bar is refused."""
     try:
         doc = read_json(path)
         hold = doc["before"]
         bar = MasterBar(
-            int(pd.Timestamp(doc["timestamp"]).value),
-            int(doc["directive"]),
-            None if hold is None else MasterHold(int(hold["directive"]), int(hold["elapsed"])),
+            _stamp(doc["timestamp"]),
+            _whole(doc["directive"]),
+            None if hold is None else MasterHold(_whole(hold["directive"]), _whole(hold["elapsed"])),
         )
         written_for = doc["model"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path}: not a state file written by hmarl act ({type(e).__name__}: {e})") from e
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise DataError(f"{path}: not a state file written by hmarl act ({type(e).__name__}: {e})") from None
     if written_for != model:
         raise DataError(f"{path}: state of model {written_for!r}, not {model!r} (use another state file)")
     for d in (bar.directive, *(() if bar.before is None else (bar.before.directive,))):
         if not 0 <= d < num_directives:
             raise DataError(f"{path}: directive {d} outside the model's grid of {num_directives}")
+    if bar.before is not None and bar.before.elapsed < 0:
+        raise DataError(f"{path}: before.elapsed is {bar.before.elapsed}; bars elapsed cannot be negative")
+    if newest is not None and bar.timestamp > newest:
+        raise DataError(
+            f"{path}: timestamp {pd.Timestamp(bar.timestamp, tz='UTC').isoformat()} is after the newest bar of "
+            f"the data ({pd.Timestamp(newest, tz='UTC').isoformat()}): a state of another feed, or a clock error"
+        )
     return bar
+
+
+def _whole(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected a whole number, found {value!r}")
+    return value
+
+
+def _stamp(value: object) -> int:
+    if not isinstance(value, str):
+        raise TypeError(f"timestamp: expected an ISO 8601 string, found {value!r}")
+    stamp = pd.Timestamp(value)
+    if pd.isna(stamp):
+        raise ValueError(f"timestamp {value!r} is not a time")
+    try:
+        return int(stamp.value)
+    except OverflowError:
+        raise ValueError(f"timestamp {value!r} lies outside 1677..2262") from None
 
 
 def render(result: dict, fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(result, indent=2)
+        return json.dumps(result, indent=2, allow_nan=False)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["timestamp", *ORDER_FIELDS], lineterminator="\n")
     writer.writeheader()

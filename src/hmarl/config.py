@@ -21,6 +21,7 @@ from hmarl.env.params import EnvConfig, RewardConfig
 from hmarl.evaluation.params import GateConfig, PromoteConfig, Stage5RunConfig, WalkForwardConfig
 from hmarl.learners.params import PPOConfig
 from hmarl.params_base import Section
+from hmarl.positions import DeskConfig
 from hmarl.sl.params import SLConfig
 
 
@@ -154,6 +155,7 @@ class HmarlConfig(Section):
     stage5: Stage5RunConfig = Stage5RunConfig()
     walk_forward: WalkForwardConfig = WalkForwardConfig()
     promote: PromoteConfig = PromoteConfig()
+    desk: DeskConfig = DeskConfig()
 
 
 # --------------------------------------------------------------------------- loading

@@ -23,6 +23,7 @@ directive.
 from __future__ import annotations
 
 import gc
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -48,7 +49,8 @@ from hmarl.sl.calibration import calibrated_probs
 from hmarl.sl.prefix import sl_complete, sl_prefix
 
 if TYPE_CHECKING:
-    from hmarl.act import Bundle, LatestInputs
+    from hmarl.act import LatestInputs
+    from hmarl.bundle import Bundle
 
 
 # --------------------------------------------------------------------------- shared by both decision paths
@@ -110,8 +112,10 @@ def _set_account(env: MarketEnv, account: Account) -> None:
     held = (shares > 0).to(dt)
     entry = torch.as_tensor(account.entry, dtype=dt, device=env.device) * held
     equity = account.cash + float((shares * close).sum())
-    if not equity > 0:
-        raise DataError(f"{account.source}: account equity {equity:.2f} at the newest close is not positive")
+    if not (math.isfinite(equity) and equity > 0):
+        raise DataError(
+            f"{account.source}: account equity {equity:.2f} at the newest close is not a positive finite value"
+        )
     env.shares[0] = shares
     env.entry[0] = entry
     env.peak_px[0] = torch.maximum(entry, close) * held
@@ -154,6 +158,8 @@ def orders(
     }
     buy, sell = _order_fractions(env_cfg)
     alloc = equity * label["risk_multiplier"] * label["position_cap"]
+    if not math.isfinite(alloc) or not bool(torch.isfinite(prob).all()):
+        raise DataError(f"account equity {equity:g}: the orders' sizes or probabilities would not be finite")
     notional = [round(frac * alloc, 2) for frac in buy]  # per action
     # each symbol's mask row as a 7-bit code: names of the allowed actions built once per distinct row
     codes = (mask.long() << torch.arange(mask.shape[-1], device=mask.device)).sum(-1).tolist()

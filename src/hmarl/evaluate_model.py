@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmarl.act import Bundle, featurize, load_bundle, resolve_model, with_model_norm
+from hmarl.act import featurize, with_model_norm
 from hmarl.agents.inputs import AgentTables
+from hmarl.bundle import Bundle, load_bundle, resolve_model
 from hmarl.config import HmarlConfig
 from hmarl.data.canonical import read_canonical
 from hmarl.data.store import FeatureStore
@@ -29,7 +30,7 @@ from hmarl.encoders.pretrain import embed
 from hmarl.env.market import MarketData
 from hmarl.errors import DataError
 from hmarl.evaluation.period import PeriodEvaluation
-from hmarl.io import remove_path, replace_path, temp_sibling
+from hmarl.io import remove_leftovers, remove_path, replace_path, temp_sibling
 from hmarl.sl.calibration import calibrated_probs
 from hmarl.sl.inputs import model_inputs
 from hmarl.sl.train import bar_logits
@@ -56,9 +57,12 @@ def first_bar(bundle: Bundle) -> int:
 
 def evaluation_config(bundle: Bundle, cfg: HmarlConfig | None) -> HmarlConfig:
     """The model's own params (env, costs, agents: how it trades) with the caller's evaluation settings
-    (walk_forward cost levels / stress windows, tracking), so two models are judged the same way."""
+    (walk_forward cost levels / stress windows, tracking), so two models are judged the same way. Without
+    the caller's params nothing is tracked (no MLflow store appears in the working folder)."""
     if cfg is None:
-        return bundle.cfg
+        return bundle.cfg.model_copy(
+            update={"tracking": bundle.cfg.tracking.model_copy(update={"enabled": False})}
+        )
     return bundle.cfg.model_copy(update={"walk_forward": cfg.walk_forward, "tracking": cfg.tracking})
 
 
@@ -145,6 +149,7 @@ def evaluate_model(
         f"{period.dates[-1]}), features normalized with the model's train statistics",
     ]
     agg = aggregate([period], ecfg, mlflow_trial_sharpes(ecfg, notes))
+    remove_leftovers(Path(out))  # a killed evaluation's staging folder
     staged = temp_sibling(Path(out))
     try:
         doc = write_evaluation(staged, agg, title=f"Evaluation of {model} on {label}", notes=notes)

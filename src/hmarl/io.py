@@ -1,9 +1,15 @@
-"""Atomic writes: every file or folder appears complete or not at all (temp, then rename)."""
+"""Atomic writes: every file or folder appears complete or not at all (temp, fsync, then rename).
+
+A write killed part way leaves only a temp sibling (``.<name>.tmp-*``, or ``.<name>.old-*`` for a folder
+being swapped); :func:`remove_leftovers` clears those of a path before the next write of it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -28,8 +34,48 @@ def temp_sibling(path: Path, tag: str = "tmp") -> Path:
     return Path(name)
 
 
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Remove the temp siblings a killed write of ``path`` left (``.<name>.tmp-*``, ``.<name>.old-*``, and
+    nested ones such as ``..<name>.tmp-*.tmp-*``); returns what was removed. Call it only while no other
+    writer of ``path`` runs (a step's own outputs, a locked checkpoint folder)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(r"\.+" + re.escape(path.name) + r"\.(tmp|old)-")
+    found = [p for p in path.parent.iterdir() if pattern.match(p.name)]
+    for p in found:
+        remove_path(p)
+    return found
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or every file and folder under ``path``, to disk (a rename is durable only after
+    the data it names is)."""
+    if path.is_dir() and not path.is_symlink():
+        for sub in sorted(path.rglob("*")):
+            if sub.is_file() and not sub.is_symlink():
+                _fsync(sub, os.O_RDONLY)
+        _fsync_dir(path)
+    elif path.is_file():
+        _fsync(path, os.O_RDONLY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems refuse fsync on folders; the rename stays atomic
+        _fsync(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
 def replace_path(src: Path, dst: Path) -> None:
-    """Move ``src`` onto ``dst`` (file or folder), replacing what was there."""
+    """Move ``src`` (flushed to disk first) onto ``dst`` (file or folder), replacing what was there."""
+    fsync_path(src)
     if dst.is_dir() and not dst.is_symlink():
         old = temp_sibling(dst, "old")
         os.replace(dst, old)
@@ -37,6 +83,7 @@ def replace_path(src: Path, dst: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(src, dst)
+    _fsync_dir(dst.parent)
 
 
 @contextmanager

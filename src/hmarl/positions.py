@@ -9,7 +9,9 @@
     CASH,81250,            <- the cash row: its ``shares`` column holds the cash amount
 
 Symbols not listed are flat. Shares are long only (>= 0, fractions allowed) and a held symbol needs an
-entry price > 0; cash must be given (it may be negative on a leveraged account). Anything else is a
+entry price > 0; cash must be given (it may be negative on a leveraged account). Every value must be
+finite and within the desk's limits (``desk.max_cash``, ``desk.max_shares``, ``desk.max_price``): a
+value beyond them is a typo or a unit error, and would make orders overflow. Anything else is a
 :class:`~hmarl.errors.DataError` naming the file, the row, the column and the symbol.
 """
 
@@ -22,11 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from hmarl.errors import DataError
+from hmarl.params_base import Section
 
 COLUMNS = ("symbol", "shares", "entry_price")
 CASH_SYMBOL = "CASH"
+
+
+class DeskConfig(Section):
+    """Sanity limits of the account a desk passes in (``desk`` in params.yaml)."""
+
+    max_cash: float = Field(1e12, gt=0)  # |cash|
+    max_shares: float = Field(1e10, gt=0)  # shares of one symbol
+    max_price: float = Field(1e7, gt=0)  # entry price of one share
 
 
 @dataclass(frozen=True)
@@ -45,9 +57,9 @@ class Account:
         return not bool((self.shares > 0).any())
 
 
-def read_positions(path: str | Path, symbols: list[str]) -> Account:
+def read_positions(path: str | Path, symbols: list[str], limits: DeskConfig | None = None) -> Account:
     """The account in ``path`` (``.json`` or ``.csv``) over the model's ``symbols``."""
-    path = Path(path)
+    path, limits = Path(path), limits or DeskConfig()
     if not path.is_file():
         raise DataError(f"{path}: positions file not found")
     suffix = path.suffix.lower()
@@ -57,7 +69,7 @@ def read_positions(path: str | Path, symbols: list[str]) -> Account:
         cash, rows = _csv_rows(path)
     else:
         raise DataError(f"{path}: positions file must be .json or .csv, got {suffix or 'no suffix'!r}")
-    return _account(path, cash, rows, symbols)
+    return _account(path, cash, rows, symbols, limits)
 
 
 def _json_rows(path: Path) -> tuple[object, list[tuple[str, dict]]]:
@@ -98,25 +110,35 @@ def _csv_rows(path: Path) -> tuple[object, list[tuple[str, dict]]]:
     return cash, rows
 
 
-def _number(path: Path, where: str, symbol: str, column: str, value: object) -> float:
+def _number(
+    path: Path, where: str, symbol: str, column: str, value: object, limit: tuple[str, float] | None = None
+) -> float:
+    """A finite number; with ``limit`` (its params key and value), at most that in absolute value."""
     try:
         x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
         x = math.nan
     if isinstance(value, bool) or not math.isfinite(x):
         raise DataError(
             f"{path}: {where} ({symbol}): column {column!r} must be a finite number, got {value!r}"
         )
+    if limit is not None and abs(x) > limit[1]:
+        raise DataError(
+            f"{path}: {where} ({symbol}): column {column!r} is {x:g}, beyond {limit[0]} ({limit[1]:g}); "
+            "a unit or typing error?"
+        )
     return x
 
 
-def _account(path: Path, cash: object, rows: list[tuple[str, dict]], symbols: list[str]) -> Account:
+def _account(
+    path: Path, cash: object, rows: list[tuple[str, dict]], symbols: list[str], limits: DeskConfig
+) -> Account:
     if cash is None:
         raise DataError(
             f'{path}: no cash given (JSON: a "cash" key; CSV: a row {CASH_SYMBOL},<amount>, with the amount '
             "in the shares column)"
         )
-    cash = _number(path, "cash", CASH_SYMBOL, "cash", cash)
+    cash = _number(path, "cash", CASH_SYMBOL, "cash", cash, ("desk.max_cash", limits.max_cash))
     index = {s: i for i, s in enumerate(symbols)}
     shares, entry = np.zeros(len(symbols)), np.zeros(len(symbols))
     seen: dict[str, str] = {}
@@ -129,13 +151,14 @@ def _account(path: Path, cash: object, rows: list[tuple[str, dict]], symbols: li
         if symbol in seen:
             raise DataError(f"{path}: {where}: symbol {symbol!r} listed twice (first at {seen[symbol]})")
         seen[symbol] = where
-        n = _number(path, where, symbol, "shares", row["shares"])
+        n = _number(path, where, symbol, "shares", row["shares"], ("desk.max_shares", limits.max_shares))
         if n < 0:
             raise DataError(
                 f"{path}: {where} ({symbol}): column 'shares' is negative ({n:g}); short positions are not "
                 "supported"
             )
-        price = _number(path, where, symbol, "entry_price", row["entry_price"]) if n > 0 else 0.0
+        price_limit = ("desk.max_price", limits.max_price)
+        price = _number(path, where, symbol, "entry_price", row["entry_price"], price_limit) if n > 0 else 0.0
         if n > 0 and price <= 0:
             raise DataError(
                 f"{path}: {where} ({symbol}): column 'entry_price' must be > 0 for a held position"

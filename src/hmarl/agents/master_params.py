@@ -45,6 +45,8 @@ class MasterConfig(Section):
     max_value_loss: float = Field(1e4, gt=0.0)
     checkpoint_dir: str = "checkpoints/train_master"
     checkpoint_every: int = Field(10, ge=1)  # updates
+    # a second run of the same run key waits this long for the first to finish, then stops with an error
+    lock_wait_s: float = Field(0.0, ge=0.0)
     threads: int = Field(1, ge=0)  # torch threads (0: torch's default)
     eval_envs: int = Field(8, ge=1)  # held-out evaluation: accounts per arm (master vs neutral directive)
     # alternating fine-tuning rounds after the first master phase (0: off). Each round fine-tunes the symbol

@@ -15,6 +15,7 @@ from hmarl.agents.params import AgentConfig
 from hmarl.agents.symbol import SymbolAgent
 from hmarl.errors import DataError
 from hmarl.io import atomic_path
+from hmarl.safe_load import guarded, read_weights
 
 AGENT_VERSION = "symbol-agent-1"
 
@@ -43,9 +44,14 @@ def save_agent(path: str | Path, agent: SymbolAgent, state_dict: dict[str, torch
 def load_agent(path: str | Path, device: str | torch.device = "cpu") -> tuple[SymbolAgent, dict[str, Any]]:
     """Rebuild a saved agent (with its fine-tuned encoder, if any) on ``device``."""
     path = Path(path)
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_weights(path)
     if payload.get("version") != AGENT_VERSION:
         raise DataError(f"{path}: not a symbol-agent checkpoint of version {AGENT_VERSION}")
+    agent = guarded(path, lambda: _rebuild(payload).to(device).eval(), "symbol-agent checkpoint")
+    return agent, {k: v for k, v in payload.items() if k != "state_dict"}
+
+
+def _rebuild(payload: dict[str, Any]) -> SymbolAgent:
     encoder = None
     if payload.get("encoder"):
         from hmarl.encoders.model import SharedEncoder
@@ -57,5 +63,4 @@ def load_agent(path: str | Path, device: str | torch.device = "cpu") -> tuple[Sy
         )
     agent = SymbolAgent(AgentConfig(**payload["agent"]), encoder=encoder, **payload["dims"])
     agent.load_state_dict(payload["state_dict"])
-    agent.to(device).eval()
-    return agent, {k: v for k, v in payload.items() if k != "state_dict"}
+    return agent

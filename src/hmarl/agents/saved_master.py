@@ -15,6 +15,7 @@ from hmarl.agents.master import MasterAgent
 from hmarl.agents.master_params import MasterConfig
 from hmarl.errors import DataError
 from hmarl.io import atomic_path
+from hmarl.safe_load import guarded, read_weights
 
 MASTER_VERSION = "master-agent-1"
 
@@ -37,10 +38,14 @@ def save_master(path: str | Path, master: MasterAgent, **meta) -> None:
 
 def load_master(path: str | Path, device: str | torch.device = "cpu") -> tuple[MasterAgent, dict[str, Any]]:
     path = Path(path)
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_weights(path)
     if payload.get("version") != MASTER_VERSION:
         raise DataError(f"{path}: not a master-agent checkpoint of version {MASTER_VERSION}")
-    master = MasterAgent(MasterConfig(**payload["master"]), **payload["dims"])
-    master.load_state_dict(payload["state_dict"])
-    master.to(device).eval()
+
+    def build() -> MasterAgent:
+        master = MasterAgent(MasterConfig(**payload["master"]), **payload["dims"])
+        master.load_state_dict(payload["state_dict"])
+        return master.to(device).eval()
+
+    master = guarded(path, build, "master-agent checkpoint")
     return master, {k: v for k, v in payload.items() if k != "state_dict"}

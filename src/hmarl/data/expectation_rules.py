@@ -49,8 +49,9 @@ def _price_rules(table: str, columns: list[str], prefix: str) -> list[Rule]:
         for c in columns
     ]  # fmt: skip
     rules += [
-        Rule(f"{prefix}prices_positive", table, "ExpectColumnValuesToBeBetween",
-             {"column": c, "min_value": 0, "strict_min": True}, c, f"{c} > 0", f"with {c} <= 0", (c,))
+        Rule(f"{prefix}prices_positive", table, "ExpectColumnValuesToBeBetween",  # +inf fails the max
+             {"column": c, "min_value": 0, "strict_min": True, "max_value": sys.float_info.max}, c,
+             f"{c} > 0 and finite", f"with {c} <= 0 or infinite", (c,))
         for c in PRICES if c in columns
     ]  # fmt: skip
     pair = {"or_equal": True, "ignore_row_if": "either_value_is_missing"}
@@ -66,7 +67,8 @@ def _price_rules(table: str, columns: list[str], prefix: str) -> list[Rule]:
                               f"low <= {c}", f"with low > {c}", ("low", c)))  # fmt: skip
     if "volume" in columns:
         rules.append(Rule(f"{prefix}volume_non_negative", table, "ExpectColumnValuesToBeBetween",
-                          {"column": "volume", "min_value": 0}, "volume", "volume >= 0", "with volume < 0",
+                          {"column": "volume", "min_value": 0, "max_value": sys.float_info.max}, "volume",
+                          "volume >= 0 and finite", "with volume < 0 or infinite",
                           ("volume",)))  # fmt: skip
     return rules
 

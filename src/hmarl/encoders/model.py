@@ -21,6 +21,7 @@ from hmarl.encoders.branches import BiLSTMBranch, CNNBranch, GraphBranch, Transf
 from hmarl.encoders.params import EncoderConfig
 from hmarl.errors import DataError
 from hmarl.io import atomic_path
+from hmarl.safe_load import guarded, read_weights
 from hmarl.sl.cache import CHANNELS
 from hmarl.sl.inputs import feature_mismatch
 
@@ -106,21 +107,24 @@ def load_encoder(
 ) -> tuple[SharedEncoder, PretrainHeads, dict]:
     """Rebuild an encoder; refuses one trained on another feature list or symbol universe."""
     path = Path(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if list(ckpt["feature_names"]) != list(feature_names):
-        raise DataError(
-            f"{path}: {feature_mismatch(list(ckpt['feature_names']), list(feature_names), 'checkpoint', 'store')}"
-        )
-    if list(ckpt["symbols"]) != list(symbols):
-        raise DataError(
-            f"{path}: encoder was trained on another symbol universe ({len(ckpt['symbols'])} symbols)"
-        )
-    cfg = EncoderConfig(**ckpt["hparams"])
-    s = len(symbols)
-    encoder = SharedEncoder(cfg, ckpt["window"], len(feature_names), torch.zeros(s, s))
-    encoder.load_state_dict(ckpt["encoder"])
-    heads = PretrainHeads(encoder.learned_dim, ckpt["window"], len(feature_names), cfg.forecast_k)
-    heads.load_state_dict(ckpt["heads"])
-    encoder.eval()
-    heads.eval()
+    ckpt = read_weights(path)
+
+    def build() -> tuple[SharedEncoder, PretrainHeads]:
+        if list(ckpt["feature_names"]) != list(feature_names):
+            raise DataError(
+                feature_mismatch(list(ckpt["feature_names"]), list(feature_names), "checkpoint", "store")
+            )
+        if list(ckpt["symbols"]) != list(symbols):
+            raise DataError(
+                f"encoder was trained on another symbol universe ({len(ckpt['symbols'])} symbols)"
+            )
+        cfg = EncoderConfig(**ckpt["hparams"])
+        s = len(symbols)
+        encoder = SharedEncoder(cfg, ckpt["window"], len(feature_names), torch.zeros(s, s))
+        encoder.load_state_dict(ckpt["encoder"])
+        heads = PretrainHeads(encoder.learned_dim, ckpt["window"], len(feature_names), cfg.forecast_k)
+        heads.load_state_dict(ckpt["heads"])
+        return encoder.eval(), heads.eval()
+
+    encoder, heads = guarded(path, build, "encoder checkpoint")
     return encoder, heads, {k: v for k, v in ckpt.items() if k not in ("encoder", "heads")}

@@ -15,7 +15,7 @@ phase where it stopped. Round ``r`` draws its env seeds from ``seed + r``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +41,7 @@ class Phase:
     env_steps: int
     resumed_from: int | None
     directive_counts: list[list[int]] | None = None  # master phases: the directive histogram per update
+    resume_skipped: list[str] = field(default_factory=list)  # newer checkpoints that failed verification
 
 
 @dataclass
@@ -108,7 +109,7 @@ def train_schedule(
     m, bars = cfg.master, data.fold.train
     tables = data.tables(cfg, market.device).restrict(*bars)
     res = master_trainer.train(cfg, market, tables, symbols, bars, checkpoints, tracker, info)
-    phases = [Phase(0, "master", res.series, res.global_step, res.resumed_from, res.directive_counts)]
+    phases = [_master_phase(0, res)]
     master = res.master
     master_steps, symbol_steps = res.global_step, 0
     for r in range(1, m.alternating_rounds + 1):
@@ -126,7 +127,9 @@ def train_schedule(
             directed=master_director(master, market, cfg, m.finetune_directive == "greedy"),
         )
         symbols, symbol_steps = ft.agent.eval(), symbol_steps + ft.global_step
-        phases.append(Phase(r, "symbols", ft.series, ft.global_step, ft.resumed_from))
+        phases.append(
+            Phase(r, "symbols", ft.series, ft.global_step, ft.resumed_from, None, ft.resume_skipped)
+        )
 
         master_cfg = seeded.model_copy(
             update={"master": m.model_copy(update={"total_steps": m.finetune_master_steps})}
@@ -143,5 +146,11 @@ def train_schedule(
             init_state=master.state_dict(),
         )
         master, master_steps = res.master, master_steps + res.global_step
-        phases.append(Phase(r, "master", res.series, res.global_step, res.resumed_from, res.directive_counts))
+        phases.append(_master_phase(r, res))
     return ScheduleResult(master, symbols, phases)
+
+
+def _master_phase(r: int, res: master_trainer.MasterResult) -> Phase:
+    return Phase(
+        r, "master", res.series, res.global_step, res.resumed_from, res.directive_counts, res.resume_skipped
+    )

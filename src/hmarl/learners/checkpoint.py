@@ -7,28 +7,38 @@ numbers, strings, lists and dicts, so it loads with ``torch.load(weights_only=Tr
 
 Layout under a run folder (one per config/data hash, outside the step's outputs)::
 
-    update_0000040/rank0.pt   one file per DDP rank (ranks differ in env state and generators)
-    latest.json               {"update": 40}: written by rank 0 after every rank's file is in place
+    update_0000040/rank0.pt        one file per DDP rank (ranks differ in env state and generators)
+    update_0000040/manifest.json   {"update", "world_size", "files": {"rank0.pt": {"bytes", "sha256"}}}:
+                                   written by rank 0 after every rank's file is in place
+    lock                           held by the run writing here (:func:`run_lock`): one writer per run key
 
-Each file is written to a temp name and renamed; ``latest.json`` moves only after all ranks wrote theirs,
-so a kill at any moment leaves the previous complete checkpoint as the latest.
+Each file is written to a temp name, fsynced and renamed; the manifest comes last, so a kill at any moment
+leaves the previous sealed checkpoint, and a file damaged later (truncated, altered) fails its checksum:
+resume then takes the newest checkpoint that verifies.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import random
-from collections.abc import Callable
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from hmarl.io import atomic_path, read_json, remove_path, write_json
+from hmarl.errors import StepError
+from hmarl.io import atomic_path, read_json, remove_path, write_json, write_text
 
-LATEST = "latest.json"
+MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- random generators
@@ -134,52 +144,165 @@ def _like(saved: torch.Tensor, current: torch.Tensor | None) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- files
 class CheckpointStore:
-    """Checkpoints of one run (one folder), written by every rank, pointed to by ``latest.json``."""
+    """Checkpoints of one run (one folder), written by every rank; each complete checkpoint is sealed by
+    its ``manifest.json`` (every rank file's size and sha256), written last by rank 0.
 
-    def __init__(self, root: str | Path, rank: int = 0, keep: int = 2):
+    :meth:`load_latest` takes the newest checkpoint that verifies (manifest readable, every rank file
+    present with its size and checksum, this rank's file loadable) and records in :attr:`skipped` which
+    newer ones it passed over and why; a rerun after a truncated write (disk full, node lost) therefore
+    resumes from the previous complete checkpoint instead of failing on it."""
+
+    def __init__(self, root: str | Path, rank: int = 0, keep: int = 2, world_size: int = 1):
         self.root = Path(root)
         self.rank = rank
         self.keep = keep
+        self.world_size = world_size
+        self.skipped: list[str] = []  # "update_0000040: <why>" for each newer checkpoint not resumed
 
-    def _path(self, update: int, rank: int) -> Path:
-        return self.root / f"update_{update:07d}" / f"rank{rank}.pt"
+    def _folder(self, update: int) -> Path:
+        return self.root / f"update_{update:07d}"
+
+    def _folders(self) -> list[tuple[int, Path]]:
+        """(update, folder), newest first."""
+        found = []
+        for p in self.root.glob("update_*"):
+            number = p.name.split("_", 1)[1]
+            if p.is_dir() and number.isdigit():
+                found.append((int(number), p))
+        return sorted(found, reverse=True)
 
     def latest_update(self) -> int | None:
-        marker = self.root / LATEST
-        return int(read_json(marker)["update"]) if marker.exists() else None
+        """The newest update with a manifest (not verified: see :meth:`load_latest`)."""
+        return next((u for u, p in self._folders() if (p / MANIFEST).is_file()), None)
 
     def save(self, update: int, payload: dict[str, Any], barrier: Callable[[], None] = lambda: None) -> Path:
-        path = self._path(update, self.rank)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
-        barrier()  # every rank's file is in place before the marker moves
+        folder = self._folder(update)
+        path = folder / f"rank{self.rank}.pt"
+        folder.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
-            write_json(self.root / LATEST, {"update": update})
+            remove_path(folder / MANIFEST)  # rewriting an update (a skipped one): unsealed until done
+        with atomic_path(path) as tmp:  # temp name, fsync, rename
+            torch.save(payload, tmp)
+        barrier()  # every rank's file is in place before the manifest seals the checkpoint
+        if self.rank == 0:
+            files = {f"rank{r}.pt": _file_digest(folder / f"rank{r}.pt") for r in range(self.world_size)}
+            write_json(folder / MANIFEST, {"update": update, "world_size": self.world_size, "files": files})
             self._prune(update)
         barrier()
         return path
 
     def load_latest(self) -> dict[str, Any] | None:
-        """The latest complete checkpoint of this rank, on the CPU (generator states must stay there;
-        state dicts and :func:`restore_state` copy the rest onto the devices of what they restore)."""
-        update = self.latest_update()
-        if update is None:
-            return None
-        return torch.load(self._path(update, self.rank), map_location="cpu", weights_only=True)
+        """The newest checkpoint that verifies, on the CPU (generator states must stay there; state dicts
+        and :func:`restore_state` copy the rest onto the devices of what they restore); None if none."""
+        self.skipped = []
+        for update, folder in self._folders():
+            try:
+                payload = self._verified(update, folder)
+            except _Unusable as why:
+                self.skipped.append(f"{folder.name}: {why}")
+                log.warning("checkpoint %s skipped: %s", folder, why)
+                continue
+            if self.skipped:
+                log.warning("resuming from %s (newer ones skipped: %s)", folder, "; ".join(self.skipped))
+            return payload
+        return None
+
+    def _verified(self, update: int, folder: Path) -> dict[str, Any]:
+        try:
+            manifest = read_json(folder / MANIFEST)
+            files = manifest["files"]
+            ok = int(manifest["update"]) == update and int(manifest["world_size"]) == self.world_size
+        except FileNotFoundError:
+            raise _Unusable("no manifest (the write did not complete)") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _Unusable(f"unreadable manifest ({type(exc).__name__}: {exc})") from None
+        if not ok:
+            raise _Unusable(
+                f"manifest names update {manifest['update']} / world size {manifest['world_size']}"
+            )
+        for rank in range(self.world_size):
+            name = f"rank{rank}.pt"
+            if not isinstance(files.get(name), dict):
+                raise _Unusable(f"manifest lists no {name}")
+            if not (folder / name).is_file():
+                raise _Unusable(f"{name} missing")
+            if _file_digest(folder / name) != files[name]:
+                raise _Unusable(f"{name} does not match its checksum (truncated or altered)")
+        try:
+            return torch.load(folder / f"rank{self.rank}.pt", map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 (any unreadable file is one more checkpoint to skip)
+            raise _Unusable(f"rank{self.rank}.pt does not load ({type(exc).__name__})") from None
 
     def _prune(self, latest: int) -> None:
-        folders = sorted(p for p in self.root.glob("update_*") if p.is_dir())
-        for folder in folders:
-            if int(folder.name.split("_")[1]) <= latest and folder not in folders[-self.keep :]:
+        """Keep the ``keep`` newest sealed checkpoints up to ``latest``; drop older ones, unsealed ones and
+        newer ones (skipped at resume, now superseded), and temp files of killed writes."""
+        sealed = [u for u, p in self._folders() if u <= latest and (p / MANIFEST).is_file()][: self.keep]
+        for update, folder in self._folders():
+            if update not in sealed:
                 remove_path(folder)
+            else:
+                for leftover in folder.glob(".*.tmp-*"):
+                    remove_path(leftover)
+
+
+class _Unusable(Exception):
+    """Why a checkpoint cannot be resumed from."""
+
+
+def _file_digest(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+# --------------------------------------------------------------------------- one writer per run key
+class RunLockedError(StepError):
+    """Another process holds the run key's checkpoint folder."""
+
+
+@contextmanager
+def run_lock(folder: str | Path, wait_s: float, setting: str) -> Iterator[None]:
+    """Hold the advisory lock of a run key's checkpoint ``folder`` (``flock`` through the ``filelock``
+    package; the kernel drops it when the holder dies, so a killed run never leaves it stale). A second run
+    of the same key waits up to ``wait_s`` seconds (the params key ``setting``), then raises
+    :class:`RunLockedError`: two writers of one checkpoint folder would resume from and prune each
+    other's files."""
+    import filelock
+
+    from hmarl.learners.distributed import torchrun_env
+
+    ranks = torchrun_env()
+    if ranks is not None and ranks[0] != 0:  # torchrun: every rank runs the step; rank 0 holds the lock
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock, owner = filelock.FileLock(folder / "lock"), folder / "lock.owner"
+    try:
+        lock.acquire(timeout=wait_s)
+    except filelock.Timeout:
+        holder = owner.read_text().strip() if owner.is_file() else "unknown"
+        raise RunLockedError(
+            f"{folder}: another run of this run key is writing its checkpoints ({holder}); waited "
+            f"{wait_s:g} s ({setting}). Let it finish (this run then resumes from its last checkpoint) or "
+            "stop it"
+        ) from None
+    try:
+        write_text(
+            owner, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}"
+        )
+        yield
+    finally:
+        lock.release()
 
 
 def run_key(tree: dict, section: str, bookkeeping: set[str], *inputs: bytes) -> str:
-    """Key of a training run's checkpoint folder: the config ``tree`` (minus tracking, the profile name and
+    """Key of a training run's checkpoint folder: the config ``tree`` (minus tracking, the desk's limits, the profile name and
     the ``section``'s ``bookkeeping`` keys, which do not change what is trained) and the input digests, so
     a changed config or input never resumes a stale run."""
-    tree = {k: v for k, v in tree.items() if k not in ("tracking", "profile")}
+    tree = {k: v for k, v in tree.items() if k not in ("tracking", "profile", "desk")}
     tree[section] = {k: v for k, v in tree[section].items() if k not in bookkeeping}
     h = hashlib.sha256(json.dumps(tree, sort_keys=True).encode())
     for digest in inputs:

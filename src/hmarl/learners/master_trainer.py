@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ class MasterResult:
     directive_counts: list[list[int]]  # per update: how often each directive was chosen (histogram)
     global_step: int
     resumed_from: int | None
+    resume_skipped: list[str] = field(default_factory=list)  # newer checkpoints that failed verification
 
 
 def build_master(cfg: HmarlConfig, num_symbols: int, num_regime: int, num_directives: int) -> MasterAgent:
@@ -253,7 +254,11 @@ def train(
     gen = torch.Generator(device).manual_seed(seed)
     buf = MasterBuffer(m.num_steps, env.num_envs, master.obs_dim, master.joint_dim, device)
     num_updates = math.ceil(m.total_steps / m.num_steps)
-    store = CheckpointStore(checkpoint_root, info.rank) if checkpoint_root is not None else None
+    store = (
+        None
+        if checkpoint_root is None
+        else CheckpointStore(checkpoint_root, info.rank, world_size=info.world_size)
+    )
     obs = env.reset(seed=seed)
     start_update, global_step, series, hist, episode, resumed_from = 0, 0, [], [], {}, None
 
@@ -352,7 +357,8 @@ def train(
                 },
                 barrier=lambda: barrier(info),
             )
-    return MasterResult(master.eval(), series, hist, global_step, resumed_from)
+    skipped = store.skipped if store is not None else []
+    return MasterResult(master.eval(), series, hist, global_step, resumed_from, skipped)
 
 
 def log_master_update(tracker, metrics: dict[str, float], counts: torch.Tensor, step: int) -> None:

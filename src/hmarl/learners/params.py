@@ -99,6 +99,8 @@ class PPOConfig(Section):
     # checkpoints live outside the step's outputs, keyed by a hash of the config and the input data
     checkpoint_dir: str = "checkpoints/train_symbols"
     checkpoint_every: int = Field(10, ge=1)  # updates
+    # a second run of the same run key waits this long for the first to finish, then stops with an error
+    lock_wait_s: float = Field(0.0, ge=0.0)
     # devices
     world_size: int = Field(1, ge=1)  # DDP processes (gloo on CPU, NCCL on CUDA, one GPU each)
     bf16: bool = False  # bf16 autocast of the policy on CUDA (no-op on CPU)

@@ -57,6 +57,7 @@ class TrainResult:
     warm_start: dict[str, float] = field(default_factory=dict)
     # agent.head_weights int8: the trained weights before rounding (to measure what rounding changed)
     float_state: dict[str, torch.Tensor] | None = None
+    resume_skipped: list[str] = field(default_factory=list)  # newer checkpoints that failed verification
 
 
 # --------------------------------------------------------------------------- setup helpers
@@ -231,7 +232,11 @@ def train(
     amp = autocast(cfg, device)
     weights = cfg.reward.weight_vector()
     num_updates = math.ceil(p.total_steps / p.num_steps)
-    store = CheckpointStore(checkpoint_root, info.rank) if checkpoint_root is not None else None
+    store = (
+        None
+        if checkpoint_root is None
+        else CheckpointStore(checkpoint_root, info.rank, world_size=info.world_size)
+    )
     obs = compact(env.reset(seed=seed))
     start_update, global_step, series, episode = 0, 0, [], {}
     resumed_from, warm = None, {}
@@ -364,4 +369,5 @@ def train(
     if cfg.agent.head_weights == "int8":  # after the last checkpoint: a resumed run rounds the same weights
         float_state = {k: v.detach().clone() for k, v in agent.state_dict().items()}
         log.info("train_symbols: heads rounded to int8, largest weight change %s", quantize_heads_(agent))
-    return TrainResult(agent, series, global_step, resumed_from, warm, float_state)
+    skipped = store.skipped if store is not None else []
+    return TrainResult(agent, series, global_step, resumed_from, warm, float_state, skipped)

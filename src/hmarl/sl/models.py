@@ -15,6 +15,7 @@ from torch import nn
 
 from hmarl.errors import DataError
 from hmarl.io import atomic_path
+from hmarl.safe_load import guarded, read_weights
 from hmarl.sl.inputs import feature_mismatch
 from hmarl.sl.params import SLModelParams
 
@@ -92,11 +93,15 @@ def save_checkpoint(path: Path, module: nn.Module, **meta) -> None:
 def load_checkpoint(path: str | Path, feature_names: list[str]) -> tuple[nn.Module, dict]:
     """Rebuild a classifier; refuses a checkpoint trained on another feature list."""
     path = Path(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    trained_on = list(ckpt["feature_names"])
-    if trained_on != list(feature_names):
-        raise DataError(f"{path}: {feature_mismatch(trained_on, list(feature_names), 'checkpoint', 'store')}")
-    model = build_model(ckpt["model"], SLModelParams(**ckpt["hparams"]), ckpt["window"], len(trained_on))
-    model.load_state_dict(ckpt["state_dict"])
-    model.eval()
+    ckpt = read_weights(path)
+
+    def build() -> nn.Module:
+        trained_on = list(ckpt["feature_names"])
+        if trained_on != list(feature_names):
+            raise DataError(feature_mismatch(trained_on, list(feature_names), "checkpoint", "store"))
+        model = build_model(ckpt["model"], SLModelParams(**ckpt["hparams"]), ckpt["window"], len(trained_on))
+        model.load_state_dict(ckpt["state_dict"])
+        return model.eval()
+
+    model = guarded(path, build, "SL classifier checkpoint")
     return model, {k: v for k, v in ckpt.items() if k != "state_dict"}

@@ -3,7 +3,7 @@
 The bundle is what ``hmarl act`` serves; on go, the current champion is evaluated on the same walk-forward
 test folds before the ``champion`` alias moves (:class:`hmarl.tracking.registry.ModelRegistry`).
 
-The bundle (one registered model version; :func:`hmarl.act.load_bundle` reads it)::
+The bundle (one registered model version; :func:`hmarl.bundle.load_bundle` reads it)::
 
     features/   meta.json + norm.npz of the feature store (no feature arrays)
     sl_cache/   manifest.json + checkpoints/<model>/fold_<k>.pt of the model's fold (no probabilities)
@@ -41,6 +41,7 @@ from hmarl.errors import DataError, HmarlError
 from hmarl.evaluation.aggregate import aggregate, json_safe, mlflow_trial_sharpes
 from hmarl.evaluation.period import POLICY, PeriodEvaluation
 from hmarl.io import read_json, write_json, write_text
+from hmarl.safe_load import read_document
 from hmarl.steps.train_master import symbol_agent_dir
 
 log = logging.getLogger(__name__)
@@ -70,13 +71,15 @@ def _copy(src: Path, dst: Path) -> None:
 
 def assemble_bundle(cfg: HmarlConfig, inputs: dict[str, Path], out: Path, verdict: dict) -> dict:
     """Write the bundle into the new folder ``out``; returns its manifest. The pieces must describe one
-    model (same data fingerprint, symbols and fold), which :func:`hmarl.act.load_bundle` verifies."""
-    from hmarl.act import load_bundle
+    model (same data fingerprint, symbols and fold), which :func:`hmarl.bundle.load_bundle` verifies."""
+    from hmarl.bundle import load_bundle
 
     store, sl, enc = Path(inputs["store"]), Path(inputs["sl_cache"]), Path(inputs["encoder"])
     master = Path(inputs["master"])
     symbols = symbol_agent_dir(Path(inputs["symbols"]), master)
-    master_manifest = read_json(master / "manifest.json") if (master / "manifest.json").is_file() else None
+    master_manifest = (
+        read_document(master / "manifest.json") if (master / "manifest.json").is_file() else None
+    )
     if master_manifest is None:
         raise DataError(f"{master}: not a master folder (manifest.json missing); run train_master")
     fold = master_manifest["fold"]  # the training data's identity (an index; older manifests: the fold)
@@ -84,17 +87,17 @@ def assemble_bundle(cfg: HmarlConfig, inputs: dict[str, Path], out: Path, verdic
     for name in ("meta.json", "norm.npz"):
         _copy(store / name, out / "features" / name)
     _copy(sl / "manifest.json", out / "sl_cache" / "manifest.json")
-    sl_manifest = read_json(sl / "manifest.json")
+    sl_manifest = read_document(sl / "manifest.json")
     for model in sl_manifest.get("models", {}):
         rel = Path("checkpoints") / model / f"fold_{fold}.pt"
         _copy(sl / rel, out / "sl_cache" / rel)
     _copy(enc / "manifest.json", out / "encoder" / "manifest.json")
-    enc_manifest = read_json(enc / "manifest.json")
+    enc_manifest = read_document(enc / "manifest.json")
     for fit in enc_manifest.get("fits", []):
         if fit["fold"] == fold:
             _copy(enc / fit["checkpoint"], out / "encoder" / fit["checkpoint"])
     _copy(symbols / "agent.pt", out / "symbols" / "agent.pt")
-    sym_manifest = read_json(symbols / "manifest.json") if (symbols / "manifest.json").is_file() else {}
+    sym_manifest = read_document(symbols / "manifest.json") if (symbols / "manifest.json").is_file() else {}
     if sym_manifest:
         _copy(symbols / "manifest.json", out / "symbols" / "manifest.json")
     _copy(master / "master.pt", out / "master" / "master.pt")
@@ -178,7 +181,7 @@ def champion_metrics(
     training range (its SL models and encoder would see their own training bars): they are left out,
     and the challenger is judged on the same remaining periods. (None, why, periods) when it cannot be
     evaluated here (the registry then compares by its recorded metric)."""
-    from hmarl.act import load_bundle
+    from hmarl.bundle import load_bundle
     from hmarl.data.splits import folds_for
     from hmarl.data.store import FeatureStore
     from hmarl.evaluate_model import evaluate_bundle
@@ -227,7 +230,7 @@ def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> 
     gate_path = Path(inputs["gate"]) / "gate.json"
     if not gate_path.is_file():
         raise DataError(f"{gate_path}: gate verdict not found; run the gate step")
-    verdict = read_json(gate_path)
+    verdict = read_document(gate_path)
     go = bool(verdict.get("go")) and verdict.get("decision") == "go"
     notes: list[str] = []
     periods = walk_forward_periods(cfg, Path(inputs["walk_forward"]), notes)

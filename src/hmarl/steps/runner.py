@@ -1,7 +1,9 @@
 """Runs one step with all-or-nothing outputs.
 
-Old outputs are removed first (as DVC does), each output is written under a temp name, and only
-when ``run`` returns are they renamed into place, so a failed step leaves nothing downstream.
+Each output is written under a temp name and only when ``run`` returns are they renamed into place,
+replacing the previous outputs: a failed step writes nothing downstream and leaves the previous complete
+outputs (and their metrics) as they were. Temp folders a killed run left beside its outputs
+(``.<name>.tmp-*``) are removed when the step runs again.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from types import ModuleType
 
 from hmarl.config import HmarlConfig
 from hmarl.errors import StepError
-from hmarl.io import remove_path, replace_path, temp_sibling, write_json
+from hmarl.io import remove_leftovers, remove_path, replace_path, temp_sibling, write_json
 from hmarl.steps import STEP_NAMES
 
 log = logging.getLogger(__name__)
@@ -61,10 +63,9 @@ def execute(
     for key, path in ins.items():
         if not path.exists():
             raise StepError(f"step {name}: input {key!r} not found at {path}")
-    for path in outs.values():
-        remove_path(path)
-    if metrics_path is not None:
-        remove_path(Path(metrics_path))
+    for path in [*outs.values(), *([Path(metrics_path)] if metrics_path is not None else [])]:
+        for leftover in remove_leftovers(path):
+            log.warning("step %s: removed %s (left by a killed run)", name, leftover)
     temps = StepOutputs({k: temp_sibling(p) for k, p in outs.items()}, outs)
     t0 = time.perf_counter()
     try:

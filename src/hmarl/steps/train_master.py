@@ -41,6 +41,7 @@ from hmarl.evaluation.metrics import drawdown_reduction, finite_or_none, max_dra
 from hmarl.io import read_json, write_json
 from hmarl.learners.alternating import ScheduleResult, train_schedule
 from hmarl.learners.checkpoint import run_key as checkpoint_key
+from hmarl.learners.checkpoint import run_lock
 from hmarl.learners.distributed import DistInfo, launch
 from hmarl.steps.train_symbols import write_agent
 from hmarl.tracking import Tracker
@@ -56,7 +57,7 @@ INPUTS = {
 }
 OUTPUTS = {"model": "models/master"}
 PARAMS = ("seed", "device", "agent", "master", "env", "reward")
-_BOOKKEEPING = {"checkpoint_dir", "checkpoint_every", "eval_envs"}
+_BOOKKEEPING = {"checkpoint_dir", "checkpoint_every", "lock_wait_s", "eval_envs"}
 
 
 def symbol_agent_dir(symbols: Path, master: Path) -> Path:
@@ -99,7 +100,8 @@ def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> 
     checkpoints = Path(cfg.master.checkpoint_dir) / key
     out = Path(outputs["model"])
     args = (cfg, {k: str(v) for k, v in inputs.items()}, str(checkpoints), str(out), key)
-    launch(_worker, cfg.master.world_size, cfg.device, *args)
+    with run_lock(checkpoints, cfg.master.lock_wait_s, "master.lock_wait_s"):  # one writer per run key
+        launch(_worker, cfg.master.world_size, cfg.device, *args)
     return {k: float(v) for k, v in read_json(out / "summary.json").items()}
 
 
@@ -223,6 +225,7 @@ def _write_outputs(
             "env_steps": int(summary["env_steps"]),
             "updates": int(summary["updates"]),
             "resumed_from_update": masters[0].resumed_from,
+            "resume_skipped": [s for p in result.phases for s in p.resume_skipped],
             "critic": cfg.master.critic,
             "alternating_rounds": cfg.master.alternating_rounds,
             "world_size": cfg.master.world_size,

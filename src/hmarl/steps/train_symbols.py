@@ -36,6 +36,7 @@ from hmarl.evaluation.backtest import agent_policy as eval_agent_policy
 from hmarl.evaluation.metrics import sharpe_ratio
 from hmarl.io import read_json, write_json
 from hmarl.learners.checkpoint import run_key as checkpoint_key
+from hmarl.learners.checkpoint import run_lock
 from hmarl.learners.distributed import DistInfo, launch
 from hmarl.learners.stage_config import symbol_stage_config
 from hmarl.learners.symbol_trainer import TIMING_KEYS, TrainResult, train
@@ -49,7 +50,7 @@ INPUTS = {"store": "data/features", "sl_cache": "data/sl_cache", "encoder": "mod
 OUTPUTS = {"model": "models/symbols"}
 PARAMS = ("seed", "device", "agent", "ppo", "env", "reward", "features")
 # keys that do not change what is trained: a run differing only in these resumes the same checkpoints
-_BOOKKEEPING = {"checkpoint_dir", "checkpoint_every", "progress", "eval_envs"}
+_BOOKKEEPING = {"checkpoint_dir", "checkpoint_every", "lock_wait_s", "progress", "eval_envs"}
 
 
 def run_key(cfg: HmarlConfig, data: TrainingData) -> str:
@@ -69,7 +70,8 @@ def run(
     checkpoints = Path(cfg.ppo.checkpoint_dir) / key
     out = Path(outputs["model"])
     args = (cfg, {k: str(v) for k, v in inputs.items()}, str(checkpoints), str(out), key, dict(tags or {}))
-    launch(_worker, cfg.ppo.world_size, cfg.device, *args)
+    with run_lock(checkpoints, cfg.ppo.lock_wait_s, "ppo.lock_wait_s"):  # one writer per run key
+        launch(_worker, cfg.ppo.world_size, cfg.device, *args)
     return {k: float(v) for k, v in read_json(out / "summary.json").items()}
 
 
@@ -231,6 +233,7 @@ def _write_outputs(
             "updates": len(result.series),
             "step_unit": "env steps: every env advances one bar and every symbol agent acts once",
             "resumed_from_update": result.resumed_from,
+            "resume_skipped": result.resume_skipped,
             "encoder": cfg.agent.encoder,
             "inputs": {
                 "sl_cache": data.sl.manifest.get("fingerprint"),

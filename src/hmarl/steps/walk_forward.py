@@ -32,7 +32,8 @@ from hmarl.data.splits import folds_for
 from hmarl.errors import DataError
 from hmarl.evaluation.metrics import finite_or_none
 from hmarl.evaluation.walk_forward import evaluate_period
-from hmarl.io import read_json, write_json
+from hmarl.io import write_json
+from hmarl.safe_load import read_document
 from hmarl.sl.cache import NONE
 from hmarl.sl.train import torch_threads
 from hmarl.steps import train_master, train_symbols
@@ -55,7 +56,7 @@ def model_manifest(folder: Path, weights: str, data: TrainingData) -> dict:
     """The manifest of a trained-model folder, refused unless it describes this data."""
     if not (folder / weights).exists() or not (folder / "manifest.json").exists():
         raise DataError(f"{folder}: not a trained-model folder ({weights} or manifest.json missing)")
-    manifest = read_json(folder / "manifest.json")
+    manifest = read_document(folder / "manifest.json")
     for key, want in data.identity.items():
         if key != "fold" and manifest.get(key) != want:
             raise DataError(
