@@ -16,7 +16,6 @@ path leading outside the bundle is a :class:`~hmarl.errors.DataError` ``<file>: 
 from __future__ import annotations
 
 import dataclasses
-
 from dataclasses import dataclass
 from pathlib import Path
 
