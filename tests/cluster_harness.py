@@ -1,0 +1,218 @@
+"""The cluster-fidelity harness (``make test-cluster``): real servers on 127.0.0.1 and a task sandbox.
+
+- :class:`Postgres`: a private PostgreSQL cluster (Debian's ``initdb`` + ``pg_ctl``) on a free loopback
+  port, password authentication, run as the task UID (PostgreSQL refuses root).
+- :class:`MlflowServer`: ``mlflow server --app-name basic-auth`` on that database, artifacts proxied to a
+  destination folder (``mlflow-artifacts:``); an admin from the auth config, identities made by
+  :mod:`hmarl.tracking.identities`.
+- :class:`Sandbox`: runs a command as UID 10001 (``setpriv``) in a private mount namespace (``unshare``)
+  where the checkout is bind-mounted read-only and used as the working directory, HOME is a root-owned
+  folder, and only the given folders are writable. The interpreter is Debian's ``/usr/bin/python3.11``
+  (the CI image's Python lives in root's home) in a venv that reads the checkout's ``.venv`` packages
+  (installed from requirements.lock) through a ``.pth`` file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+TASK_UID = 10001
+REPO = Path(__file__).resolve().parents[1]
+DEBIAN_PYTHON = Path("/usr/bin/python3.11")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def owned_dir(path: Path, mode: int = 0o700) -> Path:
+    """A folder the task UID owns (writable for it)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, TASK_UID, TASK_UID)
+    path.chmod(mode)
+    return path
+
+
+def as_task_user(cmd: list[str]) -> list[str]:
+    return ["setpriv", f"--reuid={TASK_UID}", f"--regid={TASK_UID}", "--clear-groups", "--inh-caps=-all", *cmd]
+
+
+def wait_for(check, what: str, timeout: float = 90.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+def pg_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        raise RuntimeError("PostgreSQL not installed: `make test-cluster` installs it (apt-get install postgresql)")
+    return found[-1].parent
+
+
+class Postgres:
+    def __init__(self, root: Path):
+        self.root = owned_dir(root)
+        self.data = self.root / "data"
+        self.port = free_port()
+        self.user, self.password = "mlflow", secrets.token_hex(12)
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(as_task_user([str(pg_bin() / args[0]), *args[1:]]), check=True, capture_output=True)
+
+    def start(self) -> Postgres:
+        pwfile = self.root / "pw"
+        pwfile.write_text(self.password)
+        os.chown(pwfile, TASK_UID, TASK_UID)
+        self._run("initdb", "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}", "--auth=scram-sha-256")
+        pwfile.unlink()
+        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start")
+        return self
+
+    @property
+    def uri(self) -> str:  # the database `initdb` made for its superuser is "postgres"
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        subprocess.run(as_task_user([str(pg_bin() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"]),
+                       check=False, capture_output=True)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- MLflow
+class MlflowServer:
+    def __init__(self, root: Path, backend_uri: str):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.backend_uri = backend_uri
+        self.port = free_port()
+        self.admin = ("admin", secrets.token_hex(12))
+        self.artifacts = root / "artifacts"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MlflowServer:
+        config = self.root / "basic_auth.ini"
+        config.write_text(
+            "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+            f"database_uri = {self.backend_uri}\n"
+            f"admin_username = {self.admin[0]}\nadmin_password = {self.admin[1]}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--backend-store-uri", self.backend_uri, "--artifacts-destination", str(self.artifacts),
+               "--app-name", "basic-auth", "--workers", "1"]  # fmt: skip
+        self.log = (self.root / "server.log").open("w")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self.healthy, f"mlflow server on {self.uri} (log: {self.root / 'server.log'})", timeout=180)
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-3000:]}")
+        try:
+            return requests.get(f"{self.uri}/health", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+# --------------------------------------------------------------------------- task sandbox
+class Sandbox:
+    """Commands as a cluster task would run them: UID 10001, checkout + HOME read-only, a few writable folders."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o755)
+        self.checkout = root / "app"  # mount point of the read-only checkout (the task's working dir)
+        self.checkout.mkdir(exist_ok=True)
+        self.home = root / "home"  # root-owned: read-only for the task
+        self.home.mkdir(exist_ok=True)
+        self.scratch = owned_dir(root / "scratch")
+        self.tmp = owned_dir(root / "tmp", 0o1777)
+        self.venv = root / "venv"
+        self._make_venv()
+
+    def _make_venv(self) -> None:
+        if not DEBIAN_PYTHON.is_file():
+            raise RuntimeError(f"{DEBIAN_PYTHON} missing: `make test-cluster` installs it (apt-get install python3)")
+        subprocess.run([str(DEBIAN_PYTHON), "-m", "venv", "--without-pip", str(self.venv)], check=True)
+        site = next(self.venv.glob("lib/python3.11/site-packages"))
+        packages = self.checkout / ".venv" / "lib" / "python3.11" / "site-packages"
+        # the checkout's packages (processing their .pth files too), then the checkout's src/
+        (site / "hmarl_checkout.pth").write_text(f"import site; site.addsitedir({str(packages)!r})\n")
+        self.venv.chmod(0o755)
+
+    def command(self, cmd: list[str], writable: list[Path] = (), cwd: Path | None = None) -> list[str]:
+        """``cmd`` (``python`` = the sandbox interpreter) wrapped: namespace, read-only mounts, UID drop."""
+        cmd = [str(self.venv / "bin" / "python") if c == "python" else str(c) for c in cmd]
+        for path in writable:
+            owned_dir(Path(path))
+        mounts = (f"mount --bind {REPO} {self.checkout} && mount -o remount,ro,bind {self.checkout} && "
+                  f"mount --bind {self.home} {self.home} && mount -o remount,ro,bind {self.home} && ")  # fmt: skip
+        inner = " ".join(shlex_quote(c) for c in as_task_user(cmd))
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                f"{mounts} cd {shlex_quote(str(cwd or self.checkout))} && exec {inner}"]  # fmt: skip
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A task's environment: nothing of root's but PATH and locale; HOME read-only; scratch writable."""
+        keep = {k: os.environ[k] for k in ("LANG", "LC_ALL") if k in os.environ}
+        return {
+            **keep,
+            "PATH": f"{self.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(self.home),
+            "TMPDIR": str(self.tmp),
+            "HMARL_HOME": str(self.scratch),
+            "PYTHONPATH": str(self.checkout / "src"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "DVC_NO_ANALYTICS": "1",
+            **extra,
+        }
+
+    def run(self, cmd: list[str], writable: list[Path] = (), cwd: Path | None = None, timeout: float = 1200,
+            **env: str) -> subprocess.CompletedProcess:  # fmt: skip
+        return subprocess.run(self.command(cmd, writable, cwd), env=self.env(**env), capture_output=True,
+                              text=True, timeout=timeout, check=False)  # fmt: skip
+
+    def popen(self, cmd: list[str], writable: list[Path] = (), **env: str) -> subprocess.Popen:
+        return subprocess.Popen(self.command(cmd, writable), env=self.env(**env), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+
+
+def shlex_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
