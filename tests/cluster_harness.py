@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -37,16 +38,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def owned_dir(path: Path, mode: int = 0o700) -> Path:
-    """A folder the task UID owns (writable for it)."""
+def owned_dir(path: Path, mode: int = 0o700, uid: int = TASK_UID) -> Path:
+    """A folder the task UID (or ``uid``) owns (writable for it)."""
     path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, TASK_UID, TASK_UID)
+    os.chown(path, uid, uid if uid == TASK_UID else -1)
     path.chmod(mode)
     return path
 
 
-def as_task_user(cmd: list[str]) -> list[str]:
-    return ["setpriv", f"--reuid={TASK_UID}", f"--regid={TASK_UID}", "--clear-groups", "--inh-caps=-all", *cmd]
+def as_task_user(cmd: list[str], uid: int = TASK_UID, gid: int = TASK_UID) -> list[str]:
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all", *cmd]
 
 
 def wait_for(check, what: str, timeout: float = 90.0) -> None:
@@ -62,25 +63,36 @@ def wait_for(check, what: str, timeout: float = 90.0) -> None:
 def pg_bin() -> Path:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if not found:
-        raise RuntimeError("PostgreSQL not installed: `make test-cluster` installs it (apt-get install postgresql)")
+        raise RuntimeError(
+            "PostgreSQL not installed: `make test-cluster` installs it (apt-get install postgresql)"
+        )
     return found[-1].parent
 
 
 class Postgres:
+    """Runs as Debian's ``postgres`` account (initdb needs a passwd entry and refuses root)."""
+
     def __init__(self, root: Path):
-        self.root = owned_dir(root)
+        account = pwd.getpwnam("postgres")
+        self.uid, self.gid = account.pw_uid, account.pw_gid
+        self.root = owned_dir(root, uid=self.uid)
         self.data = self.root / "data"
         self.port = free_port()
         self.user, self.password = "mlflow", secrets.token_hex(12)
 
     def _run(self, *args: str) -> None:
-        subprocess.run(as_task_user([str(pg_bin() / args[0]), *args[1:]]), check=True, capture_output=True)
+        cmd = as_task_user([str(pg_bin() / args[0]), *args[1:]], self.uid, self.gid)
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {done.stderr[-2000:]}")
 
     def start(self) -> Postgres:
         pwfile = self.root / "pw"
         pwfile.write_text(self.password)
-        os.chown(pwfile, TASK_UID, TASK_UID)
-        self._run("initdb", "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}", "--auth=scram-sha-256")
+        os.chown(pwfile, self.uid, self.gid)
+        self._run(
+            "initdb", "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}", "--auth=scram-sha-256"
+        )
         pwfile.unlink()
         opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
         self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "start")
@@ -91,7 +103,7 @@ class Postgres:
         return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/postgres"
 
     def stop(self) -> None:
-        subprocess.run(as_task_user([str(pg_bin() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"]),
+        subprocess.run(as_task_user([str(pg_bin() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"], self.uid, self.gid),
                        check=False, capture_output=True)  # fmt: skip
 
 
@@ -118,12 +130,18 @@ class MlflowServer:
             f"admin_username = {self.admin[0]}\nadmin_password = {self.admin[1]}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         )
-        env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+        env = {
+            **os.environ,
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        }
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--backend-store-uri", self.backend_uri, "--artifacts-destination", str(self.artifacts),
                "--app-name", "basic-auth", "--workers", "1"]  # fmt: skip
         self.log = (self.root / "server.log").open("w")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         wait_for(self.healthy, f"mlflow server on {self.uri} (log: {self.root / 'server.log'})", timeout=180)
         return self
 
@@ -164,7 +182,9 @@ class Sandbox:
 
     def _make_venv(self) -> None:
         if not DEBIAN_PYTHON.is_file():
-            raise RuntimeError(f"{DEBIAN_PYTHON} missing: `make test-cluster` installs it (apt-get install python3)")
+            raise RuntimeError(
+                f"{DEBIAN_PYTHON} missing: `make test-cluster` installs it (apt-get install python3)"
+            )
         subprocess.run([str(DEBIAN_PYTHON), "-m", "venv", "--without-pip", str(self.venv)], check=True)
         site = next(self.venv.glob("lib/python3.11/site-packages"))
         packages = self.checkout / ".venv" / "lib" / "python3.11" / "site-packages"
@@ -195,6 +215,8 @@ class Sandbox:
             "PYTHONPATH": str(self.checkout / "src"),
             "PYTHONDONTWRITEBYTECODE": "1",
             "DVC_NO_ANALYTICS": "1",
+            "USER": "hmarl",  # getpass.getuser() (MLflow's user tag): UID 10001 has no passwd entry here
+            "LOGNAME": "hmarl",
             **extra,
         }
 

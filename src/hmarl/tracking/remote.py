@@ -70,9 +70,18 @@ def wait_until_up(uri: str, sleep: Callable[[float], None] = time.sleep) -> None
             last = f"{type(exc).__name__}: {str(exc)[:160]}"
         if attempt < retries:
             delay = backoff * 2**attempt
-            log.warning("MLflow server %s not answering (%s); retry %d/%d in %.1fs", uri, last, attempt + 1, retries, delay)
+            log.warning(
+                "MLflow server %s not answering (%s); retry %d/%d in %.1fs",
+                uri,
+                last,
+                attempt + 1,
+                retries,
+                delay,
+            )
             sleep(delay)
-    raise TrackingServerError(f"MLflow tracking server {uri} unreachable after {retries + 1} attempts ({last})")
+    raise TrackingServerError(
+        f"MLflow tracking server {uri} unreachable after {retries + 1} attempts ({last})"
+    )
 
 
 def check_server(uri: str, sleep: Callable[[float], None] = time.sleep) -> None:
