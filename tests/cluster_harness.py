@@ -160,6 +160,7 @@ class MlflowServer:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
         self.log.close()
 
 

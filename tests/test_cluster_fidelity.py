@@ -117,7 +117,7 @@ def test_wrong_credentials_fail_naming_the_server_and_register_nothing(stack):
     before = len(registered_versions(server))
     cfg = root / "cfg-wrong"
     done = box.run(["python", "-m", "hmarl.cli", "act", "--model", "models:/hmarl@champion", "--data", "/nonexistent"],
-                   cwd=None, MLFLOW_TRACKING_URI=server.uri,
+                   MLFLOW_TRACKING_URI=server.uri,
                    **creds((PIPELINE[0], "not-the-password")))  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert f"MLflow tracking server {server.uri} refused the credentials of user 'pipeline'" in done.stderr

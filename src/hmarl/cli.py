@@ -72,12 +72,14 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _serving_config(args: argparse.Namespace):
-    """Config of ``act`` / ``evaluate``: the params file; with the default one absent (a desk's empty
-    folder, a pod), the defaults with the tracking server of ``MLFLOW_TRACKING_URI``."""
+    """Config of ``act`` / ``evaluate``: the params file (the defaults when the default one is absent: a
+    desk's empty folder, a pod); ``MLFLOW_TRACKING_URI``, when set, names the registry to load from."""
     if args.params != DEFAULT_PARAMS or Path(args.params).exists():
-        return load_config(args.params, args.overrides)
+        cfg = load_config(args.params, args.overrides)
+    else:
+        cfg = build_config({}, args.overrides)
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    return build_config({}, ([f"tracking.mlflow_uri={json.dumps(uri)}"] if uri else []) + args.overrides)
+    return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"mlflow_uri": uri})}) if uri else cfg
 
 
 def _cmd_act(args: argparse.Namespace) -> int:
