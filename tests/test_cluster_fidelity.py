@@ -77,6 +77,7 @@ def canonical_bars(run_dir: Path) -> Path:
     return bars
 
 
+@pytest.mark.timeout(1800)  # the whole DAG (tiny sizes) on a shared 2-core machine: ~7 min
 def test_pipeline_runs_read_only_as_uid_10001_and_act_serves_the_servers_copy(stack):
     server, box, root = stack
     work = owned_dir(root / "kfp")
@@ -161,6 +162,7 @@ def test_server_down_retries_with_backoff_then_fails_clearly(stack):
     assert done.stderr.count("not answering") == 3 and waited >= 0.5 + 1 + 2
 
 
+@pytest.mark.timeout(1200)
 def test_killed_training_task_resumes_from_the_checkpoint_volume(stack):
     """The train_symbols component body (what a retried KFP task runs) killed with SIGKILL after its first
     checkpoint, then run again on the same volume: it resumes instead of starting over."""
