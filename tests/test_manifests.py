@@ -756,3 +756,25 @@ def test_gpu_pool_and_names_are_the_ones_pipelines_cluster_uses(gpu_pool, pytorc
         "ghcr.io/hmarl/hmarl",
         "ghcr.io/hmarl/hmarl-gpu",
     )
+
+
+def test_pytorchjob_stages_the_inputs_of_its_step(pytorchjob):
+    """The init container produces, on the shared volume, every input train_symbols reads (its default
+    relative paths under the workingDir), by running the upstream steps whose outputs those are."""
+    from hmarl.steps.runner import step_module
+
+    pod = pytorchjob["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (main,) = pod["containers"]
+    script = init["args"][0]
+    staged = dict(
+        p.split(":") for p in re.findall(r"\b(\w+:[\w/]+)\b", script.split("for pair in")[1].split(";")[0])
+    )
+    produced = {path for step, path in staged.items() for path in step_module(step).OUTPUTS.values()}
+    assert set(staged.values()) <= produced  # each pair names its step's own output
+    assert set(step_module("train_symbols").INPUTS.values()) <= set(staged.values())
+    assert {m["mountPath"] for m in init["volumeMounts"]} >= {
+        main["workingDir"]
+    } and "cd /checkpoints" in script
+    assert init["env"] == main["env"]  # the same tracking server, identity and object store
+    assert pytorchjob["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["initContainers"] == [init]
