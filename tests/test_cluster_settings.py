@@ -2,8 +2,7 @@
 remote-tracking checks (retries with backoff, refused credentials, no local artifact location)."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from hmarl.pipeline_cli import pipeline_module
 from hmarl.tracking import remote
 from hmarl.tracking.scratch import scratch_dir, scratch_overrides
 from hmarl.tracking.tracker import artifact_location
+from http_fixtures import serving
 
 REPO = Path(__file__).resolve().parents[1]
 pipeline_module()  # puts the checkout (pipelines/, components/) on sys.path
@@ -125,13 +125,8 @@ def fake_mlflow():
     handler = type(
         "H", (FakeMlflow,), {"status": {"/health": 200, "/api/2.0/mlflow/experiments/search": 401}}
     )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler.status
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(handler) as url:
+        yield url, handler.status
 
 
 def test_refused_credentials_name_the_server_and_the_user(fake_mlflow, monkeypatch):

@@ -3,8 +3,7 @@ of submit / schedule (against a local fake of the KFP REST API) and real local r
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ from hmarl.pipeline_cli import (
     without_retries,
 )
 from hmarl.steps.runner import execute, step_module
+from http_fixtures import serving
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_TEXT = (REPO / "params.yaml").read_text()
@@ -673,13 +673,8 @@ class FakeKfpApi(BaseHTTPRequestHandler):
 @pytest.fixture
 def kfp_api():
     handler = type("Handler", (FakeKfpApi,), {"requests": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler.requests
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(handler) as url:
+        yield url, handler.requests
 
 
 def posted(requests: list, prefix: str) -> list[dict]:
