@@ -111,6 +111,13 @@ def test_pipeline_runs_read_only_as_uid_10001_and_act_serves_the_servers_copy(st
     orders = json.loads(out.stdout)
     assert len(orders["orders"]) == 5 and all(o["action"] for o in orders["orders"])
     assert not any(empty.iterdir())
+    # the same for an evaluation: only its --out folder is written
+    report = owned_dir(root / "evaluation")
+    ev = box.run(["python", "-m", "hmarl.cli", "evaluate", "--model", "models:/hmarl@champion", "--data", str(bars),
+                  "--out", str(report / "out")], writable=[empty, report], cwd=empty,
+                 MLFLOW_TRACKING_URI=server.uri, **creds(READER))  # fmt: skip
+    assert ev.returncode == 0, ev.stderr[-4000:]
+    assert (report / "out" / "metrics.json").is_file() and not any(empty.iterdir())
 
 
 def test_wrong_credentials_fail_naming_the_server_and_register_nothing(stack):
