@@ -185,9 +185,10 @@ def test_killed_training_task_resumes_from_the_checkpoint_volume(stack):
     deadline = time.monotonic() + 600
     while not list(volume.rglob("*.pt")) and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.5)
-    assert first.poll() is None, first.stdout.read()[-4000:]
+    assert first.poll() is None, first.communicate()[0][-4000:]
     os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    first.communicate()  # reaped, its output pipe drained and closed
+    assert first.returncode == -signal.SIGKILL
     again = box.run(["python", str(script)], writable=[work, volume], **creds(PIPELINE))
     assert again.returncode == 0, again.stderr[-4000:]
     metrics = json.loads(again.stdout.strip().splitlines()[-1])
