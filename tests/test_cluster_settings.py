@@ -151,3 +151,24 @@ def test_server_down_is_retried_with_exponential_backoff(fake_mlflow, monkeypatc
     status["/health"] = 200
     remote.wait_until_up(uri, sleep=waits.append)
     assert len(waits) == 3
+
+
+def test_tensorboard_event_files_are_logged_as_run_artifacts(tmp_path):
+    """They outlive the pod: on a cluster they reach the tracking server's artifact store."""
+    from mlflow import MlflowClient
+
+    from hmarl.tracking.tensorboard import TensorBoardTracker, Trackers
+    from hmarl.tracking.tracker import Tracker
+
+    cfg = TrackingConfig(mlflow_uri=f"sqlite:///{tmp_path}/m.db", artifact_root=str(tmp_path / "art"),
+                         tensorboard_dir=str(tmp_path / "runs"))  # fmt: skip
+    mlflow_tracker = Tracker(cfg)
+    with Trackers(mlflow_tracker, TensorBoardTracker(cfg)).start_run("train") as tr:
+        tr.log_metrics({"loss": 0.5}, step=1)
+        run_id = mlflow_tracker.run_id
+    client = MlflowClient(tracking_uri=cfg.mlflow_uri)
+    (folder,) = client.list_artifacts(run_id, "tensorboard")
+    files = [f.path for f in client.list_artifacts(run_id, folder.path)]
+    assert files and all("tfevents" in f for f in files)
+    local = sorted((tmp_path / "runs" / "train").rglob("*tfevents*"))
+    assert [Path(f).name for f in files] == [p.name for p in local]
