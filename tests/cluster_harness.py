@@ -2,9 +2,10 @@
 
 - :class:`Postgres`: a private PostgreSQL cluster (Debian's ``initdb`` + ``pg_ctl``) on a free loopback
   port, password authentication, run as the task UID (PostgreSQL refuses root).
-- :class:`MlflowServer`: ``mlflow server --app-name basic-auth`` on that database, artifacts proxied to a
-  destination folder (``mlflow-artifacts:``); an admin from the auth config, identities made by
-  :mod:`hmarl.tracking.identities`.
+- :class:`S3Server`: moto's S3-compatible server with one bucket (MinIO cannot be installed here).
+- :class:`MlflowServer`: ``mlflow server --app-name basic-auth`` on that database, artifacts proxied to
+  the bucket (``mlflow-artifacts:``); the admin from the environment (as the Deployment's Secret gives
+  it), identities made by :mod:`hmarl.tracking.identities`.
 - :class:`Sandbox`: runs a command as UID 10001 (``setpriv``) in a private mount namespace (``unshare``)
   where the checkout is bind-mounted read-only and used as the working directory, HOME is a root-owned
   folder, and only the given folders are writable. The interpreter is Debian's ``/usr/bin/python3.11``
@@ -107,49 +108,34 @@ class Postgres:
                        check=False, capture_output=True)  # fmt: skip
 
 
-# --------------------------------------------------------------------------- MLflow
-class MlflowServer:
-    def __init__(self, root: Path, backend_uri: str):
+# --------------------------------------------------------------------------- servers
+class Service:
+    """A server process on a free loopback port, in its own process group, logging to ``root/server.log``."""
+
+    health = "/health"
+
+    def __init__(self, root: Path):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.backend_uri = backend_uri
         self.port = free_port()
-        self.admin = ("admin", secrets.token_hex(12))
-        self.artifacts = root / "artifacts"
         self.proc: subprocess.Popen | None = None
 
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> MlflowServer:
-        config = self.root / "basic_auth.ini"
-        config.write_text(
-            "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
-            f"database_uri = {self.backend_uri}\n"
-            f"admin_username = {self.admin[0]}\nadmin_password = {self.admin[1]}\n"
-            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        )
-        env = {
-            **os.environ,
-            "MLFLOW_AUTH_CONFIG_PATH": str(config),
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
-        }
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--backend-store-uri", self.backend_uri, "--artifacts-destination", str(self.artifacts),
-               "--app-name", "basic-auth", "--workers", "1"]  # fmt: skip
+    def launch(self, cmd: list[str], env: dict[str, str], timeout: float) -> None:
         self.log = (self.root / "server.log").open("w")
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        wait_for(self.healthy, f"mlflow server on {self.uri} (log: {self.root / 'server.log'})", timeout=180)
-        return self
+        wait_for(self.healthy, f"{cmd[2]} on {self.uri} (log: {self.root / 'server.log'})", timeout=timeout)
 
     def healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-3000:]}")
+            raise RuntimeError(f"server exited: {(self.root / 'server.log').read_text()[-3000:]}")
         try:
-            return requests.get(f"{self.uri}/health", timeout=2).ok
+            return requests.get(f"{self.uri}{self.health}", timeout=2).ok
         except requests.RequestException:
             return False
 
@@ -161,7 +147,76 @@ class MlflowServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self.log.close()
+        if self.proc is not None:
+            self.log.close()
+
+
+class S3Server(Service):
+    """moto's S3-compatible server with one bucket: MLflow's artifact destination, as S3 on a cluster."""
+
+    health = "/moto-api/"
+    bucket = "mlflow-artifacts"
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+    def start(self) -> S3Server:
+        cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+        self.launch(cmd, {**os.environ, **self.credentials}, timeout=60)
+        self.client().create_bucket(Bucket=self.bucket)
+        return self
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What an S3 client (MLflow's server) needs to reach this store."""
+        return {**self.credentials, "MLFLOW_S3_ENDPOINT_URL": self.uri}
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.uri,
+            **{k.lower(): v for k, v in self.credentials.items() if k != "AWS_DEFAULT_REGION"},
+            region_name="us-east-1",
+        )
+
+    def keys(self) -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+class MlflowServer(Service):
+    """``mlflow server --app-name basic-auth`` (admin from its config), artifacts proxied to
+    ``destination`` (an ``s3://`` bucket with ``env`` for its endpoint, or a local folder)."""
+
+    def __init__(self, root: Path, backend_uri: str, destination: str, env: dict[str, str] | None = None):
+        super().__init__(root)
+        self.backend_uri, self.destination, self.extra_env = backend_uri, destination, dict(env or {})
+        self.admin = ("admin", secrets.token_hex(12))
+
+    def start(self) -> MlflowServer:
+        config = self.root / "basic_auth.ini"
+        config.write_text(
+            "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+            f"database_uri = {self.backend_uri}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        env = {
+            **os.environ,
+            **self.extra_env,
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_AUTH_ADMIN_USERNAME": self.admin[0],  # as the Deployment passes them: from a Secret
+            "MLFLOW_AUTH_ADMIN_PASSWORD": self.admin[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        }
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--backend-store-uri", self.backend_uri, "--artifacts-destination", self.destination,
+               "--app-name", "basic-auth", "--workers", "1"]  # fmt: skip
+        self.launch(cmd, env, timeout=180)
+        return self
 
 
 # --------------------------------------------------------------------------- task sandbox

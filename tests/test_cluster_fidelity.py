@@ -1,7 +1,7 @@
 """Cluster fidelity (``make test-cluster``): the compiled pipeline run as a cluster would run it.
 
-A real ``mlflow server`` (basic-auth app, PostgreSQL backend from Debian, artifacts proxied into its own
-destination folder) on 127.0.0.1; every pipeline task runs as UID 10001 with the checkout (its working
+A real ``mlflow server`` (basic-auth app, PostgreSQL backend from Debian, artifacts proxied into an
+S3-compatible store: moto's server) on 127.0.0.1; every pipeline task runs as UID 10001 with the checkout (its working
 directory) and HOME read-only, writing only its outputs and its scratch folder (tests/cluster_harness.py).
 After the run, the run folder is deleted and ``hmarl act`` from an empty folder loads the champion from
 the server's copy. Faults: wrong credentials, a server that is down, a training task killed mid-run.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_harness import MlflowServer, Postgres, Sandbox, owned_dir, remove_tree
+from cluster_harness import MlflowServer, Postgres, S3Server, Sandbox, owned_dir, remove_tree
 from test_kfp_pipeline import ALL_TIERS_ADVISORY, TINY
 
 pytestmark = [pytest.mark.cluster, pytest.mark.integration]
@@ -35,10 +35,11 @@ def stack():
     (Not under pytest's tmp_path: that is private to root, and the task and postgres accounts must reach it.)"""
     root = Path(tempfile.mkdtemp(prefix="hmarl-cluster-"))
     root.chmod(0o755)
-    server = pg = None
+    server = pg = s3 = None
     try:
         pg = Postgres(root / "pg").start()
-        server = MlflowServer(root / "mlflow", pg.uri).start()
+        s3 = S3Server(root / "s3").start()
+        server = MlflowServer(root / "mlflow", pg.uri, f"s3://{s3.bucket}", s3.env).start()
         # the bootstrap the cluster's Job runs (manifests/base/mlflow-auth.yaml), as a process of its own
         env = {**os.environ, **creds(server.admin), "MLFLOW_TRACKING_URI": server.uri,
                "HMARL_PIPELINE_USER": PIPELINE[0], "HMARL_PIPELINE_PASSWORD": PIPELINE[1],
@@ -46,12 +47,13 @@ def stack():
         boot = subprocess.run([sys.executable, "-m", "hmarl.tracking.identities"], env=env,
                               capture_output=True, text=True, check=False)  # fmt: skip
         assert boot.returncode == 0, boot.stderr[-3000:]
-        yield server, Sandbox(root / "sandbox"), root
+        yield server, Sandbox(root / "sandbox"), root, s3
     finally:
         if server is not None:
             server.stop()
-        if pg is not None:
-            pg.stop()
+        for service in (pg, s3):
+            if service is not None:
+                service.stop()
         remove_tree(root)
 
 
@@ -79,7 +81,7 @@ def canonical_bars(run_dir: Path) -> Path:
 
 @pytest.mark.timeout(1800)  # the whole DAG (tiny sizes) on a shared 2-core machine: ~7 min
 def test_pipeline_runs_read_only_as_uid_10001_and_act_serves_the_servers_copy(stack):
-    server, box, root = stack
+    server, box, root, s3 = stack
     work = owned_dir(root / "kfp")
     overrides = [*TINY, ALL_TIERS_ADVISORY]
     cmd = ["python", "-m", "hmarl.cli", "pipeline", "run-local", "--workdir", str(work),
@@ -96,7 +98,7 @@ def test_pipeline_runs_read_only_as_uid_10001_and_act_serves_the_servers_copy(st
     decision = json.loads(next(run_dir.glob("**/promote/decision/decision.json")).read_text())
     assert decision["decision"] == "promoted"
     # the artifacts are in the server's store, not on the task's disk: bundle, TensorBoard events
-    stored = [p.relative_to(server.artifacts).as_posix() for p in server.artifacts.rglob("*") if p.is_file()]
+    stored = s3.keys()  # the artifacts are in the object store, not on the task's disk
     assert any("/artifacts/bundle/master/" in p for p in stored)
     assert any("/artifacts/tensorboard/" in p and "tfevents" in p for p in stored)
     assert not list(box.scratch.rglob("mlartifacts"))
@@ -121,7 +123,7 @@ def test_pipeline_runs_read_only_as_uid_10001_and_act_serves_the_servers_copy(st
 
 
 def test_wrong_credentials_fail_naming_the_server_and_register_nothing(stack):
-    server, box, root = stack
+    server, box, root, s3 = stack
     before = len(registered_versions(server))
     cfg = root / "cfg-wrong"
     done = box.run(["python", "-m", "hmarl.cli", "act", "--model", "models:/hmarl@champion", "--data", "/nonexistent"],
@@ -134,7 +136,7 @@ def test_wrong_credentials_fail_naming_the_server_and_register_nothing(stack):
 
 
 def test_promote_as_the_read_only_identity_is_refused(stack):
-    server, box, root = stack
+    server, box, root, s3 = stack
     from hmarl.config import TrackingConfig
     from hmarl.tracking import remote
     from hmarl.tracking.registry import ModelRegistry
@@ -155,7 +157,7 @@ def test_promote_as_the_read_only_identity_is_refused(stack):
 
 
 def test_server_down_retries_with_backoff_then_fails_clearly(stack):
-    _, box, _ = stack
+    _, box, _, _ = stack
     from cluster_harness import free_port
 
     down = f"http://127.0.0.1:{free_port()}"
@@ -173,7 +175,7 @@ def test_server_down_retries_with_backoff_then_fails_clearly(stack):
 def test_killed_training_task_resumes_from_the_checkpoint_volume(stack):
     """The train_symbols component body (what a retried KFP task runs) killed with SIGKILL after its first
     checkpoint, then run again on the same volume: it resumes instead of starting over."""
-    server, box, root = stack
+    server, box, root, s3 = stack
     work = owned_dir(root / "resume")
     volume = owned_dir(root / "checkpoints")
     script = work / "task.py"
