@@ -117,7 +117,8 @@ class Cluster:
             ("MLFLOW_S3_ENDPOINT_URL", "endpoint_url"),  # MLflow's artifact client
         ),
     )
-    mlflow: EnvSource = EnvSource(  # the pipeline identity of MLflow's basic-auth app (log, register, aliases)
+    # the pipeline identity of MLflow's basic-auth app (log, register, move aliases)
+    mlflow: EnvSource = EnvSource(
         "secret",
         "hmarl-mlflow",
         (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")),

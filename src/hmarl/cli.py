@@ -79,7 +79,11 @@ def _serving_config(args: argparse.Namespace):
     else:
         cfg = build_config({}, args.overrides)
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"mlflow_uri": uri})}) if uri else cfg
+    return (
+        cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"mlflow_uri": uri})})
+        if uri
+        else cfg
+    )
 
 
 def _cmd_act(args: argparse.Namespace) -> int:
