@@ -12,7 +12,7 @@ from hmarl import cli
 from hmarl.config import TrackingConfig, build_config
 from hmarl.pipeline_cli import pipeline_module
 from hmarl.tracking import remote
-from hmarl.tracking.scratch import scratch_dir, scratch_overrides
+from hmarl.tracking.scratch import scratch_dir, scratch_environment, scratch_overrides
 from hmarl.tracking.tracker import artifact_location
 from http_fixtures import serving
 
@@ -95,8 +95,10 @@ def test_scratch_folder_takes_every_relative_write_location(tmp_path, monkeypatc
     # a tracking server and absolute paths stay as they are; the working directory as scratch moves nothing
     remote_cfg = build_config({}, ['tracking.mlflow_uri="http://mlflow:5000"', "ppo.checkpoint_dir=/ck"])
     assert not [o for o in scratch_overrides(remote_cfg) if "mlflow_uri" in o or "ppo." in o]
+    monkeypatch.delenv("HMARL_CACHE", raising=False)
+    assert scratch_environment(root)["HMARL_CACHE"] == str(root / "cache" / "hmarl")
     monkeypatch.chdir(tmp_path)
-    assert scratch_overrides(cfg, tmp_path) == []
+    assert scratch_overrides(cfg, tmp_path) == [] and scratch_environment(tmp_path) == {}
 
 
 def test_a_tracking_server_keeps_the_artifacts():

@@ -74,7 +74,10 @@ def scratch_overrides(cfg: HmarlConfig, root: Path | None = None) -> list[str]:
 
 def scratch_environment(root: Path) -> dict[str, str]:
     """Variables that send libraries' caches into the scratch folder instead of a read-only HOME
-    (compiled C kernels, matplotlib's font cache); values already set are kept."""
+    (compiled C kernels, matplotlib's font cache); values already set are kept. None when the scratch
+    folder is the working directory (a developer's checkout: the caches stay in HOME)."""
+    if root.resolve() == Path.cwd().resolve():
+        return {}
     wanted = {"HMARL_CACHE": root / "cache" / "hmarl", "MPLCONFIGDIR": root / "cache" / "matplotlib"}
     return {k: str(v) for k, v in wanted.items() if not os.environ.get(k)}
 
