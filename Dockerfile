@@ -3,7 +3,12 @@
 # Used by the KFP components (install_kfp_package=False: nothing is installed at run time), the
 # scheduled-retraining CronJob and `docker run hmarl step <name>`.
 #
-#   docker build -t ghcr.io/hmarl/hmarl:0.1.0 .
+#   TAG=$(make -s image-tag)      # <version>-<commit>: what `hmarl pipeline compile` puts into the IR
+#   docker build --build-arg IMAGE_TAG=$TAG -t ghcr.io/hmarl/hmarl:$TAG .
+#
+# No compiler in the runtime stage: the native kernels (simulator step, int8 heads, transformer completion;
+# hmarl/cbuild.py) are not built here and every caller runs their torch fallback. The README's latency
+# and throughput figures are for an install with a C compiler (README, "Which numbers hold where").
 #
 # GPU training uses Dockerfile.gpu (same layout, CUDA build of torch).
 
@@ -33,12 +38,16 @@ RUN PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}" pip install -c requirements.lock ".
 FROM ${PYTHON_IMAGE} AS runtime
 
 ARG VERSION=0.1.0
+# <version>-<commit> (make image-tag): `hmarl pipeline compile` inside the image (the retraining CronJob)
+# tags the pipeline's images with it; there is no git checkout in the image to derive it from
+ARG IMAGE_TAG=0.1.0-unversioned
 ARG SOURCE_URL=https://github.com/hmarl/hmarl
 ARG LICENSE=NOASSERTION
 LABEL org.opencontainers.image.title="hmarl" \
       org.opencontainers.image.description="Hierarchical multi-agent RL trading pipeline (CPU): DVC and Kubeflow Pipelines steps" \
       org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${IMAGE_TAG}" \
       org.opencontainers.image.licenses="${LICENSE}"
 
 ENV VIRTUAL_ENV=/opt/venv \
@@ -46,7 +55,8 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    DVC_NO_ANALYTICS=1
+    DVC_NO_ANALYTICS=1 \
+    HMARL_IMAGE_TAG=${IMAGE_TAG}
 
 # A passwd entry for the fixed UID: getpass.getuser() (torch compile caches, MLflow user tag) needs one.
 RUN groupadd --gid 10001 hmarl \

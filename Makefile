@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run test test-slow lint format bench clean
+.PHONY: install run test test-slow test-cluster cluster-deps image-tag lint format bench clean
 
 # The venv is rebuilt when the dependency spec or the lock file changes.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -24,6 +24,23 @@ test: install
 
 test-slow: install
 	pytest -m slow
+
+# Cluster fidelity (tests/test_cluster_fidelity.py): a real MLflow server (basic auth, PostgreSQL) on
+# 127.0.0.1 and the compiled pipeline run with every task as UID 10001, checkout and HOME read-only.
+# Needs root (setpriv, unshare --mount), Debian's PostgreSQL and python3.11 (installed here when missing).
+test-cluster: install cluster-deps
+	pytest -m cluster -p no:cacheprovider tests/test_cluster_fidelity.py
+
+cluster-deps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ ! -x /usr/bin/python3.11 ] \
+		|| ! command -v setpriv >/dev/null || ! command -v unshare >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			postgresql python3.11 util-linux mount; \
+	fi
+
+# The images' tag: package version + commit (what `hmarl pipeline compile` writes into the IR).
+image-tag: install
+	@python -c "import sys; sys.path.insert(0, '.'); from pipelines.cluster import image_tag; print(image_tag())"
 
 lint: install
 	ruff check .

@@ -9,7 +9,10 @@ Task settings are applied by :func:`data_step` and :func:`training_step`, so a n
 
 from __future__ import annotations
 
+import os
+import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from kfp import kubernetes
@@ -17,15 +20,39 @@ from kfp.dsl import PipelineTask
 
 from hmarl import __version__
 
+IMAGE_TAG_ENV = "HMARL_IMAGE_TAG"  # set in the images (build arg), where there is no git checkout
+CLUSTER_ENV = "HMARL_CLUSTER"  # the profile compiled when none is named (``--cluster``)
+
+
+def image_tag() -> str:
+    """``<package version>-<commit>`` (``-dirty`` with uncommitted changes): a rebuilt image gets a new tag,
+    so KFP's cache (keyed on the image string) never serves outputs of other code. ``HMARL_IMAGE_TAG``
+    wins (the images carry their own tag; CI may set a digest-pinned reference's tag)."""
+    if os.environ.get(IMAGE_TAG_ENV):
+        return os.environ[IMAGE_TAG_ENV]
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return f"{__version__}-{UNVERSIONED}"
+    return f"{__version__}-{head}" + ("-dirty" if dirty else "")
+
+
+UNVERSIONED = "unversioned"  # no git, no HMARL_IMAGE_TAG: `hmarl pipeline compile` refuses such a tag
+
 
 @dataclass(frozen=True)
 class GpuPool:
-    accelerator: str = "nvidia.com/gpu"  # extended resource name of the device plugin
+    accelerator: str | None = "nvidia.com/gpu"  # extended resource name of the device plugin; None: CPU
     gpus_per_task: int = 8  # one process per GPU (torchrun); the seed's setup is one 8-GPU node
     node_selector_key: str = "cloud.google.com/gke-accelerator"  # GKE's label; elsewhere: label the pool
     node_selector_value: str = "nvidia-h100-80gb"
     toleration_key: str = "nvidia.com/gpu"  # taint that keeps other pods off the GPU nodes
     toleration_effect: str = "NoSchedule"
+    shm_size: str = "64Gi"  # memory-backed /dev/shm (NCCL, 8 processes; the runtime default is 64 MiB)
 
 
 @dataclass(frozen=True)
@@ -67,8 +94,9 @@ class EnvSource:
 
 @dataclass(frozen=True)
 class Cluster:
-    image: str = f"ghcr.io/hmarl/hmarl:{__version__}"  # Dockerfile (CPU)
-    gpu_image: str = f"ghcr.io/hmarl/hmarl-gpu:{__version__}"  # Dockerfile.gpu (CUDA runtime)
+    name: str = "gke-h100"
+    image: str = f"ghcr.io/hmarl/hmarl:{image_tag()}"  # Dockerfile (CPU)
+    gpu_image: str = f"ghcr.io/hmarl/hmarl-gpu:{image_tag()}"  # Dockerfile.gpu (CUDA runtime)
     # the images' non-root USER, numeric so the kubelet can enforce runAsNonRoot (Pod Security
     # "restricted"); KFP >= 2.2 mounts emptyDirs over its artifact paths, so non-root tasks can write them
     run_as_user: int = 10001
@@ -89,11 +117,11 @@ class Cluster:
             ("MLFLOW_S3_ENDPOINT_URL", "endpoint_url"),  # MLflow's artifact client
         ),
     )
-    mlflow: EnvSource = EnvSource(  # only when MLflow sits behind authentication
+    # the pipeline identity of MLflow's basic-auth app (log, register, move aliases)
+    mlflow: EnvSource = EnvSource(
         "secret",
         "hmarl-mlflow",
         (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")),
-        optional=True,
     )
     pipeline_env: EnvSource = EnvSource(  # the cluster's tracking server, when the run names none
         "config_map", "hmarl-pipeline-env", (("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),), optional=True
@@ -104,11 +132,37 @@ class Cluster:
     training_env: tuple[str, ...] = ("s3", "mlflow")
     config_env: tuple[str, ...] = ("pipeline_env",)
     labels: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/part-of": "hmarl"})
+    service_account: str = "hmarl-pipeline"  # submit / schedule run the pipeline as this identity
 
 
-CLUSTER = Cluster()
-IMAGE = CLUSTER.image  # base image of every CPU component (components/*.py)
-GPU_IMAGE = CLUSTER.gpu_image  # base image of the training components
+# Named clusters (``hmarl pipeline compile --cluster NAME``). gke-h100: 8-GPU H100 nodes (GKE's label and
+# taint). kind: a laptop cluster with no accelerator: no GPU request, node selector or toleration, the
+# training tasks on the CPU image with small requests (the smoke profile fits; see README "kind").
+PROFILES: dict[str, Cluster] = {
+    "gke-h100": Cluster(),
+    "kind": Cluster(
+        name="kind",
+        gpu_image=Cluster().image,
+        gpu_pool=GpuPool(
+            accelerator=None, gpus_per_task=0, node_selector_key="", node_selector_value="", toleration_key=""
+        ),  # fmt: skip
+        data_resources=Resources(cpu="500m", memory="1Gi", memory_limit="4Gi"),
+        training_resources=Resources(cpu="1", memory="2Gi", memory_limit="6Gi"),
+    ),
+}
+
+
+def profile(name: str | None = None) -> Cluster:
+    """The named cluster profile (default: ``HMARL_CLUSTER``, else gke-h100)."""
+    name = name or os.environ.get(CLUSTER_ENV) or "gke-h100"
+    if name not in PROFILES:
+        raise ValueError(f"cluster {name!r}: unknown (known: {', '.join(sorted(PROFILES))})")
+    return PROFILES[name]
+
+
+CLUSTER = PROFILES["gke-h100"]
+IMAGE = CLUSTER.image  # base image of every CPU component (components/*.py); the same in every profile
+GPU_IMAGE = CLUSTER.gpu_image  # base image of the training components (kind: swapped for IMAGE)
 
 
 def use_env(task: PipelineTask, sources: tuple[str, ...], cluster: Cluster = CLUSTER) -> PipelineTask:
@@ -159,14 +213,27 @@ def registry_step(task: PipelineTask, cluster: Cluster = CLUSTER) -> PipelineTas
 
 def training_step(task: PipelineTask, gpus: int | None = None, cluster: Cluster = CLUSTER) -> PipelineTask:
     """GPU pool, never cached (training is stochastic and logs a new MLflow run), retried on pre-emption
-    with backoff; the checkpoint PVC is mounted so a retry resumes where the killed attempt stopped."""
+    with backoff; the checkpoint PVC is mounted so a retry resumes where the killed attempt stopped.
+
+    ``gpus``: what the step uses (pretrain_encoder: 1); default a whole node (one DDP process per GPU).
+    GPU tasks get a memory-backed ``/dev/shm``. A CPU-only profile (kind) requests no accelerator and
+    sets no node selector or toleration; the task runs on the CPU image."""
     pool = cluster.gpu_pool
     task.set_caching_options(enable_caching=False)
     _pod(task, cluster.training_resources, cluster)
-    task.set_accelerator_type(pool.accelerator)
-    task.set_accelerator_limit(gpus if gpus is not None else pool.gpus_per_task)
-    kubernetes.add_node_selector(task, pool.node_selector_key, pool.node_selector_value)
-    kubernetes.add_toleration(task, key=pool.toleration_key, operator="Exists", effect=pool.toleration_effect)
+    if pool.accelerator:
+        task.set_accelerator_type(pool.accelerator)
+        task.set_accelerator_limit(gpus if gpus is not None else pool.gpus_per_task)
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=pool.shm_size)  # fmt: skip
+    else:
+        task.container_spec.image = cluster.image
+    if pool.node_selector_key:
+        kubernetes.add_node_selector(task, pool.node_selector_key, pool.node_selector_value)
+    if pool.toleration_key:
+        kubernetes.add_toleration(
+            task, key=pool.toleration_key, operator="Exists", effect=pool.toleration_effect
+        )
     retry = cluster.retry
     task.set_retry(
         num_retries=retry.num_retries,

@@ -43,7 +43,7 @@ from components.validate import validate
 from components.walk_forward import walk_forward
 from kfp import dsl
 
-from pipelines.cluster import CLUSTER, config_step, data_step, registry_step, training_step
+from pipelines.cluster import CLUSTER, Cluster, config_step, data_step, registry_step, training_step
 
 PIPELINE_NAME = "hmarl"
 PARAMS_FILE = Path(__file__).resolve().parents[1] / "params.yaml"
@@ -51,22 +51,41 @@ _PARAMS = yaml.safe_load(PARAMS_FILE.read_text())
 DEFAULT_PARAMS_YAML = json.dumps(_PARAMS)
 DEFAULT_SEEDS = list(_PARAMS["stage5"]["seeds"])
 DEFAULT_FOLDS = list(_PARAMS["walk_forward"]["folds"])
-CHECKPOINTS = CLUSTER.checkpoint_mount  # the training tasks' PVC: resume after a pre-emption
+ENCODER_GPUS = 1  # pretrain_encoder trains on one device (no DDP): a whole node would sit idle
 
 
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description="Raw OHLCV bars -> validated features -> hierarchical multi-agent RL policy -> gate -> promotion",
-)
-def hmarl_pipeline(
-    profile: str = "",
-    params_yaml: str = DEFAULT_PARAMS_YAML,
-    overrides: list = [],  # noqa: B006 - KFP reads pipeline defaults from the signature
-    data_uri: str = "",
-    mlflow_uri: str = "",
-    seeds: list = DEFAULT_SEEDS,
-    folds: list = DEFAULT_FOLDS,
-):
+def make_pipeline(cluster: Cluster = CLUSTER):
+    """The DAG with the task settings of one cluster profile (``hmarl pipeline compile --cluster``)."""
+    checkpoints = cluster.checkpoint_mount  # the training tasks' PVC: resume after a pre-emption
+
+    def data(task, tracked=False):
+        return data_step(task, tracked=tracked, cluster=cluster)
+
+    def training(task, gpus=None):
+        return training_step(task, gpus=gpus, cluster=cluster)
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Raw OHLCV bars -> validated features -> hierarchical multi-agent RL policy -> gate -> promotion",
+    )
+    def hmarl_pipeline(
+        profile: str = "",
+        params_yaml: str = DEFAULT_PARAMS_YAML,
+        overrides: list = [],  # noqa: B006 - KFP reads pipeline defaults from the signature
+        data_uri: str = "",
+        mlflow_uri: str = "",
+        seeds: list = DEFAULT_SEEDS,
+        folds: list = DEFAULT_FOLDS,
+    ):
+        _dag(data, training, cluster, checkpoints, profile, params_yaml, overrides, data_uri, mlflow_uri,
+             seeds, folds)  # fmt: skip
+
+    return hmarl_pipeline
+
+
+def _dag(data, training, cluster, checkpoints, profile, params_yaml, overrides, data_uri, mlflow_uri, seeds,
+         folds):  # fmt: skip
+    """The tasks, wired (called inside the pipeline function, whose parameters these are)."""
     # every step receives this text as its `config` parameter, so it is part of each cache key
     config = config_step(
         resolve_config(
@@ -77,48 +96,47 @@ def hmarl_pipeline(
             mlflow_uri=mlflow_uri,
             seeds=seeds,
             folds=folds,
-        )
+        ),
+        cluster,
     )
     cfg = config.outputs["Output"]
     cfg_file = config.outputs["config_file"]  # the config inside the loops (see components/resolve_config.py)
 
-    ingested = data_step(ingest(config=cfg))
-    validated = data_step(validate(config=cfg, canonical=ingested.outputs["canonical"]))
-    store = data_step(
+    ingested = data(ingest(config=cfg))
+    validated = data(validate(config=cfg, canonical=ingested.outputs["canonical"]))
+    store = data(
         features(
             config=cfg,
             canonical=ingested.outputs["canonical"],
             validation=validated.outputs["report"],
         )
     ).outputs["store"]
-    sl = data_step(sl_cache(config=cfg, store=store), tracked=True).outputs["cache"]
-    encoder = training_step(
-        pretrain_encoder(config=cfg, checkpoint_root=CHECKPOINTS, store=store, sl_cache=sl)
+    sl = data(sl_cache(config=cfg, store=store), tracked=True).outputs["cache"]
+    encoder = training(
+        pretrain_encoder(config=cfg, checkpoint_root=checkpoints, store=store, sl_cache=sl), gpus=ENCODER_GPUS
     ).outputs["encoder"]
     trained = {"store": store, "sl_cache": sl, "encoder": encoder}
-    symbols_task = training_step(train_symbols(config=cfg, checkpoint_root=CHECKPOINTS, **trained))
+    symbols_task = training(train_symbols(config=cfg, checkpoint_root=checkpoints, **trained))
     symbols = symbols_task.outputs["model"]
-    master = training_step(
-        train_master(config=cfg, checkpoint_root=CHECKPOINTS, symbols=symbols, **trained)
+    master = training(
+        train_master(config=cfg, checkpoint_root=checkpoints, symbols=symbols, **trained)
     ).outputs["model"]
 
     with dsl.ParallelFor(seeds, name="seeds") as seed:
-        seed_runs = training_step(
-            stage5(config_file=cfg_file, seed=seed, checkpoint_root=CHECKPOINTS, **trained)
-        )
+        seed_runs = training(stage5(config_file=cfg_file, seed=seed, checkpoint_root=checkpoints, **trained))
     with dsl.ParallelFor(folds, name="folds") as fold:
-        fold_runs = training_step(
+        fold_runs = training(
             walk_forward(
                 config_file=cfg_file,
                 fold=fold,
-                checkpoint_root=CHECKPOINTS,
+                checkpoint_root=checkpoints,
                 symbols=symbols,
                 master=master,
                 **trained,
             )
         )
 
-    verdict = data_step(
+    verdict = data(
         gate(
             config=cfg,
             stage5=dsl.Collected(seed_runs.outputs["run"]),
@@ -127,13 +145,15 @@ def hmarl_pipeline(
         tracked=True,
     )
     with dsl.If(verdict.outputs["Output"] == True, name="go"):  # noqa: E712 - a KFP condition, not a bool
-        registry_step(
-            promote(
-                config=cfg,
-                gate=verdict.outputs["report"],
-                walk_forward=verdict.outputs["evaluations"],
-                symbols=symbols,
-                master=master,
-                **trained,
-            )
+        promoted = promote(
+            config=cfg,
+            gate=verdict.outputs["report"],
+            walk_forward=verdict.outputs["evaluations"],
+            symbols=symbols,
+            master=master,
+            **trained,
         )
+        registry_step(promoted, cluster)
+
+
+hmarl_pipeline = make_pipeline(CLUSTER)

@@ -227,6 +227,22 @@ def test_gpu_torch_index_matches_cuda_base():
     assert index.rstrip("/").endswith(f"/cu{cuda[1]}{cuda[2]}"), (index, _final(stages).base)
     cpu_index = stage_args(_builder(parse_dockerfile(REPO / "Dockerfile")))["TORCH_INDEX_URL"]
     assert cpu_index.rstrip("/").endswith("/cpu")
+    # the build asserts the CUDA build it installed: the same CUDA line as the index and the base
+    args = stage_args(_builder(stages))
+    assert (
+        args["TORCH_CUDA"] == f"{cuda[1]}.{cuda[2]}"
+        and args["TORCH_LOCAL_VERSION"] == f"cu{cuda[1]}{cuda[2]}"
+    )
+    check = [i.args for i in _builder(stages).all("RUN") if "torch.version.cuda" in i.args]
+    assert check and "2.13.0+${TORCH_LOCAL_VERSION}" in check[0] and "sys.exit(" in check[0]
+
+
+def test_images_carry_their_version_and_commit_tag(dockerfile):
+    """`hmarl pipeline compile` in the image (retraining CronJob) tags the pipeline's images from
+    HMARL_IMAGE_TAG: the build passes <version>-<commit> (make image-tag) through."""
+    final = _final(dockerfile[1])
+    env = " ".join(i.args for i in final.all("ENV"))
+    assert "HMARL_IMAGE_TAG=${IMAGE_TAG}" in env and "IMAGE_TAG" in stage_args(final)
 
 
 def test_final_stage_user_is_numeric_non_root(dockerfile):

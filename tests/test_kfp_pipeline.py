@@ -3,8 +3,7 @@ of submit / schedule (against a local fake of the KFP REST API) and real local r
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ from hmarl.pipeline_cli import (
     without_retries,
 )
 from hmarl.steps.runner import execute, step_module
+from http_fixtures import serving
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_TEXT = (REPO / "params.yaml").read_text()
@@ -308,9 +308,9 @@ OBJECT_STORE_ENV = {
     "AWS_ENDPOINT_URL": ("hmarl-s3", "endpoint_url", False),
     "MLFLOW_S3_ENDPOINT_URL": ("hmarl-s3", "endpoint_url", False),
 }
-MLFLOW_AUTH_ENV = {
-    "MLFLOW_TRACKING_USERNAME": ("hmarl-mlflow", "username", True),
-    "MLFLOW_TRACKING_PASSWORD": ("hmarl-mlflow", "password", True),
+MLFLOW_AUTH_ENV = {  # the pipeline identity: required (MLflow always runs behind its basic-auth app)
+    "MLFLOW_TRACKING_USERNAME": ("hmarl-mlflow", "username", False),
+    "MLFLOW_TRACKING_PASSWORD": ("hmarl-mlflow", "password", False),
 }
 
 
@@ -364,13 +364,19 @@ def test_training_tasks_run_on_the_gpu_pool_and_resume_after_preemption(ir):
         res = spec["deploymentSpec"]["executors"][exe]["container"]["resources"]
         accelerator = res["accelerator"]
         assert accelerator["resourceType"] == pool.accelerator, task
-        assert accelerator["resourceCount"] == str(pool.gpus_per_task), task
+        # what the step uses: the encoder trains on one GPU, the PPO steps one DDP process per GPU
+        gpus = 1 if task == "pretrain-encoder" else pool.gpus_per_task
+        assert accelerator["resourceCount"] == str(gpus), task
         assert res["resourceCpuRequest"] == CLUSTER.training_resources.cpu
         assert res["resourceMemoryRequest"] == CLUSTER.training_resources.memory
         k8s = platform[exe]
         assert k8s["nodeSelector"]["labels"] == {pool.node_selector_key: pool.node_selector_value}, task
         assert k8s["tolerations"] == [
             {"key": pool.toleration_key, "operator": "Exists", "effect": pool.toleration_effect}
+        ], task
+        # NCCL's shared memory: a memory-backed /dev/shm, not the runtime's 64 MiB
+        assert k8s["emptyDirMounts"] == [
+            {"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": pool.shm_size}
         ], task
         (mount,) = k8s["pvcMount"]
         assert mount["mountPath"] == CLUSTER.checkpoint_mount
@@ -407,9 +413,17 @@ def test_ir_carries_the_pipeline_parameters(ir):
     assert params["overrides"]["defaultValue"] == [] and params["data_uri"]["defaultValue"] == ""
 
 
+def without_image_tags(ir: tuple[dict, dict]) -> tuple[dict, dict]:
+    """The IR with every image's tag blanked: the tag names the commit it was compiled at."""
+    spec, platform = json.loads(json.dumps(ir))
+    for exe in spec["deploymentSpec"]["executors"].values():
+        exe["container"]["image"] = exe["container"]["image"].rpartition(":")[0]
+    return spec, platform
+
+
 def test_committed_ir_is_up_to_date(ir):
     assert COMMITTED_IR.is_file(), "pipelines/hmarl_pipeline.yaml missing: run `hmarl pipeline compile`"
-    assert load_ir(COMMITTED_IR) == ir, (
+    assert without_image_tags(load_ir(COMMITTED_IR)) == without_image_tags(ir), (
         "pipelines/hmarl_pipeline.yaml is stale (components, pipeline or params.yaml changed): "
         "run `hmarl pipeline compile` and commit it"
     )
@@ -659,13 +673,8 @@ class FakeKfpApi(BaseHTTPRequestHandler):
 @pytest.fixture
 def kfp_api():
     handler = type("Handler", (FakeKfpApi,), {"requests": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler.requests
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(handler) as url:
+        yield url, handler.requests
 
 
 def posted(requests: list, prefix: str) -> list[dict]:
@@ -684,6 +693,7 @@ def test_submit_sends_the_compiled_pipeline_and_arguments(kfp_api, capsys):
     assert [b["display_name"] for b in posted(requests, "/apis/v2beta1/experiments")] == ["nightly"]
     (run,) = posted(requests, "/apis/v2beta1/runs")
     assert run["display_name"] == "r1" and run["experiment_id"] == "exp-1"
+    assert run["service_account"] == "hmarl-pipeline"  # the RBAC of manifests/base/rbac.yaml applies
     assert run["runtime_config"]["parameters"] == {
         "profile": "full",
         "data_uri": "s3://bars/us.parquet",
@@ -746,6 +756,7 @@ def test_schedule_creates_a_recurring_run_with_the_cron(kfp_api, capsys):
     assert job["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 1"  # KFP's 6 fields, seconds first
     assert job["display_name"] == "weekly" and job["experiment_id"] == "exp-1"
     assert job["mode"] == "ENABLE" and job["no_catchup"] is True and int(job["max_concurrency"]) == 1
+    assert job["service_account"] == "hmarl-pipeline"
     assert job["runtime_config"]["parameters"] == {"mlflow_uri": "http://mlflow:5000"}
     committed, _ = load_ir(COMMITTED_IR)
     assert job["pipeline_spec"]["pipeline_spec"]["root"] == committed["root"]

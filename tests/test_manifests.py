@@ -326,7 +326,13 @@ def _pod_labels(docs: list[dict], kind: str, name: str) -> dict:
 def test_network_policy_default_denies_ingress(overlay):
     _, docs = overlay
     deny = _find(docs, "NetworkPolicy", "default-deny-ingress")["spec"]
-    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and not deny.get("ingress")
+    assert deny["policyTypes"] == ["Ingress"] and not deny.get("ingress")
+    # hmarl's own pods only: applied where KFP runs (standalone KFP shares the namespace), KFP's pods
+    # (ml-pipeline, metadata-grpc, its object store: no part-of label) stay reachable
+    assert deny["podSelector"] == {"matchLabels": {"app.kubernetes.io/part-of": "hmarl"}}
+    kfp_pod = {"app": "ml-pipeline", "application-crd-id": "kubeflow-pipelines"}
+    for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+        assert not _selects(policy["spec"]["podSelector"], kfp_pod), policy["metadata"]["name"]
 
 
 def test_network_policy_allows_exactly_the_intended_paths(overlay, builds):
@@ -419,7 +425,8 @@ def test_prod_carries_no_secret_data_and_documents_every_key(builds):
     assert not [d for d in docs if d["kind"] == "Secret" and (d.get("data") or d.get("stringData"))]
     readme = (MANIFESTS / "README.md").read_text()
     refs = _refs(docs, "Secret") | _refs(builds["training"], "Secret")
-    assert {name for name, _ in refs} >= {"hmarl-postgres", "hmarl-s3", "hmarl-mlflow"}
+    assert {name for name, _ in refs} >= {"hmarl-postgres", "hmarl-s3", "hmarl-mlflow", "hmarl-mlflow-admin",
+                                          "hmarl-mlflow-reader"}  # fmt: skip
     for name, key in refs:
         assert name in readme and (key is None or key in readme), (
             f"Secret {name} key {key} not in manifests/README.md"
@@ -452,7 +459,12 @@ def test_volume_claims_exist_and_checkpoint_access_modes(builds):
                 if "persistentVolumeClaim" in v:
                     assert v["persistentVolumeClaim"]["claimName"] in pvcs, f"{target}: {where}"
         modes = pvcs["hmarl-checkpoints"]["spec"]["accessModes"]
-        assert modes == (["ReadWriteMany"] if target == "overlays/prod" else ["ReadWriteOnce"]), target
+        # RWX: the training tasks of the ParallelFor loops run at once on different nodes; one kind node: RWO
+        assert modes == (["ReadWriteOnce"] if target == "overlays/local" else ["ReadWriteMany"]), target
+        # the tasks' group may write the volume root: a Job mounts it once with fsGroup 10001
+        job = _find(builds[target], "Job", "hmarl-checkpoints-permissions")["spec"]["template"]["spec"]
+        assert job["securityContext"]["fsGroup"] == 10001
+        assert job["volumes"][-1]["persistentVolumeClaim"]["claimName"] == "hmarl-checkpoints"
     postgres = _find(builds["overlays/prod"], "StatefulSet", "postgres")["spec"]
     assert postgres["volumeClaimTemplates"][0]["metadata"]["name"] in {
         m["name"] for m in postgres["template"]["spec"]["containers"][0]["volumeMounts"]
@@ -487,11 +499,22 @@ def test_mlflow_server_wiring(overlay):
     env = {e["name"]: e for e in c["env"]}
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "hmarl-postgres", "key": "password"}
     assert "PASSWORD" not in args  # libpq reads PGPASSWORD; nothing secret in the arguments
+    # authentication: MLflow's basic-auth app, its admin from a Secret, its config from a ConfigMap
+    assert "--app-name=basic-auth" in c["args"]
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "hmarl-mlflow-admin"
+    ini = _find(docs, "ConfigMap", "hmarl-mlflow-auth")["data"]["basic_auth.ini"]
+    assert "default_permission = NO_PERMISSIONS" in ini and "admin_password" not in ini
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "auth-config"]
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"] == f"{mount['mountPath']}/basic_auth.ini"
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"]["path"] == "/health", probe
     lock = (REPO / "requirements.lock").read_text()
     mlflow_version = re.search(r"^mlflow==(\S+)$", lock, re.M)[1]
-    assert c["image"].startswith(f"ghcr.io/mlflow/mlflow:v{mlflow_version}-"), c["image"]
+    assert c["image"].startswith(f"ghcr.io/hmarl/mlflow:{mlflow_version}-"), c["image"]
+    dockerfile = (REPO / "Dockerfile.mlflow").read_text()  # the image: upstream -full + the auth app's deps
+    assert f"ghcr.io/mlflow/mlflow:v{mlflow_version}-full" in dockerfile and c["image"] in dockerfile
+    for pin in ("Flask-WTF", "WTForms", "psycopg2-binary"):
+        assert re.search(rf"^{pin}==(\S+)$", lock, re.M)[0] in dockerfile, pin
 
 
 def test_mlflow_accepts_the_clients_host_header(builds):
@@ -733,3 +756,25 @@ def test_gpu_pool_and_names_are_the_ones_pipelines_cluster_uses(gpu_pool, pytorc
         "ghcr.io/hmarl/hmarl",
         "ghcr.io/hmarl/hmarl-gpu",
     )
+
+
+def test_pytorchjob_stages_the_inputs_of_its_step(pytorchjob):
+    """The init container produces, on the shared volume, every input train_symbols reads (its default
+    relative paths under the workingDir), by running the upstream steps whose outputs those are."""
+    from hmarl.steps.runner import step_module
+
+    pod = pytorchjob["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    (main,) = pod["containers"]
+    script = init["args"][0]
+    staged = dict(
+        p.split(":") for p in re.findall(r"\b(\w+:[\w/]+)\b", script.split("for pair in")[1].split(";")[0])
+    )
+    produced = {path for step, path in staged.items() for path in step_module(step).OUTPUTS.values()}
+    assert set(staged.values()) <= produced  # each pair names its step's own output
+    assert set(step_module("train_symbols").INPUTS.values()) <= set(staged.values())
+    assert {m["mountPath"] for m in init["volumeMounts"]} >= {
+        main["workingDir"]
+    } and "cd /checkpoints" in script
+    assert init["env"] == main["env"]  # the same tracking server, identity and object store
+    assert pytorchjob["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["initContainers"] == [init]

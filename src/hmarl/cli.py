@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 import yaml
 
-from hmarl.config import ConfigError, config_dict, load_config
+from hmarl.config import ConfigError, build_config, config_dict, load_config
 from hmarl.errors import HmarlError
 from hmarl.steps import STEP_NAMES
+
+DEFAULT_PARAMS = "params.yaml"
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -25,7 +29,7 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -67,11 +71,26 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serving_config(args: argparse.Namespace):
+    """Config of ``act`` / ``evaluate``: the params file (the defaults when the default one is absent: a
+    desk's empty folder, a pod); ``MLFLOW_TRACKING_URI``, when set, names the registry to load from."""
+    if args.params != DEFAULT_PARAMS or Path(args.params).exists():
+        cfg = load_config(args.params, args.overrides)
+    else:
+        cfg = build_config({}, args.overrides)
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return (
+        cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"mlflow_uri": uri})})
+        if uri
+        else cfg
+    )
+
+
 def _cmd_act(args: argparse.Namespace) -> int:
     from hmarl.act import act, render, write_output
 
     # the params file matters only for a registry URI (tracking.mlflow_uri)
-    cfg = load_config(args.params, args.overrides) if args.model.startswith("models:/") else None
+    cfg = _serving_config(args) if args.model.startswith("models:/") else None
     fmt = args.format or ("csv" if args.out and args.out.endswith(".csv") else "json")
     write_output(render(act(args.model, args.data, cfg, args.positions, args.state), fmt), args.out)
     return 0
@@ -82,7 +101,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hmarl.evaluation.aggregate import json_safe
 
     # the params give the evaluation settings (walk_forward, tracking); the model keeps its own
-    doc = evaluate_model(args.model, args.data, args.out, load_config(args.params, args.overrides))
+    doc = evaluate_model(args.model, args.data, args.out, _serving_config(args))
     print(json.dumps(json_safe({"out": args.out, "policy": doc["policy"]}), sort_keys=True))
     return 0
 

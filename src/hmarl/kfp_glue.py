@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ import yaml
 from hmarl.config import ConfigError, HmarlConfig, build_config, config_dict
 from hmarl.errors import StepError
 from hmarl.io import write_json
+from hmarl.tracking.scratch import scratch_dir, scratch_environment, scratch_overrides
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +242,13 @@ def training_overrides(cfg: HmarlConfig, checkpoint_root: str = "", gpus: int | 
     out = []
     root = Path(checkpoint_root) if checkpoint_root else None
     if root is not None and not root.is_dir():
-        log.warning("checkpoint root %s is not mounted; checkpoints stay where the params put them", root)
+        log.warning("checkpoint root %s is not mounted; checkpoints stay in the scratch folder", root)
         root = None
+    if root is not None and not os.access(root, os.W_OK | os.X_OK):
+        raise StepError(
+            f"checkpoint volume {root}: not writable by UID {os.getuid()} (give the claim's root to the "
+            "pods' fsGroup: manifests/README.md, 'Checkpoint volume')"
+        )
     if gpus is None:
         gpus = _cuda_devices() if cfg.device != "cpu" else 0
     for name in ("ppo", "master"):
@@ -296,7 +303,11 @@ def run_step(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(config, overrides)
     if checkpoint_root is not None:
-        cfg = load_config(config, [*overrides, *training_overrides(cfg, checkpoint_root)])
+        overrides = [*overrides, *training_overrides(cfg, checkpoint_root)]
+        cfg = load_config(config, overrides)
+    scratch = scratch_dir()  # everything else a task writes: the working directory may be read-only
+    os.environ.update(scratch_environment(scratch))
+    cfg = load_config(config, [*overrides, *scratch_overrides(cfg, scratch)])
     values = execute(step, cfg, _paths(inputs), _paths(outputs))
     if views:
         publish_views(outputs or {}, views)

@@ -21,13 +21,11 @@ import argparse
 import importlib
 import json
 import os
-import re
 import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -35,14 +33,23 @@ from typing import Any
 import yaml
 
 import hmarl
-from hmarl.errors import HmarlError, StepError
+from hmarl.errors import HmarlError
 from hmarl.io import write_text
 from hmarl.kfp_glue import fan_out, parse_overrides, resolve
+from hmarl.pipeline_local import (  # noqa: F401 - re-exported: run-local lives there
+    LocalRun,
+    local_session,
+    read_local_run,
+    run_local,
+    task_key,
+    without_retries,
+)
 
 PIPELINE_MODULE = "pipelines.hmarl_pipeline"
 DEFAULT_OUTPUT = Path("pipelines") / "hmarl_pipeline.yaml"
 DEFAULT_EXPERIMENT = "hmarl"
 FAN_OUTS = ("seeds", "folds")  # list pipeline parameters the loops iterate over
+SERVICE_ACCOUNT = "hmarl-pipeline"  # manifests/base/rbac.yaml; pipelines/cluster.py Cluster.service_account
 
 
 # --------------------------------------------------------------------------- the DAG
@@ -64,29 +71,41 @@ def pipeline_module() -> ModuleType:
     return importlib.import_module(PIPELINE_MODULE)
 
 
-def compile_pipeline(output: str | Path | None = None) -> Path:
-    """Write the pipeline IR YAML to ``output`` (default: pipelines/hmarl_pipeline.yaml of the checkout)."""
+def compile_pipeline(output: str | Path | None = None, cluster: str | None = None) -> Path:
+    """Write the pipeline IR YAML to ``output`` (default: pipelines/hmarl_pipeline.yaml of the checkout),
+    with the task settings of the named cluster profile (``pipelines/cluster.py``: gke-h100, kind)."""
     from kfp import compiler
 
     module = pipeline_module()
+    from pipelines.cluster import UNVERSIONED, profile
+
+    try:
+        chosen = profile(cluster)
+    except ValueError as exc:
+        raise HmarlError(f"--cluster: {exc}") from None
+    if UNVERSIONED in chosen.image:
+        raise HmarlError(
+            f"image {chosen.image}: no commit to tag the images with (not a git checkout); set "
+            "HMARL_IMAGE_TAG to the tag of the images you pushed"
+        )
     output = Path(output) if output is not None else repo_root() / DEFAULT_OUTPUT
     with tempfile.TemporaryDirectory(prefix="hmarl-compile-") as tmp:
         path = Path(tmp) / "pipeline.yaml"  # the compiler picks the format from the suffix
-        compiler.Compiler().compile(module.hmarl_pipeline, package_path=str(path))
+        compiler.Compiler().compile(module.make_pipeline(chosen), package_path=str(path))
         write_text(output, path.read_text())
     return output
 
 
 @contextmanager
-def _package(path: str | None) -> Iterator[Path]:
-    """The given compiled package, or the current code compiled into a temp file."""
+def _package(path: str | None, cluster: str | None = None) -> Iterator[Path]:
+    """The given compiled package, or the current code compiled (for ``cluster``) into a temp file."""
     if path:
         if not Path(path).is_file():
             raise HmarlError(f"--package {path}: file not found")
         yield Path(path)
         return
     with tempfile.TemporaryDirectory(prefix="hmarl-pipeline-") as tmp:
-        yield compile_pipeline(Path(tmp) / "hmarl_pipeline.yaml")
+        yield compile_pipeline(Path(tmp) / "hmarl_pipeline.yaml", cluster)
 
 
 def ir_defaults(package: Path) -> dict[str, Any]:
@@ -177,13 +196,20 @@ def submit(
     run_name: str | None = None,
     package: str | None = None,
     namespace: str | None = None,
+    cluster: str | None = None,
+    service_account: str = SERVICE_ACCOUNT,
 ) -> str:
-    """Start one run on a Kubeflow Pipelines endpoint; returns its run id."""
-    with _package(package) as path:
+    """Start one run on a Kubeflow Pipelines endpoint, as the pipeline ServiceAccount; returns its run id."""
+    with _package(package, cluster) as path:
         arguments = check_arguments(arguments, ir_defaults(path))
         client = _client(host, namespace)
         result = client.create_run_from_pipeline_package(
-            str(path), arguments=arguments, run_name=run_name, experiment_name=experiment, namespace=namespace
+            str(path),
+            arguments=arguments,
+            run_name=run_name,
+            experiment_name=experiment,
+            namespace=namespace,
+            service_account=service_account,
         )
     return result.run_id
 
@@ -197,10 +223,13 @@ def schedule(
     experiment: str = DEFAULT_EXPERIMENT,
     package: str | None = None,
     namespace: str | None = None,
+    cluster: str | None = None,
+    service_account: str = SERVICE_ACCOUNT,
 ) -> str:
-    """Create a recurring run (scheduled retraining); returns its id. One run at a time, no backfill."""
+    """Create a recurring run (scheduled retraining) that runs as the pipeline ServiceAccount; returns its
+    id. One run at a time, no backfill."""
     cron = normalize_cron(cron)
-    with _package(package) as path:
+    with _package(package, cluster) as path:
         arguments = check_arguments(arguments, ir_defaults(path))
         client = _client(host, namespace)
         experiment_id = client.create_experiment(name=experiment, namespace=namespace).experiment_id
@@ -212,118 +241,9 @@ def schedule(
             pipeline_package_path=str(path),
             max_concurrency=1,
             no_catchup=True,
+            service_account=service_account,
         )
     return job.recurring_run_id
-
-
-# --------------------------------------------------------------------------- local run
-@dataclass
-class LocalRun:
-    """What ``run-local`` produced: per executed task, its output artifact paths and its metrics."""
-
-    run_dir: Path | None  # None when every task was a cache hit
-    outputs: dict[str, dict[str, Path]] = field(default_factory=dict)
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    output_parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
-    cached: list[str] = field(default_factory=list)  # top-level tasks served from the local cache
-
-
-_ITERATION = re.compile(r"-iteration-(\d+)$")
-
-
-def task_key(run_dir: Path, task_dir: Path) -> str:
-    """``features`` for a top-level task; ``stage5[1]`` for iteration 1 of a ParallelFor."""
-    iterations = [m.group(1) for p in task_dir.relative_to(run_dir).parts[:-1] if (m := _ITERATION.search(p))]
-    return task_dir.name + "".join(f"[{i}]" for i in iterations)
-
-
-def read_local_run(run_dir: Path) -> LocalRun:
-    """Collect every task's executor output (KFP's ExecutorOutput JSON) under a local run folder,
-    loop iterations and conditional tasks included."""
-    run = LocalRun(run_dir)
-    for out_file in sorted(run_dir.glob("**/executor_output.json")):
-        task = task_key(run_dir, out_file.parent)
-        data = json.loads(out_file.read_text())
-        run.output_parameters[task] = data.get("parameterValues", {})
-        for name, entry in data.get("artifacts", {}).items():
-            art = entry["artifacts"][0]
-            run.outputs.setdefault(task, {})[name] = Path(art["uri"])
-            if name == "metrics":
-                run.metrics[task] = dict(art.get("metadata", {}))
-    return run
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-@contextmanager
-def local_session(pipeline_root: Path, cache_root: Path, cache: bool = False) -> Iterator[None]:
-    """kfp's SubprocessRunner on this environment (where hmarl is installed), its outputs under
-    ``pipeline_root``; silences its two expected warnings: the project image is not a python image
-    (the runner uses this environment instead) and Kubernetes settings have no effect locally."""
-    from kfp import local
-
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(pipeline_root),
-        enable_caching=cache,
-        cache_root=str(cache_root),
-    )
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "You may be attemping to run a task", RuntimeWarning)
-        warnings.filterwarnings("ignore", ".*have no effect in the current local runner", UserWarning)
-        yield
-
-
-def without_retries(spec):
-    """A copy of a pipeline spec whose tasks never retry. On the cluster a retry outlives a pre-empted
-    node; here a failure is a bug, and kfp's local runner would sleep out the backoff (60 s, 120 s, ...)
-    before failing the same way again."""
-    spec = type(spec).FromString(spec.SerializeToString())
-    dags = [spec.root.dag] + [c.dag for c in spec.components.values() if c.HasField("dag")]
-    for dag in dags:
-        for task in dag.tasks.values():
-            task.ClearField("retry_policy")
-    return spec
-
-
-def run_local(arguments: dict[str, Any], workdir: str | Path = ".kfp-local", cache: bool = False) -> LocalRun:
-    """Execute the DAG here with kfp's SubprocessRunner (this Python environment, no containers).
-
-    The compiled DAG as it is (loops, condition, caching), less the retry policies (see
-    :func:`without_retries`); Kubernetes settings (GPU pool, Secrets, PVC) have no effect locally, so the
-    training tasks keep their checkpoints where the params put them (relative: under the current folder).
-    """
-    from kfp.local import pipeline_orchestrator
-
-    module = pipeline_module()
-    defaults = {
-        "params_yaml": module.DEFAULT_PARAMS_YAML,
-        "seeds": module.DEFAULT_SEEDS,
-        "folds": module.DEFAULT_FOLDS,
-    }
-    arguments = check_arguments(arguments, defaults)
-    spec = module.hmarl_pipeline.pipeline_spec
-    root = Path(workdir).resolve() / "outputs"
-    root.mkdir(parents=True, exist_ok=True)
-    before = set(root.iterdir())
-    with local_session(root, Path(workdir).resolve() / "cache", cache):
-        try:
-            pipeline_orchestrator.run_local_pipeline(pipeline_spec=without_retries(spec), arguments=arguments)
-        except RuntimeError as exc:
-            new = sorted(set(root.iterdir()) - before)
-            where = f" (task outputs under {new[-1]}; task logs above)" if new else ""
-            failed = sorted(str(p) for d in new for p in d.glob("**/*.failed/report.html"))
-            hint = f"; failure report: {failed[0]}" if failed else ""
-            raise StepError(f"local pipeline run failed: {_ANSI.sub('', str(exc))}{where}{hint}") from None
-    new = sorted(set(root.iterdir()) - before)  # no folder when every task was a cache hit
-    run = read_local_run(new[-1]) if new else LocalRun(None)
-    comps = spec.components
-    top = {
-        n for n, t in spec.root.dag.tasks.items() if comps[t.component_ref.name].HasField("executor_label")
-    }
-    run.cached = sorted(top - set(run.output_parameters))  # top-level tasks: not in a loop or condition
-    return run
 
 
 # --------------------------------------------------------------------------- argparse
@@ -356,10 +276,16 @@ def _add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--package", default=None, help="compiled pipeline YAML (default: compile the current code)"
     )
+    p.add_argument("--cluster", default=None, help="cluster profile to compile for (default: gke-h100)")
+    p.add_argument(
+        "--service-account",
+        default=SERVICE_ACCOUNT,
+        help=f"identity of the run's pods (default: {SERVICE_ACCOUNT})",
+    )
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    print(f"wrote {compile_pipeline(args.output)}")
+    print(f"wrote {compile_pipeline(args.output, args.cluster)}")
     return 0
 
 
@@ -371,6 +297,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         run_name=args.run_name,
         package=args.package,
         namespace=args.namespace,
+        cluster=args.cluster,
+        service_account=args.service_account,
     )
     print(f"submitted run {run_id} to {args.host} (experiment {args.experiment})")
     return 0
@@ -385,6 +313,8 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
         experiment=args.experiment,
         package=args.package,
         namespace=args.namespace,
+        cluster=args.cluster,
+        service_account=args.service_account,
     )
     print(f"scheduled recurring run {job_id} ({normalize_cron(args.cron)}) on {args.host}")
     return 0
@@ -418,6 +348,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     c = cmds.add_parser("compile", help="write the pipeline IR YAML", description=compile_pipeline.__doc__)
     c.add_argument("--output", default=None, help=f"IR file (default: {DEFAULT_OUTPUT} of the checkout)")
+    c.add_argument("--cluster", default=None, help="cluster profile: gke-h100 (default) or kind (CPU only)")
     c.set_defaults(func=_cmd_compile)
 
     c = cmds.add_parser("submit", help="start a run on a Kubeflow endpoint", description=submit.__doc__)

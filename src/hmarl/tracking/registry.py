@@ -25,7 +25,8 @@ from typing import Any
 
 from hmarl.config import TrackingConfig
 from hmarl.errors import StepError
-from hmarl.tracking.tracker import Tracker
+from hmarl.tracking.remote import permission_error
+from hmarl.tracking.tracker import Tracker, connect
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"
@@ -79,10 +80,8 @@ class ModelRegistry:
     (a step with tracking switched off should not construct one)."""
 
     def __init__(self, cfg: TrackingConfig):
-        from mlflow import MlflowClient
-
         self.cfg = cfg
-        self.client = MlflowClient(tracking_uri=cfg.mlflow_uri, registry_uri=cfg.mlflow_uri)
+        self.client = connect(cfg)
 
     # ------------------------------------------------------------------ lookups
     def version_by_alias(self, name: str, alias: str):
@@ -156,7 +155,8 @@ class ModelRegistry:
             self.client.create_registered_model(name)
         except MlflowException as exc:  # exists already (or was created concurrently): fine
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
+                denied = permission_error(exc, self.cfg.mlflow_uri, "register models")
+                raise denied or exc from None
         mv = self.client.create_model_version(
             name, source, run_id=run_id, tags={k: _tag(v) for k, v in version_tags.items()}
         )

@@ -7,7 +7,9 @@ that drives several trackers with one set of calls.
         tr.log_histogram("charts/action_distribution", actions, step=global_step)
 
 TensorBoard writes event files under ``tracking.tensorboard_dir/<run name>/<time>``; it has no artifact
-store, so ``log_artifact(s)`` are no-ops there. ``log_histogram`` exists only here (MLflow has none).
+store, so ``log_artifact(s)`` are no-ops there. When a run ends without error, :class:`Trackers` logs the
+event files to the other trackers as ``tensorboard/<time>/`` artifacts, so on a cluster they outlive the
+pod (through the tracking server's artifact store). ``log_histogram`` exists only here (MLflow has none).
 """
 
 from __future__ import annotations
@@ -101,6 +103,16 @@ class Trackers:
             for t in self.trackers:
                 stack.enter_context(t.start_run(name, tags))
             yield self
+            self._publish_event_files()
+
+    def _publish_event_files(self) -> None:
+        """TensorBoard's event files as artifacts of the trackers that store artifacts (MLflow)."""
+        boards = [t for t in self.trackers if getattr(t, "writer", None) is not None]
+        for board in boards:
+            board.writer.flush()
+            for t in self.trackers:
+                if t is not board and t.enabled and not isinstance(t, TensorBoardTracker):
+                    t.log_artifacts(board.log_dir, f"tensorboard/{board.log_dir.name}")
 
     def _each(self, method: str, *args, **kwargs) -> None:
         for t in self.trackers:

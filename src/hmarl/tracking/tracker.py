@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from hmarl.config import TrackingConfig
+from hmarl.tracking.remote import check_server, permission_error
+from hmarl.tracking.scratch import is_remote
 
 _PARAM_CHUNK, _METRIC_CHUNK, _PARAM_MAX_CHARS = 100, 1000, 6000  # MLflow log_batch limits
 
@@ -35,6 +37,25 @@ def flatten_params(tree: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def artifact_location(cfg: TrackingConfig) -> dict[str, str]:
+    """``artifact_location`` for a new experiment: the local ``artifact_root`` with a local store (SQLite,
+    files); none with a tracking server, whose own artifact root (``mlflow-artifacts:``, proxied to its
+    object store) must hold the artifacts: a local path would leave them on the pod's disk."""
+    if is_remote(cfg.mlflow_uri):
+        return {}
+    return {"artifact_location": Path(cfg.artifact_root).resolve().as_uri()}
+
+
+def connect(cfg: TrackingConfig):
+    """An ``MlflowClient`` of ``cfg.mlflow_uri`` (tracking and registry); a remote server is checked first
+    (:func:`hmarl.tracking.remote.check_server`: reachable, credentials accepted)."""
+    from mlflow import MlflowClient
+
+    if is_remote(cfg.mlflow_uri):
+        check_server(cfg.mlflow_uri)
+    return MlflowClient(tracking_uri=cfg.mlflow_uri, registry_uri=cfg.mlflow_uri)
 
 
 class Tracker:
@@ -53,10 +74,11 @@ class Tracker:
         exp = self.client.get_experiment_by_name(self.cfg.experiment)
         if exp is not None:
             return exp.experiment_id
-        location = Path(self.cfg.artifact_root).resolve().as_uri()
         try:
-            return self.client.create_experiment(self.cfg.experiment, artifact_location=location)
-        except MlflowException:  # created concurrently by another step
+            return self.client.create_experiment(self.cfg.experiment, **artifact_location(self.cfg))
+        except MlflowException as exc:  # created concurrently by another step, or not ours to create
+            if (denied := permission_error(exc, self.cfg.mlflow_uri, "create experiments")) is not None:
+                raise denied from None
             return self.client.get_experiment_by_name(self.cfg.experiment).experiment_id
 
     @contextmanager
@@ -65,10 +87,15 @@ class Tracker:
         if not self.enabled:
             yield self
             return
-        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
 
-        self.client = MlflowClient(tracking_uri=self.cfg.mlflow_uri)
-        run = self.client.create_run(self._experiment_id(), run_name=name, tags=dict(tags or {}))
+        self.client = connect(self.cfg)
+        try:
+            run = self.client.create_run(self._experiment_id(), run_name=name, tags=dict(tags or {}))
+        except MlflowException as exc:
+            if (denied := permission_error(exc, self.cfg.mlflow_uri, "create runs")) is not None:
+                raise denied from None
+            raise
         self.run_id = run.info.run_id
         status = "FAILED"
         try:
