@@ -35,7 +35,7 @@ cluster-deps:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ ! -x /usr/bin/python3.11 ] \
 		|| ! command -v setpriv >/dev/null || ! command -v unshare >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			postgresql python3.11 util-linux mount; \
+			postgresql python3.11 python3.11-venv util-linux mount; \
 	fi
 
 # The images' tag: package version + commit (what `hmarl pipeline compile` writes into the IR).
