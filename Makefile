@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install run test test-slow test-cluster cluster-deps image-tag lint format bench clean
+.PHONY: install run run-daily-us test test-slow test-cluster cluster-deps image-tag lint format bench clean
 
 # The venv is rebuilt when the dependency spec or the lock file changes.
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -18,6 +18,14 @@ install: $(VENV)/.installed
 
 run: install
 	dvc repro
+
+# The whole DAG on the shipped real data (../shared/data beside the clone; see README "Real data: daily_us").
+# DVC's foreach reads the top-level walk_forward.folds, so the fold list is set next to the profile. Runs in
+# the workspace (not --temp: the data path is relative to the repository root).
+DAILY_US_DATA := ../shared/data/us_large_caps_daily_2005_2021.parquet
+run-daily-us: install
+	@test -f $(DAILY_US_DATA) || { echo "run-daily-us: $(DAILY_US_DATA) not found (the shipped data set)"; exit 1; }
+	dvc exp run -S profile=daily_us -S 'walk_forward.folds=[0,1,2,3,4,5]'
 
 test: install
 	pytest

@@ -124,3 +124,40 @@ def test_attribution_points_at_the_volume_surprise(run):
     assert lag_pos == matrix.shape[0] - 1  # the bar itself (lag 0) ...
     assert store.feature_names[feature] in ("volume_z", "dollar_volume_z")  # ... and its volume surprise
     assert max(att["per_lag"], key=att["per_lag"].get) == "0"
+
+
+def test_refit_every_reuses_an_earlier_folds_encoder_honestly(tmp_path_factory):
+    """``encoder.refit_every=2`` over 2 folds: one pretraining (fold 0); fold 1's test bars are embedded by
+    that encoder, and fold 1's manifest entry names its checkpoint and the train/validation bars it learned
+    from, which all precede fold 1's test bars (what the walk-forward's leakage check reads)."""
+    cfg = small_config("planted_alpha", "encoder.refit_every=2", "encoder.branches.transformer=false")
+    store_dir = shared_store(tmp_path_factory, "planted_alpha")
+    cache = shared_sl_cache(tmp_path_factory, "planted_alpha")
+    out = tmp_path_factory.mktemp("encoder_refit") / "encoder"
+    execute("pretrain_encoder", cfg, {"store": str(store_dir), "sl_cache": str(cache)}, {"encoder": str(out)})
+    store = FeatureStore.load(store_dir)
+    folds = folds_for(cfg, store.num_bars)
+    assert len(folds) == 2
+    assert sorted(p.name for p in (out / "checkpoints" / "encoder").iterdir()) == ["fold_0.pt"]
+    fits = json.loads((out / "manifest.json").read_text())["fits"]
+    assert [(f["fold"], f["trained_on_fold"], f["checkpoint"]) for f in fits] == [
+        (0, 0, "checkpoints/encoder/fold_0.pt"),
+        (1, 0, "checkpoints/encoder/fold_0.pt"),
+    ]
+    assert fits[1]["fit_ranges"] == fits[0]["fit_ranges"] and fits[1]["select_range"] == list(folds[0].val)
+    assert max(r[1] for r in fits[1]["fit_ranges"]) <= folds[0].train[1] < folds[1].test[0]
+    src = np.load(out / "source_fold.npy")
+    assert (src[folds[1].test[0] : folds[1].test[1]] == 1).all()
+    encoder, _, meta = load_encoder(out / fits[1]["checkpoint"], store.feature_names, store.symbols)
+    assert meta["fold"] == 0
+    bars = folds[1].bars("test")[:10]
+    z = embed(
+        encoder,
+        model_inputs(store, 1),
+        bars,
+        cfg.features.window,
+        8,
+        torch.from_numpy(np.array(SLCache.load(cache).probs)),
+    )
+    cached = np.load(out / "embeddings.npy", mmap_mode="r")[bars].astype(np.float32)
+    np.testing.assert_allclose(z.numpy(), cached, atol=2e-2, rtol=1e-2)  # fold 1's inputs, fold 0's weights

@@ -32,6 +32,9 @@ class EncoderConfig(Section):
     mask_feature_prob: float = Field(0.15, ge=0.0, lt=1.0)
     forecast_k: int = Field(5, ge=1)  # next k bar returns forecast from the embedding
     forecast_weight: float = Field(1.0, ge=0.0)
+    # refit a fresh encoder every this many folds (1: every fold); fold k reuses the encoder of fold
+    # k - k % refit_every, whose train and validation bars precede fold k's test bars (honest reuse)
+    refit_every: int = Field(1, ge=1)
     epochs: int = Field(10, ge=1)
     patience: int = Field(3, ge=1)
     batch_bars: int = Field(16, ge=1)  # bars per batch; each bar carries all symbols (graph branch)

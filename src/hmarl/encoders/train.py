@@ -1,7 +1,9 @@
 """Per-fold encoder pretraining, the walk-forward embedding cache, probes and attribution.
 
 Fold ``k``'s encoder is pretrained on fold ``k``'s train bars only (its forecast targets never reach past
-the bars an SL label of the train range would see). The embedding cache, like the SL cache, is one
+the bars an SL label of the train range would see). With ``encoder.refit_every = n > 1`` only every n-th
+fold pretrains one; fold ``k`` reuses fold ``k - k % n``'s encoder (its manifest entry names that checkpoint
+and its train/validation ranges, which precede fold ``k``'s test bars), so long walk-forwards pretrain once. The embedding cache, like the SL cache, is one
 walk-forward array: bars up to the first fold's test end are embedded by the first fold's encoder, fold
 ``k``'s test bars by fold ``k``'s encoder, so no test bar is embedded by an encoder that trained on it.
 """
@@ -91,10 +93,36 @@ def _save_attribution(out: Path, matrix: np.ndarray, feature_names: list[str]) -
     return feature_names[int(per_feature.argmax())]
 
 
+def _fit_fold(store: FeatureStore, cfg: HmarlConfig, fold: Fold, x, r1, vol, seed: int, out: Path):
+    """Pretrain fold ``fold``'s encoder on its train bars (validation bars select the epoch) and save it."""
+    enc, window, horizon = cfg.encoder, cfg.features.window, cfg.features.label_horizon
+    train_bars = pretrain_bars(fold, "train", window, horizon, enc.forecast_k)
+    val_bars = pretrain_bars(fold, "val", window, horizon, enc.forecast_k)
+    adjacency = correlation_adjacency(r1[fold.train[0] : fold.train[1]], enc.graph_top_k)
+    data = PretrainData.build(x, r1, vol, enc.forecast_k, train_bars)
+    encoder, heads, info = pretrain(enc, data, adjacency, train_bars, val_bars, window, seed)
+    fit_ranges = bars_to_ranges(train_bars)
+    ckpt = Path("checkpoints") / "encoder" / f"fold_{fold.index}.pt"
+    save_encoder(
+        out / ckpt,
+        encoder,
+        heads,
+        hparams=enc.model_dump(),
+        window=window,
+        feature_names=store.feature_names,
+        symbols=store.symbols,
+        fold=fold.index,
+        fit_ranges=fit_ranges,
+        fingerprint=store.meta.get("fingerprint"),
+        vol_window=cfg.sl.vol_window,
+    )
+    return encoder, heads, info, fit_ranges, ckpt, val_bars
+
+
 def build_encoders(
     store: FeatureStore, cfg: HmarlConfig, priors: np.ndarray | None, out: Path
 ) -> tuple[dict, dict]:
-    """Pretrain one encoder per fold into ``out``; returns (manifest, metrics)."""
+    """Pretrain an encoder every ``encoder.refit_every`` folds into ``out``; returns (manifest, metrics)."""
     enc, window, horizon = cfg.encoder, cfg.features.window, cfg.features.label_horizon
     device = resolve_device(cfg.device)
     t, s = store.num_bars, store.num_symbols
@@ -112,29 +140,13 @@ def build_encoders(
     source_fold = np.full(t, -1, dtype=np.int16)
     plan = embedding_plan(folds, window)
     fits, metrics, attributions = [], {}, []
+    fitted = None  # (encoder, heads, info, fit_ranges, ckpt, val_bars) of the latest refit
     for fold in folds:
         seed = cfg.seed + 7919 * (fold.index + 1)
         x = model_inputs(store, fold.index).to(device)
-        train_bars = pretrain_bars(fold, "train", window, horizon, enc.forecast_k)
-        val_bars = pretrain_bars(fold, "val", window, horizon, enc.forecast_k)
-        adjacency = correlation_adjacency(r1[fold.train[0] : fold.train[1]], enc.graph_top_k)
-        data = PretrainData.build(x, r1, vol, enc.forecast_k, train_bars)
-        encoder, heads, info = pretrain(enc, data, adjacency, train_bars, val_bars, window, seed)
-        fit_ranges = bars_to_ranges(train_bars)
-        ckpt = Path("checkpoints") / "encoder" / f"fold_{fold.index}.pt"
-        save_encoder(
-            out / ckpt,
-            encoder,
-            heads,
-            hparams=enc.model_dump(),
-            window=window,
-            feature_names=store.feature_names,
-            symbols=store.symbols,
-            fold=fold.index,
-            fit_ranges=fit_ranges,
-            fingerprint=store.meta.get("fingerprint"),
-            vol_window=cfg.sl.vol_window,
-        )
+        if fold.index % enc.refit_every == 0:
+            fitted = _fit_fold(store, cfg, fold, x, r1, vol, seed, out)
+        encoder, heads, info, fit_ranges, ckpt, val_bars = fitted
         embeds = [(a, b) for k, a, b in plan if k == fold.index]
         for a, b in embeds:
             for i in range(a, b, 4096):  # bounded memory for long histories
@@ -154,6 +166,7 @@ def build_encoders(
             {
                 "fold": fold.index,
                 "checkpoint": str(ckpt),
+                "trained_on_fold": fold.index - fold.index % enc.refit_every,
                 "fit_ranges": fit_ranges,
                 "select_range": [int(val_bars[0]), int(val_bars[-1]) + 1] if len(val_bars) else [],
                 "embeds": [list(e) for e in embeds],

@@ -67,7 +67,7 @@ def execute(
         for leftover in remove_leftovers(path):
             log.warning("step %s: removed %s (left by a killed run)", name, leftover)
     temps = StepOutputs({k: temp_sibling(p) for k, p in outs.items()}, outs)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         metrics = mod.run(cfg, ins, temps)
         for key, tmp in temps.items():
@@ -79,7 +79,8 @@ def execute(
         for tmp in temps.values():
             remove_path(tmp)
     metrics = dict(metrics or {})
-    log.info("step %s done in %.2fs", name, time.perf_counter() - t0)
+    # CPU seconds next to wall seconds: on a shared machine the wall time says little about the step
+    log.info("step %s done in %.2fs (%.2fs CPU)", name, time.perf_counter() - t0, time.process_time() - cpu0)
     if metrics_path is not None:
         write_json(metrics_path, metrics)
     return metrics
