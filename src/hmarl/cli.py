@@ -6,12 +6,15 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 import yaml
 
-from hmarl.config import ConfigError, config_dict, load_config
+from hmarl.config import ConfigError, HmarlConfig, config_dict, load_config
 from hmarl.errors import HmarlError
 from hmarl.steps import STEP_NAMES
+
+DEFAULT_PARAMS = "params.yaml"
 
 
 def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
@@ -25,7 +28,7 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--params", default=None, help=f"params file (default: {DEFAULT_PARAMS})")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -39,7 +42,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _cmd_step(args: argparse.Namespace) -> int:
     from hmarl.steps.runner import execute
 
-    cfg = load_config(args.params, args.overrides)
+    cfg = load_config(args.params or DEFAULT_PARAMS, args.overrides)
     metrics = execute(
         args.name,
         cfg,
@@ -62,7 +65,7 @@ def _cmd_steps(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    cfg = load_config(args.params, args.overrides)
+    cfg = load_config(args.params or DEFAULT_PARAMS, args.overrides)
     print(yaml.safe_dump(config_dict(cfg), sort_keys=False), end="")
     return 0
 
@@ -70,11 +73,23 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_act(args: argparse.Namespace) -> int:
     from hmarl.act import act, render, write_output
 
-    # the params file matters only for a registry URI (tracking.mlflow_uri)
-    cfg = load_config(args.params, args.overrides) if args.model.startswith("models:/") else None
+    # params: a registry URI's tracking.mlflow_uri, and when given the desk limits; a bundle folder
+    # otherwise brings its own
+    given = args.model.startswith("models:/") or args.params is not None
+    cfg = load_config(args.params or DEFAULT_PARAMS, args.overrides) if given else None
     fmt = args.format or ("csv" if args.out and args.out.endswith(".csv") else "json")
     write_output(render(act(args.model, args.data, cfg, args.positions, args.state), fmt), args.out)
     return 0
+
+
+def _optional_config(args: argparse.Namespace) -> HmarlConfig | None:
+    """The params when a params file is given or ``params.yaml`` is here; None outside a project (the
+    bundle then brings its own params, and nothing is tracked)."""
+    if args.params is None and not Path(DEFAULT_PARAMS).is_file():
+        if args.overrides:
+            raise ConfigError(f"--set needs a params file (--params; no {DEFAULT_PARAMS} here)")
+        return None
+    return load_config(args.params or DEFAULT_PARAMS, args.overrides)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -82,7 +97,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hmarl.evaluation.aggregate import json_safe
 
     # the params give the evaluation settings (walk_forward, tracking); the model keeps its own
-    doc = evaluate_model(args.model, args.data, args.out, load_config(args.params, args.overrides))
+    doc = evaluate_model(args.model, args.data, args.out, _optional_config(args))
     print(json.dumps(json_safe({"out": args.out, "policy": doc["policy"]}), sort_keys=True))
     return 0
 
