@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from hmarl.config import ConfigError, build_config, config_dict, load_config
+from hmarl.config import ConfigError, HmarlConfig, build_config, config_dict, load_config
 from hmarl.errors import HmarlError
 from hmarl.steps import STEP_NAMES
 
@@ -29,7 +29,7 @@ def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params", default=DEFAULT_PARAMS, help="params file (default: params.yaml)")
+    p.add_argument("--params", default=None, help=f"params file (default: {DEFAULT_PARAMS})")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -43,7 +43,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _cmd_step(args: argparse.Namespace) -> int:
     from hmarl.steps.runner import execute
 
-    cfg = load_config(args.params, args.overrides)
+    cfg = load_config(args.params or DEFAULT_PARAMS, args.overrides)
     metrics = execute(
         args.name,
         cfg,
@@ -66,31 +66,37 @@ def _cmd_steps(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    cfg = load_config(args.params, args.overrides)
+    cfg = load_config(args.params or DEFAULT_PARAMS, args.overrides)
     print(yaml.safe_dump(config_dict(cfg), sort_keys=False), end="")
     return 0
 
 
-def _serving_config(args: argparse.Namespace):
-    """Config of ``act`` / ``evaluate``: the params file (the defaults when the default one is absent: a
-    desk's empty folder, a pod); ``MLFLOW_TRACKING_URI``, when set, names the registry to load from."""
-    if args.params != DEFAULT_PARAMS or Path(args.params).exists():
-        cfg = load_config(args.params, args.overrides)
+def _serving_config(args: argparse.Namespace, registry: bool) -> HmarlConfig | None:
+    """Config of ``act`` / ``evaluate``: the params file when one is given or ``params.yaml`` is here;
+    outside a project the defaults when a registry URI must be resolved (a desk's empty folder, a pod),
+    else None (a bundle folder brings its own params; nothing is tracked). ``MLFLOW_TRACKING_URI``, when
+    set, names the tracking server / registry."""
+    if args.params is not None or Path(DEFAULT_PARAMS).is_file():
+        cfg = load_config(args.params or DEFAULT_PARAMS, args.overrides)
+    elif args.overrides:
+        raise ConfigError(f"--set needs a params file (--params; no {DEFAULT_PARAMS} here)")
+    elif registry:
+        cfg = build_config({})
     else:
-        cfg = build_config({}, args.overrides)
+        return None
     uri = os.environ.get("MLFLOW_TRACKING_URI")
-    return (
-        cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"mlflow_uri": uri})})
-        if uri
-        else cfg
-    )
+    if uri:
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"mlflow_uri": uri})})
+    return cfg
 
 
 def _cmd_act(args: argparse.Namespace) -> int:
     from hmarl.act import act, render, write_output
 
-    # the params file matters only for a registry URI (tracking.mlflow_uri)
-    cfg = _serving_config(args) if args.model.startswith("models:/") else None
+    # params: a registry URI's tracking.mlflow_uri, and when given the desk limits; a bundle folder
+    # otherwise brings its own
+    registry = args.model.startswith("models:/")
+    cfg = _serving_config(args, registry) if registry or args.params is not None else None
     fmt = args.format or ("csv" if args.out and args.out.endswith(".csv") else "json")
     write_output(render(act(args.model, args.data, cfg, args.positions, args.state), fmt), args.out)
     return 0
@@ -101,7 +107,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hmarl.evaluation.aggregate import json_safe
 
     # the params give the evaluation settings (walk_forward, tracking); the model keeps its own
-    doc = evaluate_model(args.model, args.data, args.out, _serving_config(args))
+    doc = evaluate_model(
+        args.model, args.data, args.out, _serving_config(args, args.model.startswith("models:/"))
+    )
     print(json.dumps(json_safe({"out": args.out, "policy": doc["policy"]}), sort_keys=True))
     return 0
 
