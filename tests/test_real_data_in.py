@@ -345,3 +345,19 @@ def test_the_synthetic_market_lies_on_the_chosen_calendar(tmp_path):
     assert (
         validate(tmp_path, tmp_path / "canonical", "validation.max_calendar_gap_bars=0")["status"] == "passed"
     )
+
+
+@pytest.mark.parametrize("bar", [0, 40])
+def test_a_near_zero_print_scores_without_floating_point_warnings(bar):
+    """A 1e-308 price (found by the fuzzer: its ratio to the next close overflows) is scored, not a crash
+    (numpy's overflow warning is an error in this suite): mid-series it is a huge bad print."""
+    from hmarl.data.bad_prints import print_scores
+
+    close = 50.0 * np.exp(np.cumsum(np.random.default_rng(0).normal(0, 0.01, 80)))
+    bars = pd.DataFrame({"symbol": "S0", "open": close, "high": close, "low": close, "close": close})
+    bars.loc[bar, ["open", "low"]] = 1e-308
+    scores = print_scores(bars, window=60, reversion=0.7, columns=("open", "low"))
+    if bar == 0:
+        assert np.isnan(scores[0])  # no bar before it: not judged
+    else:
+        assert scores[bar] > 1000

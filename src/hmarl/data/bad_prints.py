@@ -36,7 +36,7 @@ MIN_HISTORY = 5  # bars of history before a print can be judged (too few: the sc
 
 def robust_sigma(close: pd.Series, symbol: pd.Series, window: int) -> np.ndarray:
     """Per row: 1.4826 × median |log return| of the symbol's ``window`` bars before it (NaN too early)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # a 1e-308 print: inf score
         ret = np.log(close / close.groupby(symbol, sort=False).shift(1))
     abs_ret = ret.abs().groupby(symbol, sort=False).shift(1)  # strictly before the bar
     med = abs_ret.groupby(symbol, sort=False).rolling(window, min_periods=MIN_HISTORY).median()
@@ -54,7 +54,7 @@ def print_scores(
     prev, nxt = by_symbol.shift(1).to_numpy(), by_symbol.shift(-1).to_numpy()
     sigma = robust_sigma(close, symbol, window)
     score = np.zeros(len(bars))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # a 1e-308 print: inf score
         for col in columns:
             price = bars[col].to_numpy(dtype=np.float64)
             out, back = np.log(price / prev), np.log(nxt / price)
