@@ -9,7 +9,7 @@ the MLflow store in that folder. ``--quick`` runs a slice that finishes within a
 one walk-forward fold (500 train, 120 validation, 250 test bars), tiny training budgets (a smoke test of the real-data path, not a
 result). The full run is the profile as shipped (the README's "Real data: daily_us" numbers).
 
-Baseline in the same run: the encoder pretraining cost per batch (all 143 symbols, one bar window each)
+Baseline in the same run: the encoder pretraining cost of one step (4 bars x 143 symbols, one window each)
 with the ``smoke`` profile's branch set (transformer + CNN + graph) next to the ``daily_us`` one, which is
 what the profile's lighter encoder saves. CPU seconds are printed because the 2-core development box is
 shared: wall time there says little. The last line printed is one JSON object.
@@ -56,11 +56,13 @@ QUICK = [
     "sl.max_samples_per_epoch=5000",
     "encoder.epochs=1",
     "encoder.max_bars_per_epoch=32",
+    "encoder.probe_max_samples=800",
+    "encoder.attribution_bars=4",
     "agent.warm_start_steps=10",
 ]
 
 
-def pretrain_batch_seconds(profile: str, symbols: int = 143, bars: int = 16, reps: int = 2) -> float:
+def pretrain_batch_seconds(profile: str, symbols: int = 143, bars: int = 4, reps: int = 2) -> float:
     """Seconds of one pretraining step (forward, backward, AdamW) on ``bars`` bars x ``symbols`` symbols."""
     cfg = load_config(ROOT / "params.yaml", [f"profile={profile}"])
     window, features = cfg.features.window, 23
@@ -110,7 +112,7 @@ def main() -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     baseline = {p: pretrain_batch_seconds(p) for p in ("smoke", "daily_us")}
     print(
-        f"encoder pretraining step, 16 bars x 143 symbols: smoke branches {baseline['smoke']:.2f}s, "
+        f"encoder pretraining step, 4 bars x 143 symbols: smoke branches {baseline['smoke']:.2f}s, "
         f"daily_us branches {baseline['daily_us']:.2f}s"
     )
 
