@@ -820,7 +820,7 @@ TINY = [
     "ppo.progress=false",
 ]
 ALL_TIERS_ADVISORY = (
-    "gate.tiers={learning: false, master: false, stage5: false, stability: false, strategic: false}"
+    "gate.tiers={learning: false, master: false, stage5: false, stability: false, value: false, strategic: false}"
 )
 
 
