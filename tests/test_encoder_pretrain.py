@@ -144,7 +144,9 @@ def test_refit_every_reuses_an_earlier_folds_encoder_honestly(tmp_path_factory):
         (0, 0, "checkpoints/encoder/fold_0.pt"),
         (1, 0, "checkpoints/encoder/fold_0.pt"),
     ]
-    assert fits[1]["fit_ranges"] == fits[0]["fit_ranges"] and fits[1]["select_range"] == fits[0]["select_range"]
+    assert (
+        fits[1]["fit_ranges"] == fits[0]["fit_ranges"] and fits[1]["select_range"] == fits[0]["select_range"]
+    )
     val = folds[0].val  # model selection on fold 0's validation bars (purged of the forecast horizon)
     assert val[0] <= fits[1]["select_range"][0] < fits[1]["select_range"][1] <= val[1]
     assert max(r[1] for r in fits[1]["fit_ranges"]) <= folds[0].train[1] < folds[1].test[0]

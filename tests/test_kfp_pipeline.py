@@ -819,9 +819,7 @@ TINY = [
     *("encoder.probe_l2=[1.0]", "encoder.attribution_bars=2", "encoder.probe_max_samples=500"),
     "ppo.progress=false",
 ]
-ALL_TIERS_ADVISORY = (
-    "gate.tiers={learning: false, master: false, stage5: false, stability: false, value: false, strategic: false}"
-)
+ALL_TIERS_ADVISORY = "gate.tiers={learning: false, master: false, stage5: false, stability: false, value: false, strategic: false}"
 
 
 def tiny_run(tmp_path: Path, *extra: str) -> tuple[LocalRun, Path]:
