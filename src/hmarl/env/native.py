@@ -19,6 +19,7 @@ import torch
 
 from hmarl import cbuild
 from hmarl.env.params import REWARD_COMPONENTS
+from hmarl.env.spec import Observation, StepResult
 
 SOURCE = Path(__file__).with_name("native_step.c")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-std=c11"]
@@ -235,8 +236,6 @@ class NativeStep:
         self._ref = ctypes.byref(st)
 
     def step(self, actions: torch.Tensor):
-        from hmarl.env.vec_env import Observation, StepResult
-
         env, st = self.env, self.st
         n, s, c = env.num_envs, env.num_symbols, len(REWARD_COMPONENTS)
         a = actions.to(torch.int64).contiguous()
