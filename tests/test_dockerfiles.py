@@ -255,15 +255,18 @@ def test_final_stage_user_is_numeric_non_root(dockerfile):
 
 
 def test_apt_lists_removed_in_the_same_layer(dockerfile):
+    """...and no build tools in the image itself (the last stage); a builder stage may compile (the CPU image's
+    C kernels), only what it COPYs on reaches the image."""
     name, stages = dockerfile
-    for stage in stages:
+    for i, stage in enumerate(stages):
         for inst in stage.all("RUN"):
             if "apt-get install" in inst.args or "apt-get update" in inst.args:
                 assert "rm -rf /var/lib/apt/lists/*" in inst.args, f"{name}:{inst.line}: apt lists kept"
                 assert "--no-install-recommends" in inst.args, f"{name}:{inst.line}"
-                assert not re.search(r"\b(gcc|g\+\+|build-essential|make|git)\b", inst.args), (
-                    f"{name}:{inst.line}: build tools installed"
-                )
+                if i == len(stages) - 1:
+                    assert not re.search(r"\b(gcc|g\+\+|build-essential|make|git)\b", inst.args), (
+                        f"{name}:{inst.line}: build tools installed"
+                    )
 
 
 def test_no_pip_cache(dockerfile):

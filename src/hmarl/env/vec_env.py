@@ -143,7 +143,11 @@ class MarketEnv:
         if lib is not None:
             return "native"
         if wanted == "native":
-            why = "a CPU device and dtype float64" if not applies else "a working C compiler (cc)"
+            why = (
+                "a CPU device and dtype float64"
+                if not applies
+                else "its C kernel (a C compiler, or prebuilt)"
+            )
             raise RuntimeError(f"env.backend=native needs {why}; use backend auto or torch")
         return "torch"
 
