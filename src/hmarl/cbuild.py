@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -147,6 +148,8 @@ def prebuilt(kernel: Kernel) -> Path | None:
         return None
     if manifest.get("source_sha256") != _sha(kernel.source.read_bytes()) or not library.exists():
         return None
+    if manifest.get("machine") != platform.machine():
+        return None
     needs = MARCH_NEEDS.get(manifest.get("march"))
     if needs is None:  # -march=native or another: only on a CPU with the builder's flags
         return library if manifest.get("cpu_flags_sha256") == _sha(_cpu_flags()) else None
@@ -171,6 +174,7 @@ def prebuild(march: str = "native", names: list[str] | None = None) -> dict[str,
             "source_sha256": _sha(kernel.source.read_bytes()),
             "flags": flags,
             "march": march,
+            "machine": platform.machine(),
             "cpu_flags_sha256": _sha(_cpu_flags()),
         }
         tmp = library.with_suffix(".json.tmp")

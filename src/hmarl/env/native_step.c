@@ -1,6 +1,7 @@
 /* Fused CPU step of hmarl's market simulator (see native.py). Same rules, state layout and order of
  * operations as vec_env.MarketEnv.step + _observe; one pass over envs and symbols, no allocation.
- * Compiled on first use with the system C compiler; parity-tested against tests/env_reference.py. */
+ * Prebuilt at install or compiled on first use (hmarl/cbuild.py); parity-tested against
+ * tests/env_reference.py. */
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>

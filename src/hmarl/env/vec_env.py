@@ -24,7 +24,7 @@ The master acts every ``master.interval`` bars of an episode: before the symbol 
 
 Backends (``env.backend``): ``torch`` runs the step as batched tensor ops (CPU or CUDA, float32 or
 float64); ``native`` runs the same step, on the same state tensors, as one fused C pass (native.py:
-CPU and float64 only, built on first use); ``auto`` takes native where it applies. Both are checked
+CPU and float64 only, prebuilt at install or built on first use); ``auto`` takes native where it applies. Both are checked
 against the per-symbol reference in tests/env_reference.py. ``reset`` and ``set_directive`` always
 run the torch code. On CPU the torch backend is dispatch-bound at 64 x 143 (~450 ops per step).
 
