@@ -25,6 +25,7 @@ import torch
 from hmarl import cbuild
 from hmarl.agents.symbol import BatchedMLP, SymbolAgent
 
+C_SOURCE = "int8_heads.c"  # this module's kernel (hmarl/cbuild.py KERNELS); named so the DVC deps include it
 QMAX = 127
 
 

@@ -153,6 +153,9 @@ def _complete_torch(
 
 
 # --------------------------------------------------------------------------- the C path of a scale
+C_SOURCE = (
+    "attention_complete.c"  # this module's kernel (hmarl/cbuild.py KERNELS); named so the DVC deps include it
+)
 MAX_WIDTH, MAX_SCORES = 512, 1024  # the kernel's on-stack rows (MAXD: 3 d and ff) and scores (MAXS)
 _P = ctypes.POINTER(ctypes.c_float)
 

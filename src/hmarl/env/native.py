@@ -22,6 +22,7 @@ from hmarl.env import telemetry
 from hmarl.env.params import REWARD_COMPONENTS
 from hmarl.env.spec import Observation, StepResult
 
+C_SOURCE = "native_step.c"  # this module's kernel (hmarl/cbuild.py KERNELS); named so the DVC deps include it
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _D = ctypes.c_double
