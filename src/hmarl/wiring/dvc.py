@@ -18,7 +18,7 @@ from hmarl.env.actions import ACTION_NAMES
 from hmarl.evaluation.period import BASELINES, POLICY
 from hmarl.steps import STEP_NAMES
 from hmarl.steps.runner import step_module
-from hmarl.wiring.closure import PACKAGE_DIR, file_closure
+from hmarl.wiring.closure import PACKAGE_DIR, file_closure, module_path
 
 DVC_FILE = "dvc.yaml"
 ENTRY_MODULES = ("hmarl.cli", "hmarl.steps.runner")  # every `hmarl step` runs these
@@ -78,9 +78,7 @@ def _plots() -> list[dict]:
 def code_deps(step: str) -> list[str]:
     """Repo-relative source files of ``step``: its import closure plus the entry modules'."""
     root = PACKAGE_DIR.parents[1]
-    files = set(file_closure(f"hmarl.steps.{step}"))
-    for entry in ENTRY_MODULES:
-        files.add(next(p for p in file_closure(entry) if p.stem == entry.rsplit(".", 1)[1]))
+    files = set(file_closure(f"hmarl.steps.{step}")) | {module_path(entry) for entry in ENTRY_MODULES}
     return sorted(p.relative_to(root).as_posix() for p in files)
 
 
