@@ -9,7 +9,6 @@ import ipaddress
 import re
 import shutil
 import subprocess
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -190,14 +189,12 @@ def test_restricted_pod_security_on_every_pod_template(builds):
 
 
 def test_project_image_pods_run_as_the_image_user(builds):
-    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     seen = set()
     for where, pod, c in _all_containers(builds):
-        repo, _, tag = c["image"].rpartition(":")
+        repo = c["image"].rpartition(":")[0]
         if repo in PROJECT_IMAGES:
             seen.add(repo)
             assert pod["securityContext"]["runAsUser"] == APP_UID, where
-            assert tag == version, f"{where}: image tag {tag} != package version {version}"
     assert seen == PROJECT_IMAGES
 
 
@@ -219,6 +216,57 @@ def test_no_latest_or_untagged_images(builds):
         image = c["image"]
         tag = image.rpartition(":")[2] if ":" in image.rpartition("/")[2] else ""
         assert "@sha256:" in image or (tag and tag != "latest"), f"{where}: image {image}"
+
+
+def test_manifest_images_carry_the_compiled_pipelines_tag(builds):
+    """The CronJob, Jobs and PyTorchJob run the very images the IR's tasks run: ``<version>-<commit>``,
+    never the bare, mutable version tag a rebuild would silently replace."""
+    from hmarl import __version__
+
+    spec, _ = _compiled_pipeline()
+    ir_tags = {}
+    for exe in spec["deploymentSpec"]["executors"].values():
+        name, _, tag = exe["container"]["image"].rpartition(":")
+        ir_tags.setdefault(name, set()).add(tag)
+    assert set(ir_tags) == PROJECT_IMAGES and all(len(t) == 1 for t in ir_tags.values()), ir_tags
+    seen = set()
+    for where, _, c in _all_containers(builds):
+        name, _, tag = c["image"].rpartition(":")
+        if name in PROJECT_IMAGES:
+            seen.add(name)
+            assert {tag} == ir_tags[name], (
+                f"{where}: {c['image']} (IR: {ir_tags[name]}); run hmarl pipeline compile"
+            )
+            assert tag != __version__ and tag.startswith(f"{__version__}-"), f"{where}: mutable tag {tag}"
+    assert seen == PROJECT_IMAGES
+
+
+def test_compile_rewrites_the_manifest_tags(tmp_path):
+    """pipelines/image_tags.py: the generated images: list is replaced in place (not appended twice), a
+    hand-written one is refused, and kustomize renders the new tag into every project container."""
+    import dataclasses
+
+    from pipelines.cluster import CLUSTER
+    from pipelines.image_tags import with_images, write_manifest_tags
+
+    shutil.copytree(MANIFESTS, tmp_path / "manifests")
+    cluster = dataclasses.replace(
+        CLUSTER,
+        image="ghcr.io/hmarl/hmarl:9.9.9-feedbeef",
+        gpu_image="ghcr.io/hmarl/hmarl-gpu:9.9.9-feedbeef",
+    )
+    for _ in range(2):
+        write_manifest_tags(tmp_path, cluster)
+    text = (tmp_path / "manifests/base/kustomization.yaml").read_text()
+    assert text.count("images:") == 1 and "9.9.9-feedbeef" in text
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        out = subprocess.run([kubectl, "kustomize", str(tmp_path / "manifests/overlays/prod")],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        images = set(re.findall(r"image: (ghcr\.io/hmarl/hmarl\S*)", out))
+        assert images == {"ghcr.io/hmarl/hmarl:9.9.9-feedbeef"}, images
+    with pytest.raises(ValueError, match="hand-written"):
+        with_images("resources: []\nimages:\n  - name: x\n    newTag: '1'\n", {"x": "2"})
 
 
 def test_command_variables_are_defined(builds):

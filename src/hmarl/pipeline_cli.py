@@ -73,7 +73,8 @@ def pipeline_module() -> ModuleType:
 
 def compile_pipeline(output: str | Path | None = None, cluster: str | None = None) -> Path:
     """Write the pipeline IR YAML to ``output`` (default: pipelines/hmarl_pipeline.yaml of the checkout),
-    with the task settings of the named cluster profile (``pipelines/cluster.py``: gke-h100, kind)."""
+    with the task settings of the named cluster profile (``pipelines/cluster.py``: gke-h100, kind). The
+    default output also rewrites the manifests' image tags to the IR's (``pipelines/image_tags.py``)."""
     from kfp import compiler
 
     module = pipeline_module()
@@ -93,6 +94,10 @@ def compile_pipeline(output: str | Path | None = None, cluster: str | None = Non
         path = Path(tmp) / "pipeline.yaml"  # the compiler picks the format from the suffix
         compiler.Compiler().compile(module.make_pipeline(chosen), package_path=str(path))
         write_text(output, path.read_text())
+    if output.resolve() == (repo_root() / DEFAULT_OUTPUT).resolve():
+        from pipelines.image_tags import write_manifest_tags
+
+        write_manifest_tags(repo_root(), chosen)  # the manifests deploy the images the IR names
     return output
 
 
