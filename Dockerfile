@@ -6,9 +6,11 @@
 #   TAG=$(make -s image-tag)      # <version>-<commit>: what `hmarl pipeline compile` puts into the IR
 #   docker build --build-arg IMAGE_TAG=$TAG -t ghcr.io/hmarl/hmarl:$TAG .
 #
-# No compiler in the runtime stage: the native kernels (simulator step, int8 heads, transformer completion;
-# hmarl/cbuild.py) are not built here and every caller runs their torch fallback. The README's latency
-# and throughput figures are for an install with a C compiler (README, "Which numbers hold where").
+# The native kernels (simulator step, int8 heads, transformer completion; hmarl/cbuild.py) are compiled in
+# the builder stage for x86-64-v3 (AVX2/FMA: x86 CPUs since ~2015; TARGET_MARCH to change) into the package
+# and shipped in the venv; the runtime stage has no compiler and loads them where the CPU has the features
+# (elsewhere every caller runs its torch path). The README's figures are for -march=native builds
+# (README, "Which numbers hold where").
 #
 # GPU training uses Dockerfile.gpu (same layout, CUDA build of torch).
 
@@ -26,6 +28,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN python -m venv /opt/venv
 
 WORKDIR /src
@@ -33,6 +40,9 @@ WORKDIR /src
 COPY requirements.lock pyproject.toml README.md ./
 COPY src/ ./src/
 RUN PIP_EXTRA_INDEX_URL="${TORCH_INDEX_URL}" pip install -c requirements.lock ".[cloud]"
+# fails the build when a kernel does not compile (the compiler's message in the log)
+ARG TARGET_MARCH=x86-64-v3
+RUN python -m hmarl.cbuild --prebuild --require --march "${TARGET_MARCH}"
 
 # ---- runtime: the venv and the app files, no compilers, no pip cache, non-root --------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -57,6 +67,12 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_NO_CACHE_DIR=1 \
     DVC_NO_ANALYTICS=1 \
     HMARL_IMAGE_TAG=${IMAGE_TAG}
+
+# libgomp: the OpenMP runtime the inference kernels link (torch's own copy serves once torch is loaded)
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 
 # A passwd entry for the fixed UID: getpass.getuser() (torch compile caches, MLflow user tag) needs one.
 RUN groupadd --gid 10001 hmarl \

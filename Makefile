@@ -12,6 +12,7 @@ export DVC_NO_ANALYTICS := 1
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(BIN)/python -m hmarl.cbuild --prebuild  # C kernels into src/hmarl/_kernels (skipped without a compiler)
 	touch $@
 
 install: $(VENV)/.installed

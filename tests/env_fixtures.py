@@ -102,10 +102,12 @@ DEFAULT_BACKEND = {"name": "auto"}
 
 
 def backends() -> list[str]:
-    """The simulator backends available here: torch always, native when a C compiler builds it."""
+    """The simulator backends available here: torch always, native where it is prebuilt or a C compiler
+    exists (a compiler that fails to build it fails the native tests instead of dropping them)."""
+    from hmarl import cbuild
     from hmarl.env import native
 
-    return ["torch", "native"] if native.load() is not None else ["torch"]
+    return ["torch", "native"] if cbuild.compiler() is not None or native.load() is not None else ["torch"]
 
 
 def env_config(**overrides) -> EnvConfig:
@@ -119,9 +121,14 @@ def reward_config(**overrides) -> RewardConfig:
 
 
 def run_without_compiler(code: str, tmp_path: Path) -> str:
-    """stdout of ``python -c code`` in the repo root with no C compiler (``CC`` names a missing one) and an
-    empty build cache, so every C path falls back to torch; the cache must stay empty."""
-    env = {**os.environ, "CC": str(tmp_path / "no-such-cc"), "HMARL_CACHE": str(tmp_path / "cache")}
+    """stdout of ``python -c code`` in the repo root with no C compiler (``CC`` names a missing one), no
+    prebuilt kernels and an empty build cache, so every C path falls back to torch; the cache must stay empty."""
+    env = {
+        **os.environ,
+        "CC": str(tmp_path / "no-such-cc"),
+        "HMARL_CACHE": str(tmp_path / "cache"),
+        "HMARL_KERNEL_DIR": str(tmp_path / "no-kernels"),
+    }
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True

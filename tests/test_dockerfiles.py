@@ -255,15 +255,38 @@ def test_final_stage_user_is_numeric_non_root(dockerfile):
 
 
 def test_apt_lists_removed_in_the_same_layer(dockerfile):
+    """...and no build tools in the image itself (the last stage); a builder stage may compile (the CPU image's
+    C kernels), only what it COPYs on reaches the image."""
     name, stages = dockerfile
-    for stage in stages:
+    for i, stage in enumerate(stages):
         for inst in stage.all("RUN"):
             if "apt-get install" in inst.args or "apt-get update" in inst.args:
                 assert "rm -rf /var/lib/apt/lists/*" in inst.args, f"{name}:{inst.line}: apt lists kept"
                 assert "--no-install-recommends" in inst.args, f"{name}:{inst.line}"
-                assert not re.search(r"\b(gcc|g\+\+|build-essential|make|git)\b", inst.args), (
-                    f"{name}:{inst.line}: build tools installed"
-                )
+                if i == len(stages) - 1:
+                    assert not re.search(r"\b(gcc|g\+\+|build-essential|make|git)\b", inst.args), (
+                        f"{name}:{inst.line}: build tools installed"
+                    )
+
+
+def test_images_ship_prebuilt_kernels(dockerfile):
+    """The C kernels are compiled in the builder (a failed build fails the image) into the venv the runtime
+    stage copies, and the runtime stage has the OpenMP runtime they link; no compiler reaches the image."""
+    name, stages = dockerfile
+    builder, runtime = stages[0], stages[-1]
+    prebuild = [i for i in builder.all("RUN") if "hmarl.cbuild --prebuild" in i.args]
+    assert prebuild and "--require" in prebuild[0].args, (
+        f"{name}: builder stage does not prebuild the kernels"
+    )
+    installs = " ".join(i.args for i in builder.all("RUN") if "apt-get install" in i.args)
+    assert re.search(r"\bgcc\b", installs), f"{name}: no compiler in the builder stage"
+    pip = [n for n, i in enumerate(builder.instructions) if i.keyword == "RUN" and "pip install" in i.args]
+    assert pip and builder.instructions.index(prebuild[0]) > pip[-1], (
+        f"{name}: kernels built before the install"
+    )
+    assert any("libgomp1" in i.args for i in runtime.all("RUN")), f"{name}: runtime lacks libgomp1"
+    copies = [i.args for i in runtime.all("COPY") if "--from=builder" in i.args]
+    assert any("/opt/venv" in c for c in copies), f"{name}: the built venv is not copied"
 
 
 def test_no_pip_cache(dockerfile):

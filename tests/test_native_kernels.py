@@ -8,12 +8,17 @@ import pytest
 import torch
 
 from env_fixtures import run_without_compiler
+from hmarl import cbuild
 from hmarl.agents.int8_heads import QMAX, Int8Heads, int8_weights, load, pow2_scale, quantize_heads_
 from hmarl.agents.symbol import BatchedMLP, SharedMLP
 from hmarl.encoders import inference
 from hmarl.encoders.branches import TransformerBranch
 
-needs_kernel = pytest.mark.skipif(load() is None, reason="no C compiler with OpenMP here")
+# skipped only where the kernels can be neither loaded nor built: with a compiler a kernel that fails to build
+# fails these tests (tests/test_cbuild.py checks the build itself)
+needs_kernel = pytest.mark.skipif(
+    load() is None and cbuild.compiler() is None, reason="no C compiler and no prebuilt kernels here"
+)
 
 
 class Heads(torch.nn.Module):
@@ -102,8 +107,11 @@ def test_the_scale_completion_kernel_is_the_torch_path_and_the_branch(d, heads, 
         for i, state in enumerate(states):
             layer = branch.layers[i]
             lib = inference._native(layer, state)
-            if lib is None:
-                pytest.skip("no C compiler with OpenMP here")
+            if lib is None and cbuild.compiler() is None:
+                pytest.skip("no C compiler and no prebuilt kernels here")
+            assert lib is not None, (
+                "a compiler exists but the attention kernel did not build (see the warning)"
+            )
             fast = inference._complete_native(lib, layer, state, newest, branch.scales[i])
             z_new = (state.partial + newest) / branch.scales[i] if state.partial is not None else newest
             slow = inference._complete_torch(layer, state, inference._in_proj(layer, z_new), z_new)

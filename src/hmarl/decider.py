@@ -42,7 +42,8 @@ from hmarl.encoders.prefix_branches import branch_complete, branch_prefix
 from hmarl.env.actions import ACTION_NAMES, BUY_FRAC, SELL_FRAC, decode_directive, order_table
 from hmarl.env.market import CLOSE, MarketData
 from hmarl.env.params import EnvConfig
-from hmarl.env.vec_env import MarketEnv, Observation
+from hmarl.env.spec import Observation
+from hmarl.env.vec_env import MarketEnv
 from hmarl.errors import DataError
 from hmarl.positions import Account
 from hmarl.sl.calibration import calibrated_probs

@@ -14,7 +14,7 @@ from hmarl.agents import distributions as dist
 from hmarl.agents.inputs import AgentTables, compact
 from hmarl.agents.master import MasterAgent, master_observation
 from hmarl.agents.symbol import SymbolAgent
-from hmarl.env.vec_env import Observation
+from hmarl.env.spec import Observation
 
 
 class Hierarchy:

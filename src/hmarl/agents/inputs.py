@@ -1,6 +1,6 @@
 """What the symbol agent observes, and the read-only tables it gathers market inputs from by bar index.
 
-The simulator's :class:`~hmarl.env.vec_env.Observation` carries the bar index and small state. The policy
+The simulator's :class:`~hmarl.env.spec.Observation` carries the bar index and small state. The policy
 adds, per (env, symbol), the bar's market input (the cached encoder embedding, or the feature window for a
 fine-tuned encoder) and the SL probability triplet, both gathered from :class:`AgentTables` by bar.
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hmarl.env.gather import gather_bars, gather_windows
-from hmarl.env.vec_env import DIRECTIVE_FEATURES, PORTFOLIO_FEATURES, Observation
+from hmarl.env.spec import DIRECTIVE_FEATURES, PORTFOLIO_FEATURES, Observation
 
 STATE_DTYPE = torch.float16
 

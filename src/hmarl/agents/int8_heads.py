@@ -12,22 +12,21 @@ smallest with ``|w| <= 127 x scale``: the grid is exact in float32 and recoverab
 
 How it runs: the torch path computes it with the float32 weights on the grid (training, backtests, the
 reference decision); :class:`Int8Heads` reads the int8 values with a small C kernel (``int8_heads.c``,
-compiled on first use) for one row of symbols, the same function within float32 rounding. Heads whose
-weights are not on the grid (``float32``, or fine-tuned after quantizing) take the torch path.
+prebuilt at install or compiled on first use: hmarl/cbuild.py) for one row of symbols, the same function
+within float32 rounding. Heads whose weights are not on the grid (``float32``, or fine-tuned after quantizing) take the torch path.
 """
 
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 import torch
 
 from hmarl import cbuild
 from hmarl.agents.symbol import BatchedMLP, SymbolAgent
 
+C_SOURCE = "int8_heads.c"  # this module's kernel (hmarl/cbuild.py KERNELS); named so the DVC deps include it
 QMAX = 127
-SOURCE = Path(__file__).with_name("int8_heads.c")
 
 
 def pow2_scale(w: torch.Tensor) -> torch.Tensor:
@@ -79,7 +78,7 @@ def _bind(lib: ctypes.CDLL) -> None:
 
 
 def load() -> ctypes.CDLL | None:
-    return cbuild.load(SOURCE, cbuild.KERNEL_FLAGS, _bind)
+    return cbuild.load("int8_heads", _bind)
 
 
 class Int8Heads:

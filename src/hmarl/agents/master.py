@@ -27,7 +27,7 @@ from torch import nn
 
 from hmarl.agents.master_params import MasterConfig
 from hmarl.env.actions import Action
-from hmarl.env.vec_env import AGENT_FEATURES, DIRECTIVE_FEATURES, PORTFOLIO_FEATURES, Observation
+from hmarl.env.spec import AGENT_FEATURES, DIRECTIVE_FEATURES, PORTFOLIO_FEATURES, Observation
 
 NUM_INTENT = 7 + 7 + 3
 NUM_BENCH = 3

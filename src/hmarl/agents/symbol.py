@@ -24,7 +24,7 @@ from hmarl.agents.inputs import AgentTables, PolicyObs
 from hmarl.agents.params import AgentConfig
 from hmarl.env.actions import NUM_ACTIONS
 from hmarl.env.gather import gather_bars
-from hmarl.env.vec_env import AGENT_FEATURES
+from hmarl.env.spec import AGENT_FEATURES
 
 NUM_SL = 9  # SL cache channels: 3 models x (down, flat, up)
 HIDDEN_GAIN = math.sqrt(2.0)

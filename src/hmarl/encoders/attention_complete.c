@@ -18,6 +18,7 @@
  * element; the GELU's erf: Abramowitz-Stegun 7.1.26, |error| < 1.5e-7). Other widths run the same code with
  * run-time sizes. */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -85,6 +86,21 @@ typedef struct { /* one encoder layer's weights (mirror: hmarl/encoders/inferenc
   int64_t d, H, ff;
   float eps1, eps2, sdh; /* sdh = 1 / sqrt(d / H) */
 } HmLayer;
+
+/* The struct's layout, compared field by field with its ctypes mirror at load (hmarl/cbuild.py check_layout):
+   list every field here. */
+typedef struct { const char *name; int64_t offset, size; } HmField;
+#define F(f) {#f, (int64_t)offsetof(HmLayer, f), (int64_t)sizeof(((HmLayer *)0)->f)}
+static const HmField HM_LAYER_FIELDS[] = {
+  F(g1), F(bn1), F(wiT), F(bi), F(woT), F(bo), F(g2), F(bn2), F(w1T), F(b1), F(w2T), F(b2), F(d), F(H),
+  F(ff), F(eps1), F(eps2), F(sdh)
+};
+#undef F
+int64_t hm_layer_sizeof(void) { return (int64_t)sizeof(HmLayer); }
+int64_t hm_layer_layout(const HmField **fields) {
+  *fields = HM_LAYER_FIELDS;
+  return (int64_t)(sizeof HM_LAYER_FIELDS / sizeof HM_LAYER_FIELDS[0]);
+}
 
 static inline __attribute__((always_inline)) void layer_norm(const float *x, const float *g, const float *b,
                                                              float eps, float *out, int64_t d) {

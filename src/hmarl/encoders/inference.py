@@ -16,8 +16,9 @@ and the position-wise rest of the layer (out projection, layer norm, feed-forwar
 output changed). The feed-forward output projection is linear and the branch keeps only the last step and
 the mean over steps, so it is applied to those two summaries only.
 
-A scale's completion runs as one C pass per window where the kernel builds (``attention_complete.c``, compiled
-on first use by :mod:`hmarl.cbuild`; ~40 small torch ops otherwise, most of a decision's transformer time);
+A scale's completion runs as one C pass per window where the kernel is available (``attention_complete.c``,
+prebuilt at install or compiled on first use by :mod:`hmarl.cbuild`; ~40 small torch ops otherwise, most of
+a decision's transformer time);
 :func:`_complete_torch` is the same arithmetic in torch, used without a compiler or on CUDA, and the
 reference the kernel is tested against (tests/test_native_kernels.py).
 """
@@ -27,7 +28,6 @@ from __future__ import annotations
 import ctypes
 import weakref
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -153,13 +153,16 @@ def _complete_torch(
 
 
 # --------------------------------------------------------------------------- the C path of a scale
-SOURCE = Path(__file__).with_name("attention_complete.c")
+C_SOURCE = (
+    "attention_complete.c"  # this module's kernel (hmarl/cbuild.py KERNELS); named so the DVC deps include it
+)
 MAX_WIDTH, MAX_SCORES = 512, 1024  # the kernel's on-stack rows (MAXD: 3 d and ff) and scores (MAXS)
 _P = ctypes.POINTER(ctypes.c_float)
 
 
 class HmLayer(ctypes.Structure):
-    """Mirror of the C ``HmLayer`` (field order matters): one layer's weights, matrices input-major."""
+    """Mirror of the C ``HmLayer`` (checked against the C layout at load): one layer's weights, matrices
+    input-major."""
 
     _fields_ = [
         (n, _P) for n in ("g1", "bn1", "wiT", "bi", "woT", "bo", "g2", "bn2", "w1T", "b1", "w2T", "b2")
@@ -172,6 +175,7 @@ _LAYERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _bind(lib: ctypes.CDLL) -> None:
+    cbuild.check_layout(lib, "hm_layer", HmLayer)
     p = ctypes.c_void_p
     lib.hm_attention_complete.argtypes = [ctypes.POINTER(HmLayer)] + [p] * 8 + [ctypes.c_float, p]
     lib.hm_attention_complete.argtypes += [ctypes.c_int64] * 2
@@ -187,7 +191,7 @@ def _native(layer: nn.TransformerEncoderLayer, state: ScalePrefix) -> ctypes.CDL
         return None
     if (a.shape[1] + 1) * layer.self_attn.num_heads > MAX_SCORES:
         return None
-    return cbuild.load(SOURCE, cbuild.KERNEL_FLAGS, _bind)
+    return cbuild.load("attention_complete", _bind)
 
 
 def _layer(layer: nn.TransformerEncoderLayer) -> ctypes.pointer:

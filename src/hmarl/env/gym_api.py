@@ -24,7 +24,8 @@ from hmarl.env.actions import NUM_ACTIONS, grid_size
 from hmarl.env.gather import FeatureWindows
 from hmarl.env.market import MarketData
 from hmarl.env.params import EnvConfig, RewardConfig
-from hmarl.env.vec_env import AGENT_FEATURES, DIRECTIVE_FEATURES, PORTFOLIO_FEATURES, MarketEnv, Observation
+from hmarl.env.spec import AGENT_FEATURES, DIRECTIVE_FEATURES, PORTFOLIO_FEATURES, Observation
+from hmarl.env.vec_env import MarketEnv
 
 _BOUND = 1e9  # finite bounds (check_env warns on infinite ones); observations are clipped to them
 

@@ -1,35 +1,35 @@
-"""Optional fused CPU step: ``native_step.c`` compiled on first use with the system C compiler.
+"""Optional fused CPU step: ``native_step.c``, prebuilt at install or compiled on first use (hmarl/cbuild.py).
 
 The batched torch code in vec_env.py is the simulator (CPU and CUDA). At 64 x 143 on a small CPU its
 time goes into per-op dispatch (~450 tensor ops of ~9k elements per step), so on CPU with float64 the
 env can run the same step as one C pass over envs and symbols (same state tensors, same rules, same
 order of operations; parity-tested against tests/env_reference.py like the torch path).
 
-Built on first use by :mod:`hmarl.cbuild` with ``-O3 -march=native -ffp-contract=off`` (no fused
-multiply-add, so results stay IEEE-identical in spirit to the torch path). If no compiler is available,
-:func:`load` returns None and ``backend: auto`` falls back to the torch path.
+Built by :mod:`hmarl.cbuild` with ``-O3 -march=native -ffp-contract=off`` (no fused multiply-add, so results
+stay IEEE-identical in spirit to the torch path). Where it is neither prebuilt nor buildable, :func:`load`
+returns None and ``backend: auto`` falls back to the torch path. :class:`HmStep` mirrors the C struct; the
+C side exports its layout and the load checks the two agree.
 """
 
 from __future__ import annotations
 
 import ctypes
-from pathlib import Path
 
 import torch
 
 from hmarl import cbuild
+from hmarl.env import telemetry
 from hmarl.env.params import REWARD_COMPONENTS
+from hmarl.env.spec import Observation, StepResult
 
-SOURCE = Path(__file__).with_name("native_step.c")
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-std=c11"]
-
+C_SOURCE = "native_step.c"  # this module's kernel (hmarl/cbuild.py KERNELS); named so the DVC deps include it
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _D = ctypes.c_double
 
 
 class HmStep(ctypes.Structure):
-    """Mirror of the C ``HmStep`` struct (field order matters)."""
+    """Mirror of the C ``HmStep`` struct (checked against the C layout at load)."""
 
     _fields_ = (
         [
@@ -137,71 +137,24 @@ class HmStep(ctypes.Structure):
 
 
 def _bind(lib: ctypes.CDLL) -> None:
+    cbuild.check_layout(lib, "hm_step", HmStep)
     lib.hm_step.argtypes = [ctypes.POINTER(HmStep)]
     lib.hm_step.restype = None
 
 
 def load() -> ctypes.CDLL | None:
-    """The compiled library, or None when it cannot be built here."""
-    return cbuild.load(SOURCE, FLAGS, _bind)
+    """The compiled library, or None when it is neither prebuilt nor buildable here."""
+    return cbuild.load("native_step", _bind)
 
 
 class NativeStep:
     """Binds a :class:`hmarl.env.vec_env.MarketEnv`'s state tensors to the C step."""
 
     def __init__(self, env, lib: ctypes.CDLL):
-        from hmarl.env import telemetry
-
         self.env, self.lib = env, lib
-        cfg, rcfg, m = env.cfg, env.rcfg, env.market
+        cfg, m = env.cfg, env.market
         st = self.st = HmStep()
-        sizes = dict(
-            n=env.num_envs,
-            s=env.num_symbols,
-            t_bars=m.num_bars,
-            window=env.window.window,
-            episode_length=cfg.episode_length,
-            max_consec=cfg.max_consecutive_actions,
-            bar_hi=env.bar_hi,
-            master_interval=cfg.master.interval,
-            capacity=env.log.capacity,
-            acc_k=len(telemetry.ACC_COLUMNS),
-            col_policy=telemetry._POLICY.start,
-            col_executed=telemetry._EXECUTED.start,
-            col_comp=telemetry._PER_AGENT.start,
-            col_sums=telemetry._PER_AGENT.start + len(REWARD_COMPONENTS),
-            col_master=len(telemetry.ACC_COLUMNS) - 2,
-            col_financing=len(telemetry.ACC_COLUMNS) - 1,
-            row_len=len(telemetry.COLUMNS),
-            default_directive=env.default_directive,
-        )
-        fp = env.fill_params
-        scalars = dict(
-            fee=fp.fee,
-            slip_base=fp.slip_base,
-            slip_vol=fp.slip_vol,
-            slip_impact=fp.slip_impact,
-            slip_max=fp.slip_max,
-            add_frac=fp.add_fraction,
-            min_order=fp.min_order_fraction,
-            winner_thr=cfg.winner_threshold,
-            sell_partial=cfg.sell_partial_fraction,
-            lev_room=env.lev_room,
-            fin_per_bar=env.financing_per_bar,
-            bankrupt_level=cfg.bankruptcy_fraction * cfg.initial_cash,
-            max_dd=cfg.max_drawdown,
-            alpha=env.alpha,
-            sharpe_clip=rcfg.sharpe_clip,
-            roi_scale=rcfg.roi_scale,
-            roi_lo=rcfg.roi_clip[0],
-            roi_hi=rcfg.roi_clip[1],
-            dd_thr=rcfg.trade_drawdown_threshold,
-            dd_pen=rcfg.trade_drawdown_penalty,
-            util_scale=rcfg.utilization_scale,
-            div_scale=rcfg.diversification_scale,
-            initial_cash=cfg.initial_cash,
-        )
-        for name, value in {**sizes, **scalars}.items():
+        for name, value in {**_sizes(env), **_scalars(env)}.items():
             setattr(st, name, value)
         st.buy_frac[:] = list(cfg.buy_fractions)
         st.weights[:] = env.weights.tolist()
@@ -235,8 +188,6 @@ class NativeStep:
         self._ref = ctypes.byref(st)
 
     def step(self, actions: torch.Tensor):
-        from hmarl.env.vec_env import Observation, StepResult
-
         env, st = self.env, self.st
         n, s, c = env.num_envs, env.num_symbols, len(REWARD_COMPONENTS)
         a = actions.to(torch.int64).contiguous()
@@ -307,6 +258,62 @@ class NativeStep:
             out["executed"],
             info,
         )
+
+
+def _sizes(env) -> dict[str, int]:
+    """The struct's sizes and telemetry columns."""
+    cfg, m = env.cfg, env.market
+    return dict(
+        n=env.num_envs,
+        s=env.num_symbols,
+        t_bars=m.num_bars,
+        window=env.window.window,
+        episode_length=cfg.episode_length,
+        max_consec=cfg.max_consecutive_actions,
+        bar_hi=env.bar_hi,
+        master_interval=cfg.master.interval,
+        capacity=env.log.capacity,
+        acc_k=len(telemetry.ACC_COLUMNS),
+        col_policy=telemetry._POLICY.start,
+        col_executed=telemetry._EXECUTED.start,
+        col_comp=telemetry._PER_AGENT.start,
+        col_sums=telemetry._PER_AGENT.start + len(REWARD_COMPONENTS),
+        col_master=len(telemetry.ACC_COLUMNS) - 2,
+        col_financing=len(telemetry.ACC_COLUMNS) - 1,
+        row_len=len(telemetry.COLUMNS),
+        default_directive=env.default_directive,
+    )
+
+
+def _scalars(env) -> dict[str, float]:
+    """The struct's parameters."""
+    cfg, rcfg = env.cfg, env.rcfg
+    fp = env.fill_params
+    return dict(
+        fee=fp.fee,
+        slip_base=fp.slip_base,
+        slip_vol=fp.slip_vol,
+        slip_impact=fp.slip_impact,
+        slip_max=fp.slip_max,
+        add_frac=fp.add_fraction,
+        min_order=fp.min_order_fraction,
+        winner_thr=cfg.winner_threshold,
+        sell_partial=cfg.sell_partial_fraction,
+        lev_room=env.lev_room,
+        fin_per_bar=env.financing_per_bar,
+        bankrupt_level=cfg.bankruptcy_fraction * cfg.initial_cash,
+        max_dd=cfg.max_drawdown,
+        alpha=env.alpha,
+        sharpe_clip=rcfg.sharpe_clip,
+        roi_scale=rcfg.roi_scale,
+        roi_lo=rcfg.roi_clip[0],
+        roi_hi=rcfg.roi_clip[1],
+        dd_thr=rcfg.trade_drawdown_threshold,
+        dd_pen=rcfg.trade_drawdown_penalty,
+        util_scale=rcfg.utilization_scale,
+        div_scale=rcfg.diversification_scale,
+        initial_cash=cfg.initial_cash,
+    )
 
 
 def bind(env) -> NativeStep:

@@ -1,7 +1,9 @@
 /* Fused CPU step of hmarl's market simulator (see native.py). Same rules, state layout and order of
  * operations as vec_env.MarketEnv.step + _observe; one pass over envs and symbols, no allocation.
- * Compiled on first use with the system C compiler; parity-tested against tests/env_reference.py. */
+ * Prebuilt at install or compiled on first use (hmarl/cbuild.py); parity-tested against
+ * tests/env_reference.py. */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -47,6 +49,31 @@ typedef struct {
     float *agent_obs, *portfolio, *directive_features;
     int64_t *bar, *directive;
 } HmStep;
+
+/* The struct's layout, compared field by field with its ctypes mirror (hmarl/env/native.py HmStep) at load
+   (hmarl/cbuild.py check_layout): list every field here. */
+typedef struct { const char *name; int64_t offset, size; } HmField;
+#define F(f) {#f, (int64_t)offsetof(HmStep, f), (int64_t)sizeof(((HmStep *)0)->f)}
+static const HmField HM_STEP_FIELDS[] = {
+    F(n), F(s), F(t_bars), F(window), F(episode_length), F(max_consec), F(bar_hi), F(master_interval),
+    F(step_count), F(capacity), F(acc_k), F(col_policy), F(col_executed), F(col_comp), F(col_sums),
+    F(col_master), F(col_financing), F(row_len), F(fee), F(slip_base), F(slip_vol), F(slip_impact),
+    F(slip_max), F(add_frac), F(min_order), F(winner_thr), F(buy_frac), F(sell_partial), F(lev_room),
+    F(fin_per_bar), F(bankrupt_level), F(max_dd), F(alpha), F(sharpe_clip), F(roi_scale), F(roi_lo),
+    F(roi_hi), F(dd_thr), F(dd_pen), F(util_scale), F(div_scale), F(initial_cash), F(weights),
+    F(master_weights), F(tiers), F(default_directive), F(table), F(bench), F(cash_rate), F(directives),
+    F(actions), F(mask_in), F(starts), F(agent), F(agent_int), F(ring), F(packed), F(account), F(clock),
+    F(done), F(acc), F(rows), F(count), F(reward), F(components), F(master_reward), F(master_components),
+    F(cost), F(financing), F(buy_scale), F(terminated), F(truncated), F(forced), F(invalid), F(reset),
+    F(executed), F(mask), F(counts), F(master_due), F(agent_obs), F(portfolio), F(directive_features),
+    F(bar), F(directive)
+};
+#undef F
+int64_t hm_step_sizeof(void) { return (int64_t)sizeof(HmStep); }
+int64_t hm_step_layout(const HmField **fields) {
+    *fields = HM_STEP_FIELDS;
+    return (int64_t)(sizeof HM_STEP_FIELDS / sizeof HM_STEP_FIELDS[0]);
+}
 
 static inline double clampd(double x, double lo, double hi) { return x < lo ? lo : (x > hi ? hi : x); }
 /* inline max/min (libm's fmax/fmin are out-of-line calls; inputs here are never NaN) */

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hmarl.env.vec_env import AGENT_FEATURES, DIRECTIVE_FEATURES, PORTFOLIO_FEATURES
+from hmarl.env.spec import AGENT_FEATURES, DIRECTIVE_FEATURES, PORTFOLIO_FEATURES
 
 
 @dataclass(frozen=True)

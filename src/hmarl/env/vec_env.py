@@ -4,7 +4,7 @@ Timing of one ``step(actions)`` (no look-ahead: nothing of bar t+1 is seen befor
 
 1. Decision at bar ``t`` (after its close): the policy saw the observation and masks of bar ``t``.
    Masked-out picks become HOLD; the repetition limit turns a 4th identical non-HOLD action into HOLD.
-2. Fill at ``open[t + 1]`` (fills.py): cancellations, sells, buys (position limit, pro-rata cash),
+2. Fill at ``open[t + 1]`` (fills.py, transition.py): cancellations, sells, buys (position limit, pro-rata cash),
    commission and slippage.
 3. Financing on negative cash (``env.financing_rate``) less interest on positive cash (``env.cash_rate``,
    the rate of bar ``t``) for the bar, then the account is marked at ``close[t + 1]``.
@@ -14,8 +14,9 @@ Timing of one ``step(actions)`` (no look-ahead: nothing of bar t+1 is seen befor
    ignores this call's actions, starts a new episode at a random bar of its range and returns the first
    observation with reward 0. (Its step is computed with the others and then discarded, so ``step``
    has no data-dependent branch and no host sync.)
-7. Observation of the new bar: bar index, small per-agent and portfolio state, regime, directive,
-   recent-action counts and the masks for the next decision. Market windows are not copied: gather
+7. Observation of the new bar (observe.py; its layout is the contract in spec.py): bar index, small
+   per-agent and portfolio state, regime, directive, recent-action counts and the masks for the next
+   decision. Market windows are not copied: gather
    them by ``obs.bar`` (gather.py).
 
 The master acts every ``master.interval`` bars of an episode: before the symbol agents decide, call
@@ -23,7 +24,7 @@ The master acts every ``master.interval`` bars of an episode: before the symbol 
 
 Backends (``env.backend``): ``torch`` runs the step as batched tensor ops (CPU or CUDA, float32 or
 float64); ``native`` runs the same step, on the same state tensors, as one fused C pass (native.py:
-CPU and float64 only, built on first use); ``auto`` takes native where it applies. Both are checked
+CPU and float64 only, prebuilt at install or built on first use); ``auto`` takes native where it applies. Both are checked
 against the per-symbol reference in tests/env_reference.py. ``reset`` and ``set_directive`` always
 run the torch code. On CPU the torch backend is dispatch-bound at 64 x 143 (~450 ops per step).
 
@@ -34,65 +35,20 @@ With ``check_actions: false`` ids must be in 0..6 (the native backend executes o
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
 from hmarl.env import masks as masks_mod
 from hmarl.env import native
-from hmarl.env.actions import NUM_ACTIONS, default_directive, directive_table, grid_size, order_table
+from hmarl.env.actions import default_directive, directive_table, grid_size, order_table
 from hmarl.env.anti_collapse import ActionWindow, repetition_violations, tier_table
-from hmarl.env.fills import FillParams, execute, positive
-from hmarl.env.market import ADV, CLOSE, OPEN, SIGMA, TRADABLE, MarketData
+from hmarl.env.fills import FillParams
+from hmarl.env.market import MarketData
+from hmarl.env.observe import observe
 from hmarl.env.params import REWARD_COMPONENTS, EnvConfig, RewardConfig
-from hmarl.env.rewards import SHARPE_EPS, TINY, diversification, ema_sharpe, roi_multiplier, symbol_components
+from hmarl.env.spec import NUM_ACTIONS, Observation, StepResult, check_ids
 from hmarl.env.telemetry import STEP_SUMS, EpisodeLog
+from hmarl.env.transition import Moved, fill_and_mark, step_rewards
 from hmarl.errors import DataError
-
-AGENT_FEATURES = (
-    "position_weight",  # value / equity
-    "allocation_used",  # value / allowed allocation
-    "entry_price_rel",  # entry / close - 1
-    "unrealized_pnl",  # (close - entry) x shares / equity
-    "holding_bars",  # bars held / episode_length
-    "trade_drawdown",  # 1 - close / highest close since entry
-    "tradable",
-)
-PORTFOLIO_FEATURES = (
-    "cash_fraction",
-    "exposure",
-    "drawdown",
-    "rolling_sharpe",
-    "open_positions",  # open positions / limit
-    "episode_progress",
-    "master_due",
-)
-DIRECTIVE_FEATURES = ("risk_multiplier", "position_cap", "open_limit_fraction")
-
-
-class Observation(NamedTuple):
-    bar: torch.Tensor  # (N,) int64 bar index t: gather market windows by it
-    agent: torch.Tensor  # (N, S, len(AGENT_FEATURES)) float32 (a feature-major view on the torch backend)
-    portfolio: torch.Tensor  # (N, len(PORTFOLIO_FEATURES)) float32
-    regime: torch.Tensor  # (N, R) float32
-    directive: torch.Tensor  # (N,) int64 index in the master grid
-    directive_features: torch.Tensor  # (N, 3) float32
-    action_counts: torch.Tensor  # (N, S, 7) uint8, executed actions in the diversity window
-    mask: torch.Tensor  # (N, S, 7) bool, allowed actions for the decision at t
-    master_due: torch.Tensor  # (N,) bool, the master decides at this bar
-
-
-class StepResult(NamedTuple):
-    obs: Observation
-    reward: torch.Tensor  # (N, S) weighted sum of the components
-    components: torch.Tensor  # (C, N, S) REWARD_COMPONENTS order, unweighted
-    master_reward: torch.Tensor  # (N,)
-    master_components: torch.Tensor  # (3, N) MASTER_COMPONENTS order, unweighted
-    terminated: torch.Tensor  # (N,) bool
-    truncated: torch.Tensor  # (N,) bool
-    policy_action: torch.Tensor  # (N, S) int64 as given
-    executed_action: torch.Tensor  # (N, S) int64
-    info: dict[str, torch.Tensor]
 
 
 class MarketEnv:
@@ -187,7 +143,11 @@ class MarketEnv:
         if lib is not None:
             return "native"
         if wanted == "native":
-            why = "a CPU device and dtype float64" if not applies else "a working C compiler (cc)"
+            why = (
+                "a CPU device and dtype float64"
+                if not applies
+                else "its C kernel (a C compiler, or prebuilt)"
+            )
             raise RuntimeError(f"env.backend=native needs {why}; use backend auto or torch")
         return "torch"
 
@@ -242,7 +202,7 @@ class MarketEnv:
     def set_directive(self, directive: torch.Tensor) -> Observation:
         """Apply the master's directive indices (N,) where the master is due; returns the refreshed obs."""
         if self.cfg.check_actions:
-            _check_ids(directive, (self.num_envs,), self.num_directives, "directive")
+            check_ids(directive, (self.num_envs,), self.num_directives, "directive")
         self.directive.copy_(torch.where(self._obs.master_due, directive.long(), self.directive))
         self._obs = self._observe()
         return self._obs
@@ -253,131 +213,19 @@ class MarketEnv:
         if self._obs is None:
             raise RuntimeError("call reset() before step()")
         if self.cfg.check_actions:
-            _check_ids(actions, (self.num_envs, self.num_symbols), NUM_ACTIONS, "actions")
+            check_ids(actions, (self.num_envs, self.num_symbols), NUM_ACTIONS, "actions")
         if self._native is not None:
             return self._native.step(actions)
         a = actions if actions.dtype == torch.int64 else actions.long()
         ctx = self._ctx
-        n, s, c = self.num_envs, self.num_symbols, len(REWARD_COMPONENTS)
         reset_now = self.done.clone()  # envs that ended on the previous call: this call resets them
-
-        # 1. decision at t: masks, then the repetition limit
-        valid = ctx["mask"].gather(2, a.unsqueeze(2)).squeeze(2)
-        a1 = a * valid
-        forced = repetition_violations(a1, self.last, self.run, self.cfg.max_consecutive_actions)
-        a2 = a1 * ~forced
-
-        # 2. fill at open t+1
-        t1 = (self.t + 1).clamp_(max=self.market.num_bars - 1)
-        row1 = self.market.table.index_select(1, t1)  # (5, N, S)
-        open1, close1 = row1[OPEN], row1[CLOSE]
-        close0, entry0 = ctx["close"], self.entry
-        shares0 = self.shares.clone()
-        fills = execute(
-            a2,
-            self.order_table,
-            shares=shares0,
-            close0=close0,
-            sigma0=ctx["sigma"],
-            adv0=ctx["adv"],
-            open1=open1,
-            tradable1=row1[TRADABLE].long(),
-            alloc=ctx["alloc"],
-            buying_power=ctx["buying_power"],
-            new_slots=ctx["new_slots"],
-            p=self.fill_params,
-        )
-        executed = fills.executed
-        remaining = shares0 - fills.q_sell
-        torch.add(remaining, fills.q_buy, out=self.shares)
-        holding1 = torch.sign(self.shares)  # float 0/1: shares are >= 0
-        still = torch.sign(remaining)
-        torch.div(
-            remaining * entry0 + fills.q_buy * fills.px_buy, self.shares.clamp_min(TINY), out=self.entry
-        )
-        # highest of the average entry price and the closes since the position was opened
-        peak = torch.maximum(self.peak_px * still, self.entry)
-        torch.maximum(peak, close1, out=self.peak_px).mul_(holding1)
-        self.hold.add_(1.0).mul_(holding1)
-
-        # 3. financing on negative cash less interest on positive cash (net, may be < 0), then mark at close t+1
-        self.cash.add_(fills.cash_delta)
-        interest = self.cash.clamp_min(0.0) * self.market.cash_rate.index_select(0, self.t)
-        financing = (-self.cash).clamp_min_(0.0).mul_(self.financing_per_bar).sub_(interest)
-        self.cash.sub_(financing)
-        value1 = self.shares * close1
-        equity0 = self.equity.clone()
-        torch.add(self.cash, value1.sum(1), out=self.equity)
-        torch.maximum(self.peak_eq, self.equity, out=self.peak_eq)
-        drawdown = 1.0 - self.equity / self.peak_eq
-        torch.maximum(self.max_dd, drawdown, out=self.max_dd)
-
-        # 4. rewards and anti-collapse
-        value0 = shares0 * close0
-        pnl = value1 - value0 - (fills.q_buy - fills.q_sell) * open1
-        inv_alloc = 1.0 / ctx["alloc"]
-        sharpe = ema_sharpe(pnl * inv_alloc, self.ema_m, self.ema_v, self.alpha, self.rcfg.sharpe_clip)
-        trade_dd = (1.0 - close1 / self.peak_px.clamp_min(TINY)) * holding1
-        unique, entering = self.window.push(executed, self.k)
-        buf = self._buf
-        torch.eq(self.seen & entering, 0, out=buf[c + 4])  # first execution of this action in the episode
-        self.seen.bitwise_or_(entering)
-        div = diversification(value1)
-        components = symbol_components(
-            out=buf[:c],
-            pnl=pnl,
-            cost=fills.cost,
-            traded_shares=fills.q_buy - fills.q_sell,
-            open1=open1,
-            close1=close1,
-            value1=value1,
-            trade_drawdown=trade_dd,
-            holding1=holding1,
-            inv_alloc=inv_alloc,
-            roi_mult=ctx["roi_mult"],
-            sharpe=sharpe,
-            diversification=div,
-            bonus=self.tiers.index_select(0, unique.view(-1)).view(n, s),
-            forced=forced,
-            executed=executed,
-            cfg=self.rcfg,
-        )
-        reward = buf[c]
-        torch.mv(components.view(c, -1).t(), self.weights, out=reward.view(-1))
-        buf[c + 1].copy_(fills.cost)
-        torch.mul(fills.q_buy + fills.q_sell, open1, out=buf[c + 2])
-        buf[c + 3].copy_(~valid)
-        port_ret = self.equity / equity0 - 1.0
-        bench = self.market.benchmark
-        excess = port_ret - (bench.index_select(0, t1) / bench.index_select(0, self.t) - 1.0)
-        port_sharpe = ema_sharpe(port_ret, self.port_m, self.port_v, self.alpha, self.rcfg.sharpe_clip)
-        master_components = torch.stack([port_sharpe, div * self.rcfg.diversification_scale, excess])
-        master_reward = self.master_weights @ master_components
-
+        valid, forced, decided = self._decide(a, ctx)
+        moved = fill_and_mark(self, decided, ctx)
+        reward, components, master_reward, master_components = step_rewards(self, moved, ctx, valid, forced)
+        executed = moved.fills.executed
         self.run.mul_(executed == self.last).add_(1.0)
         self.last.copy_(executed)
-
-        # 5. termination and truncation
-        self.t.copy_(t1)
-        self.k.add_(1)
-        terminated = (self.equity <= self.cfg.bankruptcy_fraction * self.cfg.initial_cash) | (
-            drawdown >= self.cfg.max_drawdown
-        )
-        truncated = ((self.k >= self.cfg.episode_length) | (t1 >= self.bar_hi - 1)) & ~terminated
-        ended = (terminated | truncated) & ~reset_now
-
-        # telemetry: this step, then the rows of the episodes that just ended
-        self.log.accumulate(a, executed, buf.sum(2), master_reward, financing)
-        bench_ret = bench.index_select(0, t1) / bench.index_select(0, self.start) - 1.0
-        finals = torch.stack(
-            [
-                self.equity / self.cfg.initial_cash - 1.0,
-                self.max_dd,
-                bench_ret,
-                terminated.to(self.dtype),
-            ]
-        )
-        self.log.finish(ended, finals)
+        terminated, truncated, ended = self._end_episodes(a, moved, master_reward, reset_now)
 
         # 6. next-step autoreset of the envs that ended on the previous call
         self._reset_where(reset_now)
@@ -390,11 +238,12 @@ class MarketEnv:
         self.done.copy_(ended)
         obs = self._observe()
         self._obs = obs
+        fills = moved.fills
         info = {
             "forced_hold": forced,
             "invalid_action": ~valid,
             "cost": fills.cost,
-            "financing": financing,
+            "financing": moved.financing,
             "buy_scale": fills.buy_scale,
             "reset": reset_now,
         }
@@ -411,84 +260,43 @@ class MarketEnv:
             info,
         )
 
+    def _decide(self, a: torch.Tensor, ctx: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """1. Decision at t: masked-out picks become HOLD, then the repetition limit.
+        Returns ``(valid, forced, decided actions)``."""
+        valid = ctx["mask"].gather(2, a.unsqueeze(2)).squeeze(2)
+        a1 = a * valid
+        forced = repetition_violations(a1, self.last, self.run, self.cfg.max_consecutive_actions)
+        return valid, forced, a1 * ~forced
+
+    def _end_episodes(self, a: torch.Tensor, m: Moved, master_reward: torch.Tensor, reset_now: torch.Tensor):
+        """5. Termination and truncation, then telemetry: this step, then the rows of the episodes that just
+        ended. Returns ``(terminated, truncated, ended)``."""
+        self.t.copy_(m.t1)
+        self.k.add_(1)
+        terminated = (self.equity <= self.cfg.bankruptcy_fraction * self.cfg.initial_cash) | (
+            m.drawdown >= self.cfg.max_drawdown
+        )
+        truncated = ((self.k >= self.cfg.episode_length) | (m.t1 >= self.bar_hi - 1)) & ~terminated
+        ended = (terminated | truncated) & ~reset_now
+        self.log.accumulate(a, m.fills.executed, self._buf.sum(2), master_reward, m.financing)
+        bench = self.market.benchmark
+        bench_ret = bench.index_select(0, m.t1) / bench.index_select(0, self.start) - 1.0
+        finals = torch.stack(
+            [
+                self.equity / self.cfg.initial_cash - 1.0,
+                self.max_dd,
+                bench_ret,
+                terminated.to(self.dtype),
+            ]
+        )
+        self.log.finish(ended, finals)
+        return terminated, truncated, ended
+
     # ------------------------------------------------------------------ observation
     def _observe(self) -> Observation:
         """Observation and decision context of bar ``self.t`` (state after its close)."""
-        cfg = self.cfg
-        row = self.market.table.index_select(1, self.t)
-        close, tradable = row[CLOSE], row[TRADABLE]
-        d = self.directives.index_select(0, self.directive)  # (N, 3) risk, cap, limit
-        equity = self.equity
-        alloc = (equity * d[:, 0] * d[:, 1]).unsqueeze(1)
-        holding = torch.sign(self.shares)  # float 0/1: shares are >= 0
-        value = self.shares * close
-        open_count = holding.sum(1, keepdim=True)
-        limit = d[:, 2:3]
-        buying_power = self.cash + self.lev_room * equity
-        mask = masks_mod.action_masks(
-            table=self.mask_table,
-            holding=holding,
-            tradable=tradable,
-            close=close,
-            entry=self.entry,
-            value=value,
-            alloc=alloc,
-            buying_power=buying_power.unsqueeze(1),
-            room_for_new=positive(limit - open_count),
-            buy_fracs=self.buy_fracs,
-            fee=cfg.fee_rate,
-            add_fraction=cfg.add_fraction,
-            min_order_fraction=cfg.min_order_fraction,
-            winner_threshold=cfg.winner_threshold,
-        )
-        self._ctx = {
-            "mask": mask,
-            "close": close,
-            "sigma": row[SIGMA],
-            "adv": row[ADV],
-            "alloc": alloc,
-            "buying_power": buying_power,
-            "new_slots": limit - open_count,
-            "roi_mult": roi_multiplier(close, self.entry, self.rcfg.roi_scale, *self.rcfg.roi_clip),
-        }
-        inv_eq = 1.0 / equity.clamp_min(TINY).unsqueeze(1)
-        holding_f = holding
-        agent = torch.empty(len(AGENT_FEATURES), *close.shape, dtype=torch.float32, device=self.device)
-        torch.mul(value, inv_eq, out=agent[0])
-        torch.div(value, alloc, out=agent[1])
-        torch.mul(self.entry / close - 1.0, holding_f, out=agent[2])
-        torch.mul((close - self.entry) * self.shares, inv_eq, out=agent[3])
-        torch.mul(self.hold, 1.0 / cfg.episode_length, out=agent[4])
-        torch.mul(1.0 - close / self.peak_px.clamp_min(TINY), holding_f, out=agent[5])
-        agent[6].copy_(row[TRADABLE])
-        exposure = value.sum(1) / equity.clamp_min(TINY)
-        sd = self.port_v.sqrt()
-        master_due = (self.k % cfg.master.interval) == 0
-        portfolio = torch.stack(
-            [
-                self.cash / equity.clamp_min(TINY),
-                exposure,
-                1.0 - equity / self.peak_eq,
-                (self.port_m / (sd + SHARPE_EPS)).clamp(-self.rcfg.sharpe_clip, self.rcfg.sharpe_clip),
-                open_count.squeeze(1) / limit.squeeze(1),
-                self.k / cfg.episode_length,
-                master_due.to(self.dtype),
-            ],
-            1,
-        ).float()
-        directive_features = torch.stack([d[:, 0], d[:, 1], d[:, 2] / self.num_symbols], 1).float()
-        counts = self.window.recent_counts()
-        return Observation(
-            self.t.clone(),
-            agent.permute(1, 2, 0),
-            portfolio,
-            self.market.regime.index_select(0, self.t),
-            self.directive.clone(),
-            directive_features,
-            counts,
-            mask,
-            master_due,
-        )
+        obs, self._ctx = observe(self)
+        return obs
 
     # ------------------------------------------------------------------ telemetry
     def get_episode_stats(self) -> dict[str, float]:
@@ -512,16 +320,3 @@ class MarketEnv:
             "directive": self.directive,
         }
         return {k: v.clone() for k, v in names.items()}
-
-
-def _check_ids(ids: torch.Tensor, shape: tuple[int, ...], n: int, what: str) -> None:
-    if not isinstance(ids, torch.Tensor):
-        raise ValueError(f"{what}: expected a torch.Tensor of shape {shape}, got {type(ids).__name__}")
-    if tuple(ids.shape) != shape:
-        raise ValueError(f"{what}: expected shape {shape}, got {tuple(ids.shape)}")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise ValueError(f"{what}: expected an integer tensor, got {ids.dtype}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
-        raise ValueError(
-            f"{what}: ids must be in 0..{n - 1}, got values in {int(ids.min())}..{int(ids.max())}"
-        )

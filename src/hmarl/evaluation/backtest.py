@@ -28,7 +28,8 @@ from hmarl.config import HmarlConfig
 from hmarl.env.actions import NUM_ACTIONS, Action
 from hmarl.env.fills import execute
 from hmarl.env.market import ADV, CLOSE, OPEN, SIGMA, TRADABLE, MarketData
-from hmarl.env.vec_env import MarketEnv, Observation
+from hmarl.env.spec import Observation
+from hmarl.env.vec_env import MarketEnv
 from hmarl.evaluation.metrics import edge_t, sharpe_ratio
 from hmarl.evaluation.period import PolicySeries
 from hmarl.sl.cache import CHANNELS

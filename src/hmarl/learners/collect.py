@@ -20,7 +20,8 @@ from hmarl.agents.inputs import AgentTables, PolicyObs, compact
 from hmarl.agents.symbol import SymbolAgent
 from hmarl.env.actions import Action
 from hmarl.env.params import REWARD_COMPONENTS
-from hmarl.env.vec_env import MarketEnv, Observation
+from hmarl.env.spec import Observation
+from hmarl.env.vec_env import MarketEnv
 from hmarl.learners.normalize import RewardScaler
 from hmarl.learners.rollout import RolloutBuffer
 

@@ -32,7 +32,8 @@ from hmarl.agents.master import MasterAgent, benchmark_table, joint_width, obs_w
 from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig
 from hmarl.env.market import MarketData
-from hmarl.env.vec_env import MarketEnv, Observation
+from hmarl.env.spec import Observation
+from hmarl.env.vec_env import MarketEnv
 from hmarl.errors import StepError
 from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_state, rng_state, set_rng_state
 from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap

@@ -14,7 +14,7 @@ import torch
 from hmarl.agents.inputs import STATE_DTYPE, PolicyObs
 from hmarl.env.actions import NUM_ACTIONS
 from hmarl.env.rollout_memory import pack_mask, unpack_mask
-from hmarl.env.vec_env import AGENT_FEATURES
+from hmarl.env.spec import AGENT_FEATURES
 
 
 class RolloutBuffer:

@@ -30,7 +30,7 @@ from hmarl.agents.saved import AGENT_VERSION, save_agent
 from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig, config_dict
 from hmarl.env.actions import ACTION_NAMES
-from hmarl.env.vec_env import Observation
+from hmarl.env.spec import Observation
 from hmarl.evaluation.backtest import ObsPolicy, backtest, buy_and_hold, random_policy, risk_free
 from hmarl.evaluation.backtest import agent_policy as eval_agent_policy
 from hmarl.evaluation.metrics import sharpe_ratio
