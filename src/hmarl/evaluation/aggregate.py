@@ -56,6 +56,7 @@ class Aggregate:
     risk_free: np.ndarray | None = None  # (T,) per-bar risk-free rate of the chained bars (None: 0)
     risk_free_label: str = "constant 0 a year"  # how it was set (env.cash_rate)
     has_benchmark: bool = True  # False: the data has no benchmark, its rows are left out
+    exposure: list[dict] = field(default_factory=list)  # per period and arm: evaluation/exposure.py
 
     @property
     def names(self) -> list[str]:
@@ -211,6 +212,11 @@ def aggregate(
         risk_free=rf,
         risk_free_label="; ".join(labels),
         has_benchmark=has_benchmark,
+        exposure=[
+            {"period": p.label, "arm": arm, **row}
+            for p in ordered
+            for arm, row in (p.info.get("exposure") or {}).items()
+        ],
     )
 
 

@@ -50,6 +50,11 @@ class Backtest:
     symbol_pnl: np.ndarray  # (steps, N, S) net P&L of each symbol in the step (after its costs), currency
     directive: np.ndarray  # (steps + 1, N) directive in force after each decision point (index)
     risk_free: np.ndarray | None = None  # (steps,) per-bar cash rate of each step (None: 0)
+    # the decision funnel (evaluation/exposure.py): what the policy chose, what the rules let through
+    chosen: np.ndarray | None = None  # (steps, N, S) uint8 actions the policy picked
+    forced: np.ndarray | None = None  # (steps, N, S) bool: the repetition limit turned the pick into HOLD
+    invalid: np.ndarray | None = None  # (steps, N, S) bool: the pick was masked (became HOLD)
+    buy_scale: np.ndarray | None = None  # (steps, N) share of the buy notional cash allowed (pro rata)
 
     @property
     def sharpe(self) -> np.ndarray:
@@ -127,6 +132,7 @@ def backtest(
     env = evaluation_env(market, cfg, bar_range, num_envs, seed)
     obs = env.reset(seed=seed)
     equity, shares, directive, executed, costs = [], [], [], [], []
+    funnel: dict[str, list[torch.Tensor]] = {"chosen": [], "forced": [], "invalid": [], "buy_scale": []}
 
     def record() -> None:
         state = env.state()
@@ -143,6 +149,10 @@ def backtest(
         record()
         executed.append(res.executed_action.to(torch.uint8).cpu())
         costs.append(res.info["cost"].double().cpu())
+        funnel["chosen"].append(res.policy_action.to(torch.uint8).cpu())
+        funnel["forced"].append(res.info["forced_hold"].bool().cpu())
+        funnel["invalid"].append(res.info["invalid_action"].bool().cpu())
+        funnel["buy_scale"].append(res.info["buy_scale"].double().reshape(-1).cpu())
         obs = res.obs
     close = market.table[CLOSE, lo:hi].double().cpu().numpy()  # (steps + 1, S)
     open_ = market.table[OPEN, lo + 1 : hi].double().cpu().numpy()  # fill prices, (steps, S)
@@ -162,6 +172,7 @@ def backtest(
         symbol_pnl=np.diff(value, axis=0) - dq * open_[:, None, :] - cost,
         directive=torch.stack(directive).numpy(),
         risk_free=risk_free(market, bar_range),
+        **{k: torch.stack(v).numpy() for k, v in funnel.items()},
     )
 
 

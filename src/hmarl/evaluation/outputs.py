@@ -76,6 +76,7 @@ def evaluation_result(
         value=value_rows(agg),
         risk_free=agg.risk_free_label,
         benchmark="present" if agg.has_benchmark else "absent (the data has no benchmark)",
+        exposure=agg.exposure,
     )
 
 
@@ -121,6 +122,7 @@ def write_evaluation(
                 "per_period": agg.per_period,
                 "cost_stress": agg.cost_stress_rows(),
                 "stress_windows": agg.stress_windows,
+                "exposure": agg.exposure,
                 "symbol_sharpes": agg.symbol_sharpes,
                 "overfitting": agg.overfitting,
                 "notes": result.notes,

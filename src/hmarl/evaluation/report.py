@@ -49,6 +49,7 @@ class EvaluationResult:
     value: list[dict] = field(default_factory=list)  # policy vs buy-and-hold and the passive rules
     risk_free: str = "constant 0 a year"  # the rate of every excess-return Sharpe (env.cash_rate)
     benchmark: str = "present"  # "absent (...)" when the data has no benchmark
+    exposure: list[dict] = field(default_factory=list)  # where the capital goes (evaluation/exposure.py)
 
 
 def summary_metrics(result: EvaluationResult) -> dict[str, dict[str, float]]:
@@ -127,6 +128,13 @@ VALUE_TEXT = (
     "its excess returns scaled to buy-and-hold's volatility earning more than buy-and-hold, and its own "
     "annual return above the risk-free path by a threshold (cash earns exactly the rate, so it adds "
     "nothing in excess of it). Volatility-targeted and trend-filtered equal weight are shown for scale."
+)
+EXPOSURE_TEXT = (
+    "Per period and arm, means over bars: exposure = slot_use x (open limit x cap x risk) x sizing; ceiling "
+    "= what the directive allows (capped at 1), slot_use = held symbols / open limit, sizing = position "
+    "value / allowed allocation; pick_* = the agents' picks, masked / forced_hold = picks the masks or the "
+    "repetition limit turned into HOLD, buy_scale = share of buy notional cash allowed, holding_bars = "
+    "mean position length (evaluation/exposure.py)."
 )
 
 
@@ -307,6 +315,9 @@ def render_html(result: EvaluationResult) -> str:
     sections.append(("Folds", _html_table(result.folds)))
     sections.append(("Cost stress", _html_table(result.cost_stress)))
     sections.append(("Stress windows", _html_table(result.stress_windows)))
+    if result.exposure:
+        text = f"<p>{html.escape(EXPOSURE_TEXT)}</p>"
+        sections.append(("Where the capital goes", text + _html_table(result.exposure)))
     if result.seeds:
         sections.append(("Cross-seed telemetry", _html_table(result.seeds)))
     if result.notes:
@@ -338,6 +349,8 @@ def render_markdown(result: EvaluationResult) -> str:
         parts += ["## Overfitting\n", _md_table([result.overfitting])]
     parts += ["## Folds\n", _md_table(result.folds), "## Cost stress\n", _md_table(result.cost_stress)]
     parts += ["## Stress windows\n", _md_table(result.stress_windows)]
+    if result.exposure:
+        parts += ["## Where the capital goes\n", EXPOSURE_TEXT + "\n", _md_table(result.exposure)]
     if result.seeds:
         parts += ["## Cross-seed telemetry\n", _md_table(result.seeds)]
     return "\n".join(parts)

@@ -44,6 +44,7 @@ from hmarl.evaluation.backtest import (
     risk_free,
     sl_rule_policy,
 )
+from hmarl.evaluation.exposure import exposure_funnel
 from hmarl.evaluation.passive import passive_series, passive_weights
 from hmarl.evaluation.period import POLICY, PeriodEvaluation, PolicySeries
 from hmarl.learners.stage_config import symbol_stage_config
@@ -89,7 +90,7 @@ def evaluate_period(
     base = float(cfg.env.commission_bps_round_trip)
     passive = passive_weights(market, cfg)
     series: dict[float, dict[str, PolicySeries]] = {}
-    actions = symbol_returns = directives = timing = None
+    actions = symbol_returns = directives = timing = exposure = None
     for level in cost_levels(cfg):
         neutral = with_commission(cfg, level)
         trained = symbol_stage_config(neutral)  # the agents' training directive
@@ -113,6 +114,7 @@ def evaluate_period(
             actions, symbol_returns = policy.action_shares(), policy.symbol_returns()
             directives = policy.directive[:-1, 0]  # in force at each decision
             timing = {name: bt.timing_excess().tolist() for name, bt in runs.items()}
+            exposure = {n: exposure_funnel(bt, market, cfg, bars) for n, bt in runs.items() if n != "random"}
     counts = np.bincount(directives, minlength=master.num_directives)
     extra = {
         "directive_counts": counts.tolist(),
@@ -121,6 +123,7 @@ def evaluate_period(
         "random_accounts": cfg.walk_forward.eval_envs,
         "cost_stress": "env.commission_bps_round_trip varied; slippage unchanged",
         "timing_excess": timing,  # name -> per-step drift-free selection excess (Backtest.timing_excess)
+        "exposure": exposure,  # name -> where the capital goes (evaluation/exposure.py), base cost
         "benchmark": "present" if market.has_benchmark else "absent: the data has no benchmark",
     }
     return PeriodEvaluation(
