@@ -39,10 +39,11 @@ import hmarl
 from hmarl.config import ConfigError, HmarlConfig, config_dict
 from hmarl.errors import DataError, HmarlError
 from hmarl.evaluation.aggregate import aggregate, json_safe, mlflow_trial_sharpes
+from hmarl.evaluation.folders import fold_folders
 from hmarl.evaluation.period import POLICY, PeriodEvaluation
 from hmarl.io import read_json, write_json, write_text
+from hmarl.learners.agent_folder import symbol_agent_dir
 from hmarl.safe_load import read_document
-from hmarl.steps.train_master import symbol_agent_dir
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +169,6 @@ def lineage(cfg: HmarlConfig, inputs: dict[str, Path], manifest: dict) -> dict[s
 # --------------------------------------------------------------------------- champion / challenger
 def walk_forward_periods(cfg: HmarlConfig, folder: Path, notes: list[str]) -> list[PeriodEvaluation]:
     """This run's evaluated folds (every fold of splits.n_folds, as the gate requires)."""
-    from hmarl.steps.gate import fold_folders
-
     return [PeriodEvaluation.load(p) for p in fold_folders(cfg, folder, notes).values()]
 
 
