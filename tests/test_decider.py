@@ -1,4 +1,4 @@
-"""The warm decision path (:class:`hmarl.decider.Decider`) is the reference decision (:func:`hmarl.act.decide`)
+"""The warm decision path (:class:`hmarl.serve.decider.Decider`) is the reference decision (:func:`hmarl.serve.decision.decide`)
 at the full profile's model sizes, bar after bar, on one or two threads, for flat and holding accounts;
 the encoder's inference forward is the branch's; positions files are read strictly."""
 
@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from hmarl.act import decide
 from hmarl.agents import int8_heads
 from hmarl.agents.int8_heads import Int8Heads, int8_weights
 from hmarl.config import load_config
-from hmarl.decider import Decider, MasterHold
 from hmarl.encoders.inference import transformer_complete, transformer_forward, transformer_prefix
 from hmarl.encoders.model import SharedEncoder
 from hmarl.env.actions import default_directive, grid_size
 from hmarl.errors import DataError
-from hmarl.positions import Account, read_positions
+from hmarl.serve.decider import Decider
+from hmarl.serve.decision import MasterHold, decide
+from hmarl.serve.positions import Account, read_positions
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("act_latency", ROOT / "bench" / "act_latency.py")

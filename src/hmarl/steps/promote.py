@@ -3,7 +3,7 @@
 The bundle is what ``hmarl act`` serves; on go, the current champion is evaluated on the same walk-forward
 test folds before the ``champion`` alias moves (:class:`hmarl.tracking.registry.ModelRegistry`).
 
-The bundle (one registered model version; :func:`hmarl.bundle.load_bundle` reads it)::
+The bundle (one registered model version; :func:`hmarl.serve.bundle.load_bundle` reads it)::
 
     features/   meta.json + norm.npz of the feature store (no feature arrays)
     sl_cache/   manifest.json + checkpoints/<model>/fold_<k>.pt of the model's fold (no probabilities)
@@ -16,7 +16,7 @@ The bundle (one registered model version; :func:`hmarl.bundle.load_bundle` reads
 
 Champion/challenger: the challenger's metrics are the walk-forward policy metrics over all folds
 (:func:`hmarl.evaluation.aggregate.aggregate`, as the gate computes them); the current champion bundle is
-evaluated on the same test bars of this run's data with the same code (:mod:`hmarl.evaluate_model`) and
+evaluated on the same test bars of this run's data with the same code (:mod:`hmarl.serve.evaluate`) and
 aggregated the same way. A champion that cannot be evaluated on this data (other symbols, features or
 regime inputs, an unreadable bundle) is compared by its recorded metric instead, and the reason says so.
 On no-go the version is registered with ``status=rejected`` and no alias moves.
@@ -72,8 +72,8 @@ def _copy(src: Path, dst: Path) -> None:
 
 def assemble_bundle(cfg: HmarlConfig, inputs: dict[str, Path], out: Path, verdict: dict) -> dict:
     """Write the bundle into the new folder ``out``; returns its manifest. The pieces must describe one
-    model (same data fingerprint, symbols and fold), which :func:`hmarl.bundle.load_bundle` verifies."""
-    from hmarl.bundle import load_bundle
+    model (same data fingerprint, symbols and fold), which :func:`hmarl.serve.bundle.load_bundle` verifies."""
+    from hmarl.serve.bundle import load_bundle
 
     store, sl, enc = Path(inputs["store"]), Path(inputs["sl_cache"]), Path(inputs["encoder"])
     master = Path(inputs["master"])
@@ -180,10 +180,10 @@ def champion_metrics(
     training range (its SL models and encoder would see their own training bars): they are left out,
     and the challenger is judged on the same remaining periods. (None, why, periods) when it cannot be
     evaluated here (the registry then compares by its recorded metric)."""
-    from hmarl.bundle import load_bundle
     from hmarl.data.splits import folds_for
     from hmarl.data.store import FeatureStore
-    from hmarl.evaluate_model import evaluate_bundle
+    from hmarl.serve.bundle import load_bundle
+    from hmarl.serve.evaluate import evaluate_bundle
     from hmarl.tracking.registry import ModelRegistry
 
     try:
