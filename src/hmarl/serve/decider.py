@@ -211,7 +211,7 @@ class Decider:
         env = self._env(inputs.market)
         obs = start_bar(env, account, hold)
         tables = AgentTables(emb, sl, None, torch.device("cpu"))
-        h = Hierarchy(self.agent, tables, self.master, self.bench, True, heads=(self.actor, self.critic))
+        h = Hierarchy(self.agent, tables, self.master, self.bench, heads=(self.actor, self.critic))
         due = bool(obs.master_due[0])
         logp, obs = decide_bar(h, env, obs)
         result = orders(

@@ -76,7 +76,7 @@ def decide(
     env = MarketEnv(market, cfg.env, cfg.reward, num_envs=1, bar_range=(t, t + 2))
     obs = start_bar(env, account, hold)  # the episode starts at the newest bar
     bench = benchmark_table(market.benchmark, cfg.env.master.interval)
-    h = Hierarchy(bundle.symbol_agent, tables, bundle.master, bench, symbol_greedy=True)
+    h = Hierarchy(bundle.symbol_agent, tables, bundle.master, bench)
     logp, obs = decide_bar(h, env, obs)
     return orders(cfg.env, bundle.symbols, logp[0], obs.mask[0], int(env.directive[0]), float(env.equity[0]))
 

@@ -293,9 +293,13 @@ def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "decision.json", json_safe(doc))
     log.info("promote: %s v%s (%s)", status, version, decision.reason)
-    result = {"promoted": float(decision.promoted), "go": float(go), "version": float(version)}
+    return _metrics(decision.promoted, go, version, promotion.metric, challenger, champion)
+
+
+def _metrics(promoted: bool, go: bool, version: str, metric: str, challenger: dict, champion: dict | None):
+    result = {"promoted": float(promoted), "go": float(go), "version": float(version)}
     for side, m in (("challenger", challenger), ("champion", champion or {})):
-        value = m.get(promotion.metric)
+        value = m.get(metric)
         if value is not None:
-            result[f"{side}_{promotion.metric}"] = float(value)
+            result[f"{side}_{metric}"] = float(value)
     return result
