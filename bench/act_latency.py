@@ -1,5 +1,5 @@
 """Latency of one full ``hmarl act`` decision in a desk's steady state: a new bar arrives, its normalized
-feature windows are ready, and the warm :class:`hmarl.decider.Decider` completes the SL classifiers and the
+feature windows are ready, and the warm :class:`hmarl.serve.decider.Decider` completes the SL classifiers and the
 encoder from the prefix it prepared between bars, runs the symbol agents (their intents feed the master), the
 master and the 143 symbol agents under its directive, down to the orders. CPU (a desk's decision is one bar,
 one account: CUDA is not used).
@@ -15,7 +15,7 @@ loop per bar: decide (timed), ``prepare`` the next bar's prefix (untimed: betwee
 decisions back to back (the headline), the same with ``--gap-ms`` of idle time between bars (caches and
 thread pools cool down), the cold start (a bar whose prefix was not prepared), a decision plus the next
 prefix, the first call (construction + first decision) and, in the same process as the baseline, the
-reference computation :func:`hmarl.act.decide` (everything rebuilt per decision). The last line printed is
+reference computation :func:`hmarl.serve.decision.decide` (everything rebuilt per decision). The last line printed is
 one JSON object.
 """
 
@@ -35,16 +35,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from env_fixtures import make_store  # noqa: E402
-from hmarl.act import Bundle, LatestInputs, decide  # noqa: E402
 from hmarl.agents.inputs import env_width  # noqa: E402
 from hmarl.agents.int8_heads import quantize_heads_  # noqa: E402
 from hmarl.agents.symbol import SymbolAgent  # noqa: E402
 from hmarl.config import load_config  # noqa: E402
-from hmarl.decider import Decider  # noqa: E402
 from hmarl.encoders.model import SharedEncoder  # noqa: E402
 from hmarl.env.actions import grid_size  # noqa: E402
 from hmarl.env.market import MarketData  # noqa: E402
 from hmarl.learners.master_trainer import build_master  # noqa: E402
+from hmarl.serve.bundle import Bundle  # noqa: E402
+from hmarl.serve.decider import Decider  # noqa: E402
+from hmarl.serve.decision import decide  # noqa: E402
+from hmarl.serve.inputs import LatestInputs  # noqa: E402
 from hmarl.sl.models import MODEL_NAMES, build_model  # noqa: E402
 
 SYMBOLS, FEATURES = 143, 23

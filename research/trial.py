@@ -34,7 +34,7 @@ from hmarl.config import load_config
 from hmarl.evaluation.walk_forward import evaluate_period
 from hmarl.sl.train import torch_threads
 from hmarl.steps.runner import execute
-from hmarl.steps.train_master import load_inputs, symbol_agent_dir
+from hmarl.learners.agent_folder import load_symbol_agents, symbol_agent_dir
 from hmarl.tracking.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def run_fold(args: argparse.Namespace, fold: int, work: Path) -> dict[str, float
     if not (master / "master.pt").exists():
         ins = {**{k: str(v) for k, v in upstream.items()}, "symbols": str(sym)}
         execute("train_master", cfg, ins, {"model": str(master)})
-    cfg, data, symbols = load_inputs(cfg, {**upstream, "symbols": symbol_agent_dir(sym, master)})
+    cfg, data, symbols = load_symbol_agents(cfg, {**upstream, "symbols": symbol_agent_dir(sym, master)})
     agent_master, _ = load_master(master / "master.pt", torch.device("cpu"))
     market, tables = data.market(cfg, torch.device("cpu")), data.tables(cfg, torch.device("cpu"))
     with torch_threads(cfg.ppo.threads):

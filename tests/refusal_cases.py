@@ -150,7 +150,7 @@ def _locked(s: Setup) -> list[str]:
     from hmarl.agents.data import load_training_data
     from hmarl.learners.checkpoint import run_lock
     from hmarl.learners.stage_config import symbol_stage_config
-    from hmarl.steps.train_symbols import run_key
+    from hmarl.learners.symbol_stage import run_key
 
     cfg = symbol_stage_config(model_config(s.root, f"ppo.checkpoint_dir={s.work / 'ck'}"))
     inputs = {k: Path(v) for k, v in model_inputs(s.root).items()}

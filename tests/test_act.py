@@ -14,16 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from hmarl.act import act, decide, latest_inputs, load_bundle
 from hmarl.cli import main
 from hmarl.data.canonical import read_canonical, write_canonical
+from hmarl.data.market import market_from_canonical
 from hmarl.data.store import FeatureStore
-from hmarl.decider import Decider, MasterHold
 from hmarl.env.actions import ACTION_NAMES
 from hmarl.errors import DataError
+from hmarl.serve.act import act
+from hmarl.serve.bundle import load_bundle
+from hmarl.serve.decider import Decider
+from hmarl.serve.decision import MasterHold, decide
+from hmarl.serve.inputs import latest_inputs
 from hmarl.sl.calibration import calibrated_probs
 from hmarl.sl.inputs import model_inputs
-from hmarl.steps.features import market_from_canonical
 from hmarl.steps.runner import execute
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,4 +1,4 @@
-"""The warm decision path (:class:`hmarl.decider.Decider`) is the reference decision (:func:`hmarl.act.decide`)
+"""The warm decision path (:class:`hmarl.serve.decider.Decider`) is the reference decision (:func:`hmarl.serve.decision.decide`)
 at the full profile's model sizes, bar after bar, on one or two threads, for flat and holding accounts;
 the encoder's inference forward is the branch's; positions files are read strictly."""
 
@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from hmarl.act import decide
 from hmarl.agents import int8_heads
 from hmarl.agents.int8_heads import Int8Heads, int8_weights
 from hmarl.config import load_config
-from hmarl.decider import Decider, MasterHold
 from hmarl.encoders.inference import transformer_complete, transformer_forward, transformer_prefix
 from hmarl.encoders.model import SharedEncoder
 from hmarl.env.actions import default_directive, grid_size
 from hmarl.errors import DataError
-from hmarl.positions import Account, read_positions
+from hmarl.serve import decision
+from hmarl.serve.decider import Decider
+from hmarl.serve.decision import MasterHold, decide
+from hmarl.serve.positions import Account, read_positions
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("act_latency", ROOT / "bench" / "act_latency.py")
@@ -107,6 +108,35 @@ def test_a_master_bar_where_the_master_keeps_or_changes_the_directive(full, keep
     assert fast[0]["directive"]["index"] == target
     assert len(passes) == (1 if keep else 2)
     assert_same_orders(fast, decide(bundle, bars[0]))
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_decision_is_the_hierarchy_reapplying_the_directive_and_running_the_agents_again(
+    full, keep, monkeypatch
+):
+    """decide_bar's shortcut (a kept directive is not re-applied and the intents the master read are the
+    orders) against the plain composition: the master's director, the directive applied, the symbol
+    agents run again under it."""
+    bundle, bars = full
+    grid = grid_size(bundle.cfg.env)
+    standing = default_directive(bundle.cfg.env)
+    target = standing if keep else (standing + 1) % grid
+
+    def forced(obs: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.full(obs.shape[:1], target), grid).float()
+
+    monkeypatch.setattr(bundle.master, "logits", forced)
+    shortcut = decide(bundle, bars[0])
+
+    def plain(h, env, obs):
+        assert bool(obs.master_due[0])
+        obs = env.set_directive(h.director(greedy=True)(obs))
+        return h.symbol_outputs(obs)[0], obs
+
+    monkeypatch.setattr(decision, "decide_bar", plain)
+    reference = decide(bundle, bars[0])
+    assert reference[0]["directive"]["index"] == target
+    assert shortcut == reference
 
 
 def test_int8_heads_run_the_kernel_and_float32_heads_the_module(full):

@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hmarl.act import load_bundle, with_model_norm
 from hmarl.cli import main
 from hmarl.data.canonical import read_canonical, write_canonical
 from hmarl.data.store import FeatureStore
 from hmarl.errors import DataError
-from hmarl.evaluate_model import evaluate_bundle, evaluate_model, first_bar, model_data
 from hmarl.evaluation.period import BASELINES, POLICY, PeriodEvaluation
-from hmarl.steps.promote import assemble_bundle
+from hmarl.serve.assemble import assemble_bundle
+from hmarl.serve.bundle import load_bundle
+from hmarl.serve.evaluate import evaluate_bundle, evaluate_model, first_bar, model_data
+from hmarl.serve.inputs import with_model_norm
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bundle_fixtures import gate_folder, model_config, model_inputs, trained_pipeline  # noqa: E402

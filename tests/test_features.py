@@ -13,13 +13,13 @@ import pytest
 from hmarl.config import build_config
 from hmarl.data.canonical import CanonicalData, write_canonical
 from hmarl.data.features import FEATURE_NAMES, compute_features
+from hmarl.data.market import Market, build_store, market_from_canonical
 from hmarl.data.regime import REGIME_NAMES, average_correlation, compute_regime
 from hmarl.data.splits import folds_for
 from hmarl.data.store import OHLCV, FeatureStore
 from hmarl.errors import DataError, StepError
 from hmarl.io import atomic_path, write_json
 from hmarl.steps import runner
-from hmarl.steps.features import Market, build_store, market_from_canonical
 
 SPLITS = {"n_folds": 2, "train_bars": 100, "val_bars": 30, "test_bars": 40, "embargo_bars": 2}
 CFG = build_config({"splits": SPLITS})  # warmup 60 + 100 + 2*3 + 30 + 2*40 = 276 bars needed

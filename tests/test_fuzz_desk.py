@@ -157,10 +157,10 @@ def materialize(doc, desk) -> str:
 def desk(tmp_path_factory):
     """A trained bundle, its newest bar's inputs, and the checks of one decision."""
     from bundle_fixtures import trained_pipeline
-    from hmarl.act import latest_inputs
-    from hmarl.bundle import load_bundle
     from hmarl.data.canonical import read_canonical
-    from hmarl.steps.features import market_from_canonical
+    from hmarl.data.market import market_from_canonical
+    from hmarl.serve.bundle import load_bundle
+    from hmarl.serve.inputs import latest_inputs
 
     root = trained_pipeline(tmp_path_factory)
     bundle = load_bundle(root)
@@ -170,9 +170,9 @@ def desk(tmp_path_factory):
 
 
 def check_desk_inputs(desk, positions: str, state: str, tmp: Path) -> None:
-    from hmarl.act import check_orders, read_state
-    from hmarl.decider import Decider
-    from hmarl.positions import read_positions
+    from hmarl.serve.act import check_orders, read_state
+    from hmarl.serve.decider import Decider
+    from hmarl.serve.positions import read_positions
 
     bundle, inputs, model, _ = desk
     (tmp / "p.json").write_text(positions)

@@ -18,10 +18,11 @@ from hmarl.agents.saved_master import load_master
 from hmarl.env.actions import grid_size
 from hmarl.errors import DataError
 from hmarl.io import read_json
+from hmarl.learners.agent_folder import load_symbol_agents
 from hmarl.learners.checkpoint import CheckpointStore
+from hmarl.learners.master_stage import run_key
 from hmarl.learners.master_trainer import MasterDivergence, train
 from hmarl.steps.runner import execute
-from hmarl.steps.train_master import load_inputs, run_key
 
 sys.path.insert(0, str(Path(__file__).parent))
 from symbol_fixtures import AGENT, TINY, build_upstream, market_config  # noqa: E402
@@ -182,7 +183,9 @@ def test_resume_from_the_last_checkpoint_ends_with_the_uninterrupted_weights(ups
 
 
 def _direct_train(upstream, tmp_path: Path, *extra: str):
-    cfg, data, symbols = load_inputs(config(tmp_path, *extra), {k: Path(v) for k, v in upstream.items()})
+    cfg, data, symbols = load_symbol_agents(
+        config(tmp_path, *extra), {k: Path(v) for k, v in upstream.items()}
+    )
     market = data.market(cfg, torch.device("cpu"))
     tables = data.tables(cfg, torch.device("cpu")).restrict(*data.fold.train)
     return lambda root: train(cfg, market, tables, symbols, data.fold.train, root)
@@ -286,7 +289,7 @@ def test_symbol_trainer_applies_a_director_where_the_master_is_due(upstream, tmp
     from hmarl.learners.distributed import DistInfo
     from hmarl.learners.symbol_trainer import train as train_symbols
 
-    cfg, data, agent = load_inputs(
+    cfg, data, agent = load_symbol_agents(
         config(tmp_path, "ppo.total_steps=16"), {k: Path(v) for k, v in upstream.items()}
     )
     init = agent.state_dict()
@@ -313,7 +316,9 @@ def test_alternating_round_writes_fine_tuned_agents_and_resumes_mid_round(upstre
     for key in ("fingerprint", "symbols", "fold", "feature_names"):
         assert meta[key] == given_meta[key]
     # the fine-tuned agents are the symbol agents of this master: train_master accepts them as input
-    load_inputs(config(tmp_path), {**{k: Path(v) for k, v in upstream.items()}, "symbols": full / "symbols"})
+    load_symbol_agents(
+        config(tmp_path), {**{k: Path(v) for k, v in upstream.items()}, "symbols": full / "symbols"}
+    )
     tele = read_json(full / "telemetry.json")
     assert [r["round"] for r in tele["series"]] == [0.0] * 4 + [1.0] * 2
     assert len(read_json(full / "symbols" / "telemetry.json")["series"]) == 2
@@ -323,7 +328,7 @@ def test_alternating_round_writes_fine_tuned_agents_and_resumes_mid_round(upstre
     assert metrics["env_steps"] == 64 + 32 and metrics["updates"] == 6
     # the rounds are part of the run key
     (run_dir,) = list((tmp_path / "mck").iterdir())
-    cfg, data, _ = load_inputs(config(tmp_path), {k: Path(v) for k, v in upstream.items()})
+    cfg, data, _ = load_symbol_agents(config(tmp_path), {k: Path(v) for k, v in upstream.items()})
     assert (
         read_json(full / "manifest.json")["run_key"]
         == run_dir.name

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from hmarl.act import act, load_bundle
 from hmarl.cli import main
 from hmarl.config import ConfigError
 from hmarl.data.store import FeatureStore
+from hmarl.serve.act import act
+from hmarl.serve.bundle import load_bundle
 from hmarl.steps.runner import execute
 from hmarl.tracking import Tracker
 from hmarl.tracking.registry import CHAMPION, ModelRegistry

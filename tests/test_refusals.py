@@ -51,7 +51,7 @@ def write_bars(path: Path, num_symbols: int = 3, num_bars: int = 150) -> Path:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from hmarl.steps.promote import assemble_bundle
+    from hmarl.serve.assemble import assemble_bundle
 
     root = trained_pipeline(tmp_path_factory)
     cfg = model_config(root)

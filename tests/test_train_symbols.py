@@ -23,10 +23,10 @@ from hmarl.errors import DataError
 from hmarl.io import read_json, write_json
 from hmarl.learners.checkpoint import CheckpointStore
 from hmarl.learners.stage_config import symbol_stage_config
+from hmarl.learners.symbol_stage import run_key
 from hmarl.learners.symbol_trainer import TIMING_KEYS, build_agent
 from hmarl.learners.telemetry import MANDATORY
 from hmarl.steps.runner import execute
-from hmarl.steps.train_symbols import run_key
 
 sys.path.insert(0, str(Path(__file__).parent))
 from symbol_fixtures import AGENT, TINY, UPSTREAM, build_upstream, market_config  # noqa: E402

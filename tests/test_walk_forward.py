@@ -22,14 +22,14 @@ from hmarl.env.actions import Action
 from hmarl.env.market import CLOSE, OPEN, TRADABLE
 from hmarl.errors import DataError
 from hmarl.evaluation.backtest import backtest, sl_edge, sl_rule_policy
+from hmarl.evaluation.leakage import check_unseen
 from hmarl.evaluation.period import BASELINES, POLICY, PeriodEvaluation
 from hmarl.evaluation.walk_forward import evaluate_period
 from hmarl.io import read_json, write_json
+from hmarl.learners.agent_folder import load_symbol_agents
 from hmarl.sl.cache import NONE, SLCache
 from hmarl.sl.train import torch_threads
 from hmarl.steps.runner import execute
-from hmarl.steps.train_master import load_inputs
-from hmarl.steps.walk_forward import check_unseen
 
 sys.path.insert(0, str(Path(__file__).parent))
 from symbol_fixtures import AGENT, TINY, build_upstream, market_config  # noqa: E402
@@ -100,7 +100,7 @@ def models_of(root: Path, inputs: dict, fold: int, *extra: str):
     out = root / "wf" / f"fold_{fold}"
     sym = out / "symbols" if (out / "symbols").exists() else Path(inputs["symbols"])
     master_dir = out / "master" if (out / "master").exists() else Path(inputs["master"])
-    cfg, data, symbols = load_inputs(fold_config(root, fold, *extra), {**inputs, "symbols": sym})
+    cfg, data, symbols = load_symbol_agents(fold_config(root, fold, *extra), {**inputs, "symbols": sym})
     master, _ = load_master(master_dir / "master.pt")
     device = torch.device("cpu")
     return cfg, data, data.market(cfg, device), data.tables(cfg, device), symbols, master

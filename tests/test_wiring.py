@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -76,3 +77,64 @@ def test_params_cover_the_sections_a_step_reads_itself():
         read = set(re.findall(r"\bcfg\.([a-z_0-9]+)", Path(mod.__file__).read_text())) - exempt
         missing = read - set(mod.PARAMS)
         assert not missing, f"{name} reads cfg.{sorted(missing)} but PARAMS lacks them"
+
+
+# --------------------------------------------------------------------------- import rules (issue 18)
+SRC = REPO / "src" / "hmarl"
+STEP_INFRA = ("runner", "__init__")  # the runner loads every step by name; the package lists them
+STEP_MODULES = {f"hmarl.steps.{p.stem}" for p in (SRC / "steps").glob("*.py") if p.stem not in STEP_INFRA}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+    """Every module an ``import`` / ``from ... import`` anywhere in ``tree`` names (``from pkg import x``
+    counts ``pkg.x`` too: ``x`` may be a module); relative imports resolved against ``module``."""
+    package = module if is_package else module.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            base = base[: len(base) - node.level + 1] if node.level else []
+            name = ".".join([*base, *([node.module] if node.module else [])])
+            out.add(name)
+            out.update(f"{name}.{alias.name}" for alias in node.names)
+    return out
+
+
+def _step_modules_imported(path: Path) -> set[str]:
+    module = _module_name(path)
+    names = _imported(ast.parse(path.read_text(), str(path)), module, path.name == "__init__.py")
+    return {n for n in names if n in STEP_MODULES and n != module}
+
+
+def test_the_import_rules_see_every_form_of_import():
+    tree = ast.parse(
+        "from hmarl.steps import STEP_NAMES, gate\nimport hmarl.steps.ingest\n"
+        "def f():\n    from .train_master import x\n    from . import stage5\n"
+    )
+    assert _imported(tree, "hmarl.steps.promote", False) >= {
+        "hmarl.steps.gate",
+        "hmarl.steps.ingest",
+        "hmarl.steps.train_master",
+        "hmarl.steps.stage5",
+    }
+
+
+def test_no_step_imports_a_step_and_nothing_else_imports_one():
+    """Steps are thin front ends over library code: a procedure two steps need lives in the library."""
+    steps_dir = SRC / "steps"
+    bad = []
+    for path in sorted(SRC.rglob("*.py")):
+        imported = _step_modules_imported(path)
+        if path.parent == steps_dir and path.stem in STEP_INFRA:
+            continue
+        if imported:
+            where = "step" if path.parent == steps_dir else "library module"
+            bad.append(f"{path.relative_to(REPO)} ({where}) imports {sorted(imported)}")
+    assert not bad, "\n".join(bad)

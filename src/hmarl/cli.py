@@ -91,7 +91,7 @@ def _serving_config(args: argparse.Namespace, registry: bool) -> HmarlConfig | N
 
 
 def _cmd_act(args: argparse.Namespace) -> int:
-    from hmarl.act import act, render, write_output
+    from hmarl.serve.act import act, render, write_output
 
     # params: a registry URI's tracking.mlflow_uri, and when given the desk limits; a bundle folder
     # otherwise brings its own
@@ -103,8 +103,8 @@ def _cmd_act(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from hmarl.evaluate_model import evaluate_model
     from hmarl.evaluation.aggregate import json_safe
+    from hmarl.serve.evaluate import evaluate_model
 
     # the params give the evaluation settings (walk_forward, tracking); the model keeps its own
     doc = evaluate_model(

@@ -21,7 +21,7 @@ from hmarl.env.params import EnvConfig, RewardConfig
 from hmarl.evaluation.params import GateConfig, PromoteConfig, Stage5RunConfig, WalkForwardConfig
 from hmarl.learners.params import PPOConfig
 from hmarl.params_base import Section
-from hmarl.positions import DeskConfig
+from hmarl.serve.positions import DeskConfig
 from hmarl.sl.params import SLConfig
 
 

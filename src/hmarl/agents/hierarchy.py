@@ -1,12 +1,15 @@
 """The two levels acting together: frozen symbol agents under a master directive, one env step at a time.
 
-Used by the master's trainer, its held-out backtest and ``hmarl act``. Per decision bar: the symbol agents
+Used by the master's trainer, its held-out backtest, the walk-forward evaluation and the desk's decision
+(:func:`hmarl.serve.decision.decide_bar`). Per decision bar: the symbol agents
 run on the observation under the current directive (their intents feed the master), the master picks a
 directive where it is due, the simulator applies it (allocations and masks change) and the symbol agents
 act on the refreshed observation.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -25,9 +28,12 @@ class Hierarchy:
         master: MasterAgent,
         bench: torch.Tensor,
         symbol_greedy: bool = False,
+        heads: tuple[Callable, Callable] | None = None,
     ):
+        """``heads``: ``(actor, critic)`` run on the symbol agents' trunk in place of their own modules, the
+        same function (a desk's int8 heads, :class:`hmarl.agents.int8_heads.Int8Heads`)."""
         self.symbols, self.tables, self.master, self.bench = symbols, tables, master, bench
-        self.symbol_greedy = symbol_greedy
+        self.symbol_greedy, self.heads = symbol_greedy, heads
         with torch.no_grad():
             self.projected = symbols.market_projection(tables)
 
@@ -35,8 +41,21 @@ class Hierarchy:
     def symbol_outputs(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked log-probabilities ``(N, S, 7)`` and values ``(N, S)`` of the frozen symbol agents."""
         o = compact(obs)
-        logits, value = self.symbols(o, self.tables, self.projected)
+        if self.heads is None:
+            logits, value = self.symbols(o, self.tables, self.projected)
+        else:
+            actor, critic = self.heads
+            h = self.symbols.trunk(o, self.tables, self.projected)
+            value = critic(h).squeeze(-1)  # before the actor: its weights then stay in cache
+            logits = actor(h)
         return dist.masked_logits(logits.float(), o.mask), value.float()
+
+    @torch.no_grad()
+    def symbol_logp(self, obs: Observation) -> torch.Tensor:
+        """The masked log-probabilities of :meth:`symbol_outputs` alone (the critic is not run)."""
+        o = compact(obs)
+        actor = self.symbols.actor if self.heads is None else self.heads[0]
+        return dist.masked_logits(actor(self.symbols.trunk(o, self.tables, self.projected)).float(), o.mask)
 
     @torch.no_grad()
     def master_inputs(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,8 +71,20 @@ class Hierarchy:
 
         @torch.no_grad()
         def decide(obs: Observation) -> torch.Tensor:
-            mobs, _ = self.master_inputs(obs)
-            logits = self.master.logits(mobs)
-            return logits.argmax(-1) if greedy else dist.sample(torch.log_softmax(logits, -1), generator)
+            return self.master_choice(obs, *self.symbol_outputs(obs), greedy, generator)
 
         return decide
+
+    @torch.no_grad()
+    def master_choice(
+        self,
+        obs: Observation,
+        logp: torch.Tensor,
+        value: torch.Tensor,
+        greedy: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The master's directive ``(N,)`` from the symbol agents' outputs under the directive in force."""
+        mobs, _ = master_observation(obs, logp, value, self.bench)
+        logits = self.master.logits(mobs)
+        return logits.argmax(-1) if greedy else dist.sample(torch.log_softmax(logits, -1), generator)

@@ -3,20 +3,12 @@
 The bundle is what ``hmarl act`` serves; on go, the current champion is evaluated on the same walk-forward
 test folds before the ``champion`` alias moves (:class:`hmarl.tracking.registry.ModelRegistry`).
 
-The bundle (one registered model version; :func:`hmarl.bundle.load_bundle` reads it)::
-
-    features/   meta.json + norm.npz of the feature store (no feature arrays)
-    sl_cache/   manifest.json + checkpoints/<model>/fold_<k>.pt of the model's fold (no probabilities)
-    encoder/    manifest.json + the fold's encoder checkpoint (no embeddings)
-    symbols/    agent.pt + manifest.json (from train_master's ``symbols/`` when the master fine-tuned them)
-    master/     master.pt + manifest.json (the config the model was trained with)
-    gate.json   the gate verdict      params.yaml   the resolved params of this run
-    manifest.json   bundle version, data fingerprint, fold, symbols, features, component versions, gate
-                    decision, and the run keys of the training steps
+The bundle (one registered model version) is written by :func:`hmarl.serve.assemble.assemble_bundle` (its
+layout is described there) and read by :func:`hmarl.serve.bundle.load_bundle`, as ``hmarl act`` reads it.
 
 Champion/challenger: the challenger's metrics are the walk-forward policy metrics over all folds
 (:func:`hmarl.evaluation.aggregate.aggregate`, as the gate computes them); the current champion bundle is
-evaluated on the same test bars of this run's data with the same code (:mod:`hmarl.evaluate_model`) and
+evaluated on the same test bars of this run's data with the same code (:mod:`hmarl.serve.evaluate`) and
 aggregated the same way. A champion that cannot be evaluated on this data (other symbols, features or
 regime inputs, an unreadable bundle) is compared by its recorded metric instead, and the reason says so.
 On no-go the version is registered with ``status=rejected`` and no alias moves.
@@ -29,20 +21,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
-import yaml
-
-import hmarl
-from hmarl.config import ConfigError, HmarlConfig, config_dict
+from hmarl.config import ConfigError, HmarlConfig
 from hmarl.errors import DataError, HmarlError
 from hmarl.evaluation.aggregate import aggregate, json_safe, mlflow_trial_sharpes
+from hmarl.evaluation.folders import fold_folders
 from hmarl.evaluation.period import POLICY, PeriodEvaluation
-from hmarl.io import read_json, write_json, write_text
+from hmarl.io import read_json, write_json
 from hmarl.safe_load import read_document
-from hmarl.steps.train_master import symbol_agent_dir
+from hmarl.serve.assemble import assemble_bundle
 
 log = logging.getLogger(__name__)
 
@@ -58,81 +47,6 @@ INPUTS = {
 OUTPUTS = {"decision": "reports/promote"}
 PARAMS = ("promote", "gate", "walk_forward", "tracking")
 UNCACHED = ("decision",)  # the registry changed: DVC must not restore an old decision
-BUNDLE_VERSION = 1
-
-
-# --------------------------------------------------------------------------- the bundle
-def _copy(src: Path, dst: Path) -> None:
-    if not src.is_file():
-        raise DataError(f"{src}: missing (needed in the model bundle)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(src, dst)
-
-
-def assemble_bundle(cfg: HmarlConfig, inputs: dict[str, Path], out: Path, verdict: dict) -> dict:
-    """Write the bundle into the new folder ``out``; returns its manifest. The pieces must describe one
-    model (same data fingerprint, symbols and fold), which :func:`hmarl.bundle.load_bundle` verifies."""
-    from hmarl.bundle import load_bundle
-
-    store, sl, enc = Path(inputs["store"]), Path(inputs["sl_cache"]), Path(inputs["encoder"])
-    master = Path(inputs["master"])
-    symbols = symbol_agent_dir(Path(inputs["symbols"]), master)
-    master_manifest = (
-        read_document(master / "manifest.json") if (master / "manifest.json").is_file() else None
-    )
-    if master_manifest is None:
-        raise DataError(f"{master}: not a master folder (manifest.json missing); run train_master")
-    fold = master_manifest["fold"]  # the training data's identity (an index; older manifests: the fold)
-    fold = int(fold["index"] if isinstance(fold, dict) else fold)
-    for name in ("meta.json", "norm.npz"):
-        _copy(store / name, out / "features" / name)
-    _copy(sl / "manifest.json", out / "sl_cache" / "manifest.json")
-    sl_manifest = read_document(sl / "manifest.json")
-    for model in sl_manifest.get("models", {}):
-        rel = Path("checkpoints") / model / f"fold_{fold}.pt"
-        _copy(sl / rel, out / "sl_cache" / rel)
-    _copy(enc / "manifest.json", out / "encoder" / "manifest.json")
-    enc_manifest = read_document(enc / "manifest.json")
-    for fit in enc_manifest.get("fits", []):
-        if fit["fold"] == fold:
-            _copy(enc / fit["checkpoint"], out / "encoder" / fit["checkpoint"])
-    _copy(symbols / "agent.pt", out / "symbols" / "agent.pt")
-    sym_manifest = read_document(symbols / "manifest.json") if (symbols / "manifest.json").is_file() else {}
-    if sym_manifest:
-        _copy(symbols / "manifest.json", out / "symbols" / "manifest.json")
-    _copy(master / "master.pt", out / "master" / "master.pt")
-    _copy(master / "manifest.json", out / "master" / "manifest.json")
-    write_json(out / "gate.json", verdict)
-    write_text(out / "params.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
-    bundle = load_bundle(out)  # the bundle must load as hmarl act loads it
-    meta = read_json(store / "meta.json")
-    manifest = {
-        "version": BUNDLE_VERSION,
-        "hmarl_version": hmarl.__version__,
-        "model_name": cfg.promote.model_name,
-        "fingerprint": meta.get("fingerprint"),
-        "fold": fold,
-        "num_symbols": len(bundle.symbols),
-        "symbols": bundle.symbols,
-        "feature_names": bundle.feature_names,
-        "regime_names": bundle.regime_names,
-        "bars_per_year": meta.get("bars_per_year"),
-        "gate_decision": verdict.get("decision"),
-        "gate_failing": ",".join(verdict.get("failing", [])),
-        "symbol_agents": "master/symbols" if symbols != Path(inputs["symbols"]) else "symbols",
-        "versions": {
-            "sl_models": {k: v.get("version") for k, v in sl_manifest.get("models", {}).items()},
-            "encoder": enc_manifest.get("version"),
-            "symbol_agent": sym_manifest.get("version"),
-            "master": master_manifest.get("version"),
-        },
-        "run_keys": {
-            "train_symbols": sym_manifest.get("run_key"),
-            "train_master": master_manifest.get("run_key"),
-        },
-    }
-    write_json(out / "manifest.json", manifest)
-    return manifest
 
 
 # --------------------------------------------------------------------------- lineage
@@ -168,8 +82,6 @@ def lineage(cfg: HmarlConfig, inputs: dict[str, Path], manifest: dict) -> dict[s
 # --------------------------------------------------------------------------- champion / challenger
 def walk_forward_periods(cfg: HmarlConfig, folder: Path, notes: list[str]) -> list[PeriodEvaluation]:
     """This run's evaluated folds (every fold of splits.n_folds, as the gate requires)."""
-    from hmarl.steps.gate import fold_folders
-
     return [PeriodEvaluation.load(p) for p in fold_folders(cfg, folder, notes).values()]
 
 
@@ -181,10 +93,10 @@ def champion_metrics(
     training range (its SL models and encoder would see their own training bars): they are left out,
     and the challenger is judged on the same remaining periods. (None, why, periods) when it cannot be
     evaluated here (the registry then compares by its recorded metric)."""
-    from hmarl.bundle import load_bundle
     from hmarl.data.splits import folds_for
     from hmarl.data.store import FeatureStore
-    from hmarl.evaluate_model import evaluate_bundle
+    from hmarl.serve.bundle import load_bundle
+    from hmarl.serve.evaluate import evaluate_bundle
     from hmarl.tracking.registry import ModelRegistry
 
     try:
@@ -294,9 +206,13 @@ def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "decision.json", json_safe(doc))
     log.info("promote: %s v%s (%s)", status, version, decision.reason)
-    result = {"promoted": float(decision.promoted), "go": float(go), "version": float(version)}
+    return _metrics(decision.promoted, go, version, promotion.metric, challenger, champion)
+
+
+def _metrics(promoted: bool, go: bool, version: str, metric: str, challenger: dict, champion: dict | None):
+    result = {"promoted": float(promoted), "go": float(go), "version": float(version)}
     for side, m in (("challenger", challenger), ("champion", champion or {})):
-        value = m.get(promotion.metric)
+        value = m.get(metric)
         if value is not None:
-            result[f"{side}_{promotion.metric}"] = float(value)
+            result[f"{side}_{metric}"] = float(value)
     return result

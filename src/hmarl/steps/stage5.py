@@ -4,8 +4,8 @@
 DVC runs it once per ``stage5.seeds`` entry (``--set seed=<s> --output run=reports/stage5/seed_<s>``);
 the gate step reads every ``seed_*/values.json`` and takes the worst seed per criterion.
 
-Training is exactly the ``train_symbols`` step (:func:`hmarl.steps.train_symbols.run`), so it faces the
-same training directive: ``ppo.directive`` (aggressive by default, via ``symbol_stage_config``). The
+Training is exactly the ``train_symbols`` step's (:func:`hmarl.learners.symbol_stage.train_symbol_stage`,
+the same inputs), so it faces the same training directive: ``ppo.directive`` (aggressive by default, via ``symbol_stage_config``). The
 checklist's ``max_executed_action_share`` and trade rates are therefore measured under that directive,
 the one the symbol agents are trained with. Each seed is its own MLflow run (params hold ``seed``; tags
 ``stage5_seed`` and ``stage: stage5``); the resume checkpoints are keyed by the config, seed included.
@@ -33,10 +33,11 @@ from hmarl.evaluation.gate import evaluate_gate
 from hmarl.evaluation.metrics import finite_or_none
 from hmarl.evaluation.stage5_checklist import STAGE5_VALUE_NAMES, seed_values
 from hmarl.io import read_json, write_json
-from hmarl.steps import train_symbols
+from hmarl.learners.symbol_stage import train_symbol_stage
 
 log = logging.getLogger(__name__)
-INPUTS = dict(train_symbols.INPUTS)
+# the inputs of train_symbols, whose training this is
+INPUTS = {"store": "data/features", "sl_cache": "data/sl_cache", "encoder": "models/encoder"}
 OUTPUTS = {"run": "reports/stage5/seed_42"}
 PARAMS = ("seed", "stage5", "agent", "ppo", "env", "reward", "gate")
 
@@ -66,7 +67,7 @@ def run(cfg: HmarlConfig, inputs: dict[str, Path], outputs: dict[str, Path]) -> 
     out = Path(outputs["run"])
     model = out / "model"
     tags = {"stage": "stage5", "stage5_seed": str(cfg.seed)}
-    train_summary = train_symbols.run(cfg, inputs, {"model": model}, tags=tags)
+    train_summary = train_symbol_stage(cfg, inputs, model, tags=tags)
 
     telemetry = read_json(model / "telemetry.json")
     weights = cfg.reward.weight_sets[cfg.reward.weights]

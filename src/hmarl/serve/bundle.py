@@ -57,7 +57,7 @@ class Bundle:
         return next(self.symbol_agent.parameters()).device
 
     def to(self, device: str | torch.device) -> Bundle:
-        """Moves the models to ``device`` (in place); :func:`hmarl.act.decide` then runs there."""
+        """Moves the models to ``device`` (in place); :func:`hmarl.serve.decision.decide` then runs there."""
         for m in [*(model for model, _ in self.sl_models), self.encoder, self.symbol_agent, self.master]:
             if m is not None:
                 m.to(device)

@@ -1,7 +1,7 @@
 """Evaluation of an existing model bundle on data: ``hmarl evaluate`` and the champion side of promotion.
 
 The data is featurized with the pipeline's own code and the model's saved normalization
-(:func:`hmarl.act.featurize`; a pipeline feature store is renormalized, :func:`hmarl.act.with_model_norm`).
+(:func:`hmarl.serve.inputs.featurize`; a pipeline feature store is renormalized, :func:`hmarl.serve.inputs.with_model_norm`).
 The bundle's SL models and encoder then produce the probabilities and embeddings its agents read, computed
 the way the pipeline fills its caches (:func:`hmarl.sl.train.bar_logits`, :func:`hmarl.encoders.pretrain.embed`,
 float16 embeddings), and the walk-forward evaluation (:func:`hmarl.evaluation.walk_forward.evaluate_period`:
@@ -20,21 +20,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmarl.act import featurize, with_model_norm
 from hmarl.agents.inputs import AgentTables
-from hmarl.bundle import Bundle, load_bundle, resolve_model
 from hmarl.config import HmarlConfig
 from hmarl.data.canonical import read_canonical
+from hmarl.data.market import market_from_canonical
 from hmarl.data.store import FeatureStore
 from hmarl.encoders.pretrain import embed
 from hmarl.env.market import MarketData
 from hmarl.errors import DataError
 from hmarl.evaluation.period import PeriodEvaluation
 from hmarl.io import remove_leftovers, remove_path, replace_path, temp_sibling
+from hmarl.serve.bundle import Bundle, load_bundle, resolve_model
+from hmarl.serve.inputs import featurize, with_model_norm
 from hmarl.sl.calibration import calibrated_probs
 from hmarl.sl.inputs import model_inputs
 from hmarl.sl.train import bar_logits
-from hmarl.steps.features import market_from_canonical
 
 OUTPUT_FILES = ("metrics.json", "evaluation.json", "report.html", "report.md", "period")
 
@@ -71,7 +71,7 @@ def model_data(
     bundle: Bundle, store: FeatureStore, bars: tuple[int, int] | None = None, device: str = "cpu"
 ) -> ModelData:
     """SL probabilities (and embeddings) of ``bars`` (default: every bar from :func:`first_bar` on) from the
-    bundle's models; ``store`` must hold the model's normalization (:func:`hmarl.act.with_model_norm`)."""
+    bundle's models; ``store`` must hold the model's normalization (:func:`hmarl.serve.inputs.with_model_norm`)."""
     t, s = store.num_bars, store.num_symbols
     lo, hi = bars if bars is not None else (first_bar(bundle), t)
     if not first_bar(bundle) <= lo < hi <= t:

@@ -1,7 +1,7 @@
 """The per-bar decision a desk runs, kept warm between bars: :class:`Decider`.
 
-Same function as the reference :func:`hmarl.act.decide` (asserted in tests/test_decider.py), organized for
-latency. Done once, at construction or on the first call: models in eval mode with their checks, the
+The decision of :mod:`hmarl.serve.decision` (its :func:`~hmarl.serve.decision.decide_bar`; equal to the
+reference :func:`~hmarl.serve.decision.decide`, asserted in tests/test_decider.py), organized for latency. Done once, at construction or on the first call: models in eval mode with their checks, the
 one-account simulator (over a two-bar market the newest bar is copied into, instead of a simulator over the
 whole history per decision), the order table.
 
@@ -11,10 +11,11 @@ next bar arrives, like a language model's key/value cache (:mod:`hmarl.sl.prefix
 :mod:`hmarl.encoders.prefix_branches`, :mod:`hmarl.encoders.inference`): the recurrent states after the older
 rows, the attention of the older steps over each other, the convolution positions the newest row does not
 reach. At the decision the newest row completes them (the results equal the models' forward within float32
-rounding), then the symbol agents, the master, the orders.
+rounding), then the symbol agents, the master, the orders; the heads read int8 weights where they are on
+the int8 grid (:class:`hmarl.agents.int8_heads.Int8Heads`).
 
 Across bars the master acts every ``env.master.interval`` bars and its directive holds in between, as in
-training and in the walk-forward evaluation (:class:`MasterHold`): on a held bar only the symbol agents run
+training and in the walk-forward evaluation (:class:`~hmarl.serve.decision.MasterHold`): on a held bar only the symbol agents run
 under the held directive; on a master bar the master reads their intents under the directive in force. A
 single decision without history (``hmarl act`` without ``--state``) is a master bar under the default
 directive.
@@ -23,160 +24,27 @@ directive.
 from __future__ import annotations
 
 import gc
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from hmarl.agents import distributions as dist
-from hmarl.agents.inputs import AgentTables, compact
+from hmarl.agents.hierarchy import Hierarchy
+from hmarl.agents.inputs import AgentTables
 from hmarl.agents.int8_heads import Int8Heads
-from hmarl.agents.master import BENCH_LONG, BENCH_PEAK, benchmark_table, master_observation
 from hmarl.encoders.branches import TransformerBranch
 from hmarl.encoders.inference import check_supported, transformer_complete, transformer_prefix
 from hmarl.encoders.model import SharedEncoder
 from hmarl.encoders.prefix_branches import branch_complete, branch_prefix
-from hmarl.env.actions import ACTION_NAMES, BUY_FRAC, SELL_FRAC, decode_directive, order_table
-from hmarl.env.market import CLOSE, MarketData
-from hmarl.env.params import EnvConfig
-from hmarl.env.spec import Observation
+from hmarl.env.market import MarketData
 from hmarl.env.vec_env import MarketEnv
-from hmarl.errors import DataError
-from hmarl.positions import Account
+from hmarl.serve.bundle import Bundle
+from hmarl.serve.decision import MasterBar, MasterHold, bench_rows, decide_bar, newest_bar, orders, start_bar
+from hmarl.serve.inputs import LatestInputs
+from hmarl.serve.positions import Account
 from hmarl.sl.calibration import calibrated_probs
 from hmarl.sl.prefix import sl_complete, sl_prefix
-
-if TYPE_CHECKING:
-    from hmarl.act import LatestInputs
-    from hmarl.bundle import Bundle
-
-
-# --------------------------------------------------------------------------- shared by both decision paths
-def newest_bar(market: MarketData) -> int:
-    """The newest real bar of an act market (its last bar is the never-observed placeholder)."""
-    return market.num_bars - 2
-
-
-def bench_rows(benchmark: torch.Tensor, t: int, interval: int) -> torch.Tensor:
-    """Row ``t`` of :func:`benchmark_table` from the bars it looks back at only."""
-    lo = max(0, t - max(BENCH_PEAK, BENCH_LONG, interval))
-    return benchmark_table(benchmark[lo : t + 1], interval)[-1]
-
-
-@dataclass(frozen=True)
-class MasterHold:
-    """The directive the master chose ``elapsed`` bars before the newest bar (it acts every
-    ``env.master.interval`` bars and the directive holds in between, as in training and evaluation)."""
-
-    directive: int
-    elapsed: int
-
-
-@dataclass(frozen=True)
-class MasterBar:
-    """The master's last decision: the bar (timestamp, ns since the epoch) it chose ``directive`` at, and
-    what held before that bar (a later decision of the same bar starts from it)."""
-
-    timestamp: int
-    directive: int
-    before: MasterHold | None
-
-
-def start_bar(env: MarketEnv, account: Account | None, hold: MasterHold | None) -> Observation:
-    """Env 0 reset at the newest bar, holding ``account`` (None: a flat ``initial_cash``) under ``hold``
-    (None: the default directive, the master due); returns its observation.
-
-    What a positions file cannot tell is taken as a fresh start: the highest close since entry is
-    max(entry, close), bars held 0, no drawdown or Sharpe history, no recent actions. With ``hold`` the
-    master is due again ``interval`` bars after it chose (it then sees the intents under the held
-    directive); before that the held directive stands.
-    """
-    held = hold is not None and hold.elapsed < env.cfg.master.interval  # the master is not due
-    obs = env.reset(
-        seed=0, directive=None if hold is None else hold.directive, elapsed=hold.elapsed if held else 0
-    )
-    if account is not None and (not account.is_flat or account.cash != env.cfg.initial_cash):
-        _set_account(env, account)
-        obs = env.set_directive(env.directive)  # observed again with the account
-    return obs
-
-
-def _set_account(env: MarketEnv, account: Account) -> None:
-    if len(account.shares) != env.num_symbols:
-        raise DataError(f"{account.source}: {len(account.shares)} symbols, the model has {env.num_symbols}")
-    dt = env.dtype
-    close = env.market.table[CLOSE].index_select(0, env.t)[0]
-    shares = torch.as_tensor(account.shares, dtype=dt, device=env.device)
-    held = (shares > 0).to(dt)
-    entry = torch.as_tensor(account.entry, dtype=dt, device=env.device) * held
-    equity = account.cash + float((shares * close).sum())
-    if not (math.isfinite(equity) and equity > 0):
-        raise DataError(
-            f"{account.source}: account equity {equity:.2f} at the newest close is not a positive finite value"
-        )
-    env.shares[0] = shares
-    env.entry[0] = entry
-    env.peak_px[0] = torch.maximum(entry, close) * held
-    env.cash[0] = account.cash
-    env.equity[0] = equity
-    env.peak_eq[0] = equity
-
-
-_ORDER_FRACTIONS: dict[str, tuple[list, list]] = {}
-
-
-def _order_fractions(env_cfg: EnvConfig) -> tuple[list, list]:
-    """Per action: the fraction of the allocation bought and of the shares sold (the simulator's table),
-    built once per configuration."""
-    key = env_cfg.model_dump_json()  # the config is frozen but holds lists: not hashable itself
-    if key not in _ORDER_FRACTIONS:
-        table = order_table(env_cfg, torch.float64, torch.device("cpu")).tolist()
-        _ORDER_FRACTIONS[key] = table[BUY_FRAC], table[SELL_FRAC]
-    return _ORDER_FRACTIONS[key]
-
-
-def orders(
-    env_cfg: EnvConfig,
-    symbols: list[str],
-    logp: torch.Tensor,
-    mask: torch.Tensor,
-    directive: int,
-    equity: float,
-) -> list[dict]:
-    """Greedy order per symbol from masked log-probabilities ``(S, 7)`` and masks ``(S, 7)``."""
-    action = logp.argmax(-1)
-    prob = logp.gather(-1, action.unsqueeze(-1)).squeeze(-1).exp()
-    risk, cap, mode = decode_directive(env_cfg, directive)
-    m = env_cfg.master
-    label = {
-        "risk_multiplier": m.risk_multipliers[risk],
-        "position_cap": m.position_caps[cap],
-        "mode": m.modes[mode],
-        "index": directive,
-    }
-    buy, sell = _order_fractions(env_cfg)
-    alloc = equity * label["risk_multiplier"] * label["position_cap"]
-    if not math.isfinite(alloc) or not bool(torch.isfinite(prob).all()):
-        raise DataError(f"account equity {equity:g}: the orders' sizes or probabilities would not be finite")
-    notional = [round(frac * alloc, 2) for frac in buy]  # per action
-    # each symbol's mask row as a 7-bit code: names of the allowed actions built once per distinct row
-    codes = (mask.long() << torch.arange(mask.shape[-1], device=mask.device)).sum(-1).tolist()
-    allowed = {c: [n for i, n in enumerate(ACTION_NAMES) if c >> i & 1] for c in set(codes)}
-    return [
-        {
-            "symbol": sym,
-            "action": ACTION_NAMES[a],
-            "probability": round(p, 6),
-            "buy_notional": notional[a],
-            "sell_fraction": sell[a],
-            "allowed": list(allowed[c]),
-            "directive": dict(label),
-        }
-        for sym, a, p, c in zip(symbols, action.tolist(), prob.double().tolist(), codes, strict=True)
-    ]
 
 
 # --------------------------------------------------------------------------- the fast path
@@ -343,24 +211,9 @@ class Decider:
         env = self._env(inputs.market)
         obs = start_bar(env, account, hold)
         tables = AgentTables(emb, sl, None, torch.device("cpu"))
-        projected = self.agent.market_projection(tables)
+        h = Hierarchy(self.agent, tables, self.master, self.bench, heads=(self.actor, self.critic))
         due = bool(obs.master_due[0])
-        logp = None  # the agents' intents under the directive that stands, once known
-        if due:  # the master reads the agents' intents under the directive in force
-            o = compact(obs)
-            h = self.agent.trunk(o, tables, projected)
-            value = self.critic(h).squeeze(-1).float()  # before the actor: its weights stay in cache
-            logp = dist.masked_logits(self.actor(h).float(), o.mask)  # for its second pass below
-            mobs, _ = master_observation(obs, logp, value, self.bench)
-            chosen = self.master.logits(mobs).argmax(-1)
-            # a kept directive leaves the observation and the intents as they were
-            if int(chosen[0]) != int(env.directive[0]):
-                obs = env.set_directive(chosen)
-                logp = None
-        if logp is None:
-            o = compact(obs)
-            h = self.agent.trunk(o, tables, projected)
-            logp = dist.masked_logits(self.actor(h).float(), o.mask)
+        logp, obs = decide_bar(h, env, obs)
         result = orders(
             self.cfg.env,
             self.bundle.symbols,
