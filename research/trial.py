@@ -32,9 +32,9 @@ import torch
 from hmarl.agents.saved_master import load_master
 from hmarl.config import load_config
 from hmarl.evaluation.walk_forward import evaluate_period
+from hmarl.learners.agent_folder import load_symbol_agents, symbol_agent_dir
 from hmarl.sl.train import torch_threads
 from hmarl.steps.runner import execute
-from hmarl.learners.agent_folder import load_symbol_agents, symbol_agent_dir
 from hmarl.tracking.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
