@@ -138,3 +138,43 @@ def test_no_step_imports_a_step_and_nothing_else_imports_one():
             where = "step" if path.parent == steps_dir else "library module"
             bad.append(f"{path.relative_to(REPO)} ({where}) imports {sorted(imported)}")
     assert not bad, "\n".join(bad)
+
+
+# The README's architecture picture, lowest layer first; a package may import its own layer and those
+# below. Shared modules (config and the typed params, io, errors, tracking, the C build) may be used by all.
+LAYERS = (
+    {"data"},
+    {"env"},
+    {"sl"},
+    {"encoders"},
+    {"agents"},
+    {"learners", "evaluation"},
+    {"serve"},
+    {"steps"},
+    {"cli", "pipeline_cli", "pipeline_local", "kfp_glue", "wiring"},
+)
+SHARED = {"config", "params_base", "io", "errors", "safe_load", "tracking", "cbuild", "__init__"}
+
+
+def _top(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "hmarl" else None
+
+
+def test_imports_run_down_the_layers_of_the_readme():
+    rank = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+    known = set(rank) | SHARED
+    bad, seen = [], set()
+    for path in sorted(SRC.rglob("*.py")):
+        module = _module_name(path)
+        src = _top(module) or "__init__"
+        seen.add(src)
+        assert src in known, f"{path.relative_to(REPO)}: package {src!r} is in no layer of LAYERS"
+        if src in SHARED:
+            continue
+        for name in _imported(ast.parse(path.read_text(), str(path)), module, path.name == "__init__.py"):
+            dst = _top(name)
+            if dst in rank and rank[dst] > rank[src]:
+                bad.append(f"{path.relative_to(REPO)} ({src}) imports {name} (layer {dst})")
+    assert not bad, "\n".join(sorted(set(bad)))
+    assert set(rank) <= seen, f"LAYERS names packages that no longer exist: {set(rank) - seen}"
