@@ -1,0 +1,116 @@
+"""The daily_us walk-forward for other seeds, and the table over seeds (mean ± std).
+
+    .venv/bin/python research/walk_forward_seeds.py run --upstream DIR --seed 1337 [--set KEY.PATH=VALUE ...]
+    .venv/bin/python research/walk_forward_seeds.py table --upstream DIR --seed 42 --seed 1337 --seed 9001
+
+``DIR`` is a ``bench/daily_us.py --out DIR`` run (seed 42: its reports/walk_forward/fold_k are that seed's
+folds). ``run`` trains and evaluates every fold's symbol agents and master with ``seed`` on the same upstream
+(features, SL cache, encoder: one per data, not per seed) through the walk_forward step, into
+``DIR/seeds/seed_<seed>/fold_<k>``. ``table`` aggregates each seed's folds (the gate's aggregation) and prints
+every strategy's annual return, excess Sharpe and max drawdown as mean ± std over the seeds; the last line is
+one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hmarl.config import load_config
+from hmarl.evaluation.aggregate import aggregate
+from hmarl.evaluation.period import PeriodEvaluation
+from hmarl.steps.runner import execute
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SHOWN = ("policy", "no_master", "sl_rule", "buy_hold", "vol_target", "trend_filter", "benchmark")
+
+
+def config(args: argparse.Namespace, seed: int, extra: list[str] = ()):
+    return load_config(
+        ROOT / "params.yaml",
+        [
+            "profile=daily_us",
+            f"data.path={DATA / 'us_large_caps_daily_2005_2021.parquet'}",
+            f"data.benchmark_path={DATA / 'us_large_caps_daily_2005_2021_benchmark.parquet'}",
+            f"tracking.mlflow_uri=sqlite:///{Path(args.upstream).resolve() / 'mlruns.db'}",
+            f"seed={seed}",
+            *args.overrides,
+            *extra,
+        ],
+    )
+
+
+def fold_dirs(up: Path, seed: int, folds: list[int]) -> list[Path]:
+    base = up / "reports" / "walk_forward" if seed == 42 else up / "seeds" / f"seed_{seed}"
+    return [base / f"fold_{k}" for k in folds]
+
+
+def run(args: argparse.Namespace) -> None:
+    up = Path(args.upstream).resolve()
+    os.chdir(up)  # the steps' relative default paths (checkpoints/) stay in the run's folder
+    folds = config(args, args.seed[0]).walk_forward.folds
+    first_fold = up / "reports" / "walk_forward" / f"fold_{folds[0]}"
+    for k, out in zip(folds, fold_dirs(up, args.seed[0], folds), strict=True):
+        if (out / "period.json").exists():
+            continue
+        # the symbols/master inputs must be of another fold, so that the step trains this fold's models
+        other = first_fold if k != folds[0] else up / "models"
+        sym = other / "symbols"
+        ins = {
+            "store": up / "data/features",
+            "sl_cache": up / "data/sl_cache",
+            "encoder": up / "models/encoder",
+            "symbols": sym,
+            "master": other / "master",
+        }
+        cfg = config(args, args.seed[0], [f"ppo.fold={k}"])
+        execute("walk_forward", cfg, {n: str(p) for n, p in ins.items()}, {"evaluation": str(out)})
+        print(f"seed {args.seed[0]} fold {k} done", flush=True)
+
+
+def table(args: argparse.Namespace) -> None:
+    up = Path(args.upstream).resolve()
+    per_seed = {}
+    for seed in args.seed:
+        cfg = config(args, seed, ["tracking.enabled=false"])
+        periods = [PeriodEvaluation.load(d) for d in fold_dirs(up, seed, cfg.walk_forward.folds)]
+        per_seed[seed] = aggregate(periods, cfg).metrics
+    rows = {}
+    print("| strategy | annual | excess Sharpe | max DD |")
+    print("| --- | --- | --- | --- |")
+    for name in SHOWN:
+        if not all(name in m for m in per_seed.values()):
+            continue
+        vals = {
+            k: np.array([m[name][k] for m in per_seed.values()])
+            for k in ("annual_return", "sharpe", "max_drawdown")
+        }
+        rows[name] = {
+            k: [float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0] for k, v in vals.items()
+        }
+        a, s, d = (rows[name][k] for k in ("annual_return", "sharpe", "max_drawdown"))
+        print(f"| {name} | {a[0]:.1%} ± {a[1]:.1%} | {s[0]:.2f} ± {s[1]:.2f} | {d[0]:.1%} ± {d[1]:.1%} |")
+    print(json.dumps({"seeds": args.seed, "mean_std": rows}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("command", choices=("run", "table"))
+    ap.add_argument("--upstream", required=True)
+    ap.add_argument("--seed", type=int, action="append", required=True)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(1)
+    run(args) if args.command == "run" else table(args)
+
+
+if __name__ == "__main__":
+    main()
