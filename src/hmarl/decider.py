@@ -96,7 +96,10 @@ def start_bar(env: MarketEnv, account: Account | None, hold: MasterHold | None) 
     """
     held = hold is not None and hold.elapsed < env.cfg.master.interval  # the master is not due
     obs = env.reset(
-        seed=0, directive=None if hold is None else hold.directive, elapsed=hold.elapsed if held else 0
+        seed=0,
+        directive=None if hold is None else hold.directive,
+        elapsed=hold.elapsed if held else 0,
+        in_cash=True,  # the live account is set below: no simulated initial purchase (env.initial_position)
     )
     if account is not None and (not account.is_flat or account.cash != env.cfg.initial_cash):
         _set_account(env, account)

@@ -68,11 +68,15 @@ def decode_directive(cfg: EnvConfig, index: int) -> tuple[int, int, int]:
 def directive_table(
     cfg: EnvConfig, num_symbols: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    """``(G, 3)``: per directive, risk multiplier, per-position cap and open-position limit (count)."""
+    """``(G, 3)``: per directive, risk multiplier, per-position cap as a fraction of equity and open-position
+    limit (count). The one place that reads ``position_caps``: under ``cap_unit: equal_weight`` a cap is a
+    multiple of the equal-weight slot ``1 / num_symbols``, so every reader of the table (the simulator's
+    allocation ``equity x cap x risk``, the exposure funnel, the master's figures) sees the same fraction."""
     m = cfg.master
+    unit = 1.0 / num_symbols if m.cap_unit == "equal_weight" else 1.0
     rows = []
     for index in range(grid_size(cfg)):
         risk, cap, mode = decode_directive(cfg, index)
         limit = max(1, round(m.max_open_fraction[mode] * num_symbols))
-        rows.append((m.risk_multipliers[risk], m.position_caps[cap], float(min(limit, num_symbols))))
+        rows.append((m.risk_multipliers[risk], m.position_caps[cap] * unit, float(min(limit, num_symbols))))
     return torch.tensor(rows, dtype=dtype, device=device)
