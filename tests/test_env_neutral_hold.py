@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from env_fixtures import backends, env_config, make_store, reward_config
-from hmarl.config import ConfigError, build_config
+from hmarl.config import build_config
 from hmarl.env.actions import Action, directive_table
 from hmarl.env.market import ADV, CLOSE, SIGMA, TRADABLE, MarketData
 from hmarl.env.params import REWARD_COMPONENTS, EnvConfig, MasterGridConfig
@@ -193,23 +193,45 @@ def test_pnl_baseline_hold_scores_holding_the_allocation_zero_and_a_flat_symbol_
     torch.testing.assert_close(out["hold"].reward - out["none"].reward, -w * ret.view(1, -1))
 
 
-def test_backend_auto_takes_torch_with_the_options_and_native_refuses_them():
-    store = make_store(num_bars=40, num_symbols=3, seed=10)
-    for overrides, rcfg in (({"initial_position": "allocation"}, {}), ({}, {"pnl_baseline": "hold"})):
-        cfg = env_config(backend="auto", **overrides)
-        env = MarketEnv(MarketData.from_store(store, cfg), cfg, reward_config(**rcfg))
-        assert env.backend == "torch"
-    with pytest.raises(ValueError, match="initial_position"):
-        env_config(backend="native", initial_position="allocation")
-    cfg = env_config(backend="native")
-    with pytest.raises(ValueError, match="reward.pnl_baseline=hold"):
-        MarketEnv(MarketData.from_store(store, cfg), cfg, reward_config(pnl_baseline="hold"))
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    with pytest.raises(ConfigError, match="initial_position"):
-        build_config(raw, ["env.backend=native", "env.initial_position=allocation"])
-    # cap_unit lives in the directive table, which the C step reads too: auto may still take native
-    cfg = env_config(backend="auto", master=MasterGridConfig(cap_unit="equal_weight"))
-    assert MarketEnv(MarketData.from_store(store, cfg), cfg, reward_config()).backend == backends()[-1]
+@pytest.mark.skipif(backends() == ["torch"], reason="no C compiler and no prebuilt kernel: torch only")
+def test_native_step_matches_torch_with_the_options_on():
+    """The fused C step implements the three options (autoresets buy the initial positions in C, the pnl
+    baseline, the table's equal-weight caps): with random actions and short episodes (many autoresets)
+    both backends give the same rewards, components, costs, observations and state; auto takes native."""
+    store = make_store(num_bars=80, num_symbols=5, seed=10, untradable_fraction=0.1)
+    master = MasterGridConfig(cap_unit="equal_weight", position_caps=[0.5, 0.75, 1.0, 1.0], default=[3, 3, 1])
+    rcfg = reward_config(pnl_baseline="hold", weights="pnl_scaled")
+    runs = {}
+    for backend in ("torch", "native", "auto"):
+        env = _env(store, num_envs=4, rcfg=rcfg, master=master, episode_length=6, backend=backend, seed=4)
+        assert env.backend == ("native" if backend == "auto" else backend)
+        env.reset(seed=4)
+        g = torch.Generator().manual_seed(1)
+        out, resets = [], 0
+        for _ in range(40):
+            a = torch.randint(0, 7, (4, 5), generator=g)
+            r = env.step(a)
+            resets += int(r.info["reset"].sum())
+            out.append(
+                torch.cat(
+                    [
+                        r.reward.flatten(),
+                        r.components.flatten(),
+                        (r.info["cost"] * ~r.info["reset"].unsqueeze(1)).flatten(),  # means nothing there
+                        r.obs.agent.double().flatten(),
+                        r.obs.portfolio.double().flatten(),
+                        env.entry_cost.flatten(),
+                    ]
+                )
+            )
+            out.append(torch.cat([r.obs.mask.double().flatten(), r.executed_action.double().flatten()]))
+        state = env.state()
+        runs[backend] = (torch.cat(out), state, resets)
+    assert runs["torch"][2] >= 8  # the autoresets (initial purchases in C) were exercised
+    for backend in ("native", "auto"):
+        torch.testing.assert_close(runs[backend][0], runs["torch"][0], rtol=1e-9, atol=1e-9)
+        for key, value in runs["torch"][1].items():
+            torch.testing.assert_close(runs[backend][1][key], value, rtol=1e-9, atol=1e-9)
 
 
 def test_evaluation_backtest_starts_fully_invested_and_tracks_buy_and_hold():

@@ -18,6 +18,9 @@ holding time 1 bar (like a position opened by the last fill), its cash less what
 at the start bar's close (the episode's equity peak: its entry costs are not a drawdown). Agents' action
 history stays empty: the purchase is not an action of theirs. ``env.entry_cost`` keeps each account's
 cost (N, S) of its latest initial purchase, for backtests that account for it.
+
+``reset`` runs this torch code on either backend; the fused C step buys the same way at an autoreset
+(native_step.c ``buy_initial``; tests/test_env_neutral_hold.py checks the two agree).
 """
 
 from __future__ import annotations

@@ -127,10 +127,6 @@ class EnvConfig(Section):
             raise ValueError("max_leverage > 1 needs allow_leverage: true")
         if any(not 1 <= n <= 7 for n, _ in self.diversity_tiers):
             raise ValueError("diversity_tiers: unique-action counts must be in 1..7")
-        if self.backend == "native" and self.initial_position != "cash":
-            raise ValueError(
-                "backend native does not implement initial_position: allocation (use backend auto or torch)"
-            )
         return self
 
     @property

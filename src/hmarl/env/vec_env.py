@@ -24,10 +24,10 @@ The master acts every ``master.interval`` bars of an episode: before the symbol 
 
 Backends (``env.backend``): ``torch`` runs the step as batched tensor ops (CPU or CUDA, float32 or
 float64); ``native`` runs the same step, on the same state tensors, as one fused C pass (native.py:
-CPU and float64 only, prebuilt at install or built on first use); ``auto`` takes native where it applies
-and no torch-only option is on (``env.initial_position: allocation``, ``reward.pnl_baseline: hold``;
-``native`` refuses them). Both are checked against the per-symbol reference in tests/env_reference.py.
-``reset`` and ``set_directive`` always run the torch code. On CPU the torch backend is dispatch-bound at
+CPU and float64 only, prebuilt at install or built on first use); ``auto`` takes native where it applies.
+Both are checked against the per-symbol reference in tests/env_reference.py, and against each other with
+the neutral-hold options on (tests/test_env_neutral_hold.py). ``reset`` and ``set_directive`` always run
+the torch code (a reset's initial purchase: initial.py; an autoreset's in the C step: native_step.c). On CPU the torch backend is dispatch-bound at
 64 x 143 (~450 ops per step).
 
 Data of an env that was reset by a step (``info["reset"]``): reward, components and executed action
@@ -139,22 +139,9 @@ class MarketEnv:
         self.backend = self._pick_backend()
         self._native = native.bind(self) if self.backend == "native" else None
 
-    def torch_only_options(self) -> list[str]:
-        """The non-default settings the fused C step does not implement (they need the torch backend)."""
-        options = []
-        if self.cfg.initial_position != "cash":
-            options.append(f"env.initial_position={self.cfg.initial_position}")
-        if self.rcfg.pnl_baseline != "none":
-            options.append(f"reward.pnl_baseline={self.rcfg.pnl_baseline}")
-        return options
-
     def _pick_backend(self) -> str:
-        wanted, torch_only = self.cfg.backend, self.torch_only_options()
-        if wanted == "native" and torch_only:
-            raise ValueError(
-                f"env.backend=native does not implement {', '.join(torch_only)}; use backend auto or torch"
-            )
-        if wanted == "torch" or torch_only:
+        wanted = self.cfg.backend
+        if wanted == "torch":
             return "torch"
         applies = self.device.type == "cpu" and self.dtype == torch.float64
         lib = native.load() if applies else None
