@@ -27,8 +27,8 @@ float64); ``native`` runs the same step, on the same state tensors, as one fused
 CPU and float64 only, prebuilt at install or built on first use); ``auto`` takes native where it applies.
 Both are checked against the per-symbol reference in tests/env_reference.py, and against each other with
 the neutral-hold options on (tests/test_env_neutral_hold.py). ``reset`` and ``set_directive`` always run
-the torch code (a reset's initial purchase: initial.py; an autoreset's in the C step: native_step.c). On CPU the torch backend is dispatch-bound at
-64 x 143 (~450 ops per step).
+the torch code (a reset's initial purchase: initial.py; an autoreset's in the C step: native_step.c). On
+CPU the torch backend is dispatch-bound at 64 x 143 (~450 ops per step).
 
 Data of an env that was reset by a step (``info["reset"]``): reward, components and executed action
 are 0 and the observation is the new episode's first; its other ``info`` entries mean nothing.

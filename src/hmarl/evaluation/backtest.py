@@ -6,8 +6,8 @@ what the simulator did: equity, executed actions, costs paid (commission + slipp
 gross exposure, each symbol's net P&L and the master's directive. With ``env.initial_position:
 allocation`` the episode starts invested (env/initial.py): the first row is the account before that
 purchase (the initial cash, flat) and the first step carries its costs and notional. Policies map a
-simulator observation to actions; provided here: the trained agent (greedy or sampled), the masked random policy, the SL-only rule
-and the oracle that reads the true planted signal (synthetic data).
+simulator observation to actions; provided here: the trained agent (greedy or sampled), the masked random
+policy, the SL-only rule and the oracle that reads the true planted signal (synthetic data).
 
 Equal-weight buy-and-hold (:func:`buy_and_hold`) is not simulated step by step but filled once with the
 simulator's own fill code: the decision at ``lo`` buys every symbol tradable at ``lo + 1`` for the same
