@@ -65,14 +65,26 @@ def decode_directive(cfg: EnvConfig, index: int) -> tuple[int, int, int]:
     return index // (n_caps * n_modes), (index // n_modes) % n_caps, index % n_modes
 
 
+def cap_fraction(cfg: EnvConfig, cap: int, num_symbols: int) -> float:
+    """Per-position cap ``position_caps[cap]`` as a fraction of equity (``cap_unit: equal_weight``: a
+    multiple of the equal-weight slot ``1 / num_symbols``)."""
+    m = cfg.master
+    return m.position_caps[cap] / (num_symbols if m.cap_unit == "equal_weight" else 1.0)
+
+
 def directive_table(
     cfg: EnvConfig, num_symbols: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:
-    """``(G, 3)``: per directive, risk multiplier, per-position cap and open-position limit (count)."""
+    """``(G, 3)``: per directive, risk multiplier, per-position cap as a fraction of equity and open-position
+    limit (count). Caps come from :func:`cap_fraction`: under ``cap_unit: equal_weight`` a cap is a
+    multiple of the equal-weight slot ``1 / num_symbols``, so every reader of the table (the simulator's
+    allocation ``equity x cap x risk``, the exposure funnel, the master's figures) sees the same fraction."""
     m = cfg.master
     rows = []
     for index in range(grid_size(cfg)):
         risk, cap, mode = decode_directive(cfg, index)
         limit = max(1, round(m.max_open_fraction[mode] * num_symbols))
-        rows.append((m.risk_multipliers[risk], m.position_caps[cap], float(min(limit, num_symbols))))
+        rows.append(
+            (m.risk_multipliers[risk], cap_fraction(cfg, cap, num_symbols), float(min(limit, num_symbols)))
+        )
     return torch.tensor(rows, dtype=dtype, device=device)

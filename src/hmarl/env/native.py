@@ -133,6 +133,7 @@ class HmStep(ctypes.Structure):
                 "directive",
             )
         ]
+        + [("initial_alloc", _I), ("pnl_hold", _I), ("initial_frac", _D), ("entry_cost", _P)]
     )
 
 
@@ -180,6 +181,7 @@ class NativeStep:
             acc=env.log.acc,
             rows=env.log.rows,
             count=env.log.count,
+            entry_cost=env.entry_cost,
         )
         for name, t in state.items():
             if not t.is_contiguous():
@@ -282,6 +284,8 @@ def _sizes(env) -> dict[str, int]:
         col_financing=len(telemetry.ACC_COLUMNS) - 1,
         row_len=len(telemetry.COLUMNS),
         default_directive=env.default_directive,
+        initial_alloc=int(cfg.initial_position == "allocation"),
+        pnl_hold=int(env.rcfg.pnl_baseline == "hold"),
     )
 
 
@@ -313,6 +317,7 @@ def _scalars(env) -> dict[str, float]:
         util_scale=rcfg.utilization_scale,
         div_scale=rcfg.diversification_scale,
         initial_cash=cfg.initial_cash,
+        initial_frac=cfg.initial_fraction,
     )
 
 

@@ -48,6 +48,10 @@ typedef struct {
     uint8_t *mask, *counts, *master_due;
     float *agent_obs, *portfolio, *directive_features;
     int64_t *bar, *directive;
+    /* env.initial_position: allocation (initial.py) and reward.pnl_baseline: hold */
+    int64_t initial_alloc, pnl_hold;
+    double initial_frac;
+    double *entry_cost;       /* (N, S) cost of each env's latest initial purchase */
 } HmStep;
 
 /* The struct's layout, compared field by field with its ctypes mirror (hmarl/env/native.py HmStep) at load
@@ -66,7 +70,7 @@ static const HmField HM_STEP_FIELDS[] = {
     F(done), F(acc), F(rows), F(count), F(reward), F(components), F(master_reward), F(master_components),
     F(cost), F(financing), F(buy_scale), F(terminated), F(truncated), F(forced), F(invalid), F(reset),
     F(executed), F(mask), F(counts), F(master_due), F(agent_obs), F(portfolio), F(directive_features),
-    F(bar), F(directive)
+    F(bar), F(directive), F(initial_alloc), F(pnl_hold), F(initial_frac), F(entry_cost)
 };
 #undef F
 int64_t hm_step_sizeof(void) { return (int64_t)sizeof(HmStep); }
@@ -171,6 +175,47 @@ static void observe_env(const HmStep *p, int64_t i) {
     p->directive[i] = p->clock[3 * N + i];
 }
 
+/* env.initial_position: allocation (env/initial.py): at its start bar's close the reset account buys each
+   tradable symbol for initial_frac of its allocation, filled as any buy (slippage, commission, open limit in
+   symbol order, pro rata to the cash) */
+static void buy_initial(HmStep *p, int64_t i) {
+    const int64_t N = p->n, S = p->s, T = p->t_bars, NS = N * S, t = p->clock[i];
+    const double *d = p->directives + 3 * p->clock[3 * N + i];
+    const double *restrict close = p->table + 1 * T * S + t * S, *restrict trad = p->table + 2 * T * S + t * S;
+    const double *restrict sigma = p->table + 3 * T * S + t * S, *restrict adv = p->table + 4 * T * S + t * S;
+    double *restrict shares = p->agent + i * S, *restrict entry = p->agent + NS + i * S;
+    double *restrict peak = p->agent + 2 * NS + i * S, *restrict hold = p->agent + 3 * NS + i * S;
+    double *restrict entry_cost = p->entry_cost + i * S;
+    const double alloc = p->account[N + i] * d[0] * d[1], fee = p->fee;
+    double want[S], slip[S], need = 0.0, rank = 0.0;
+    for (int64_t j = 0; j < S; j++) {
+        const double buy_frac = trad[j] > 0.5 ? p->initial_frac : 0.0;
+        rank += buy_frac > 0.0 ? 1.0 : 0.0;
+        want[j] = buy_frac * alloc * pos(d[2] + 0.5 - rank);
+        const double impact = want[j] / adv[j];
+        slip[j] = mind(sigma[j] * p->slip_vol + impact * p->slip_impact + p->slip_base, p->slip_max);
+        need += want[j] * ((slip[j] + 1.0) * (1.0 + fee));
+    }
+    const double scale = clampd(p->account[i] / maxd(need, 1e-12), 0.0, 1.0);
+    double paid_total = 0.0, total = 0.0;
+    for (int64_t j = 0; j < S; j++) {
+        const double notional = want[j] * scale;
+        const double q = notional / close[j], px = close[j] * (1.0 + slip[j]);
+        const double paid = notional * ((slip[j] + 1.0) * (1.0 + fee));
+        const double held = q > 0.0 ? 1.0 : 0.0;
+        paid_total += paid;
+        shares[j] = q;
+        entry[j] = px * held;
+        peak[j] = maxd(px, close[j]) * held;
+        hold[j] = held;
+        entry_cost[j] = paid - notional;
+    }
+    const double cash = maxd(p->account[i] + (0.0 - paid_total), 0.0);
+    for (int64_t j = 0; j < S; j++) total += shares[j] * close[j];
+    p->account[i] = cash;
+    p->account[N + i] = p->account[2 * N + i] = cash + total;
+}
+
 static void reset_env(HmStep *p, int64_t i) {
     int64_t N = p->n, S = p->s, NS = N * S;
     for (int f = 0; f < 7; f++) memset(p->agent + f * NS + i * S, 0, S * sizeof(double));
@@ -182,6 +227,7 @@ static void reset_env(HmStep *p, int64_t i) {
     p->clock[2 * N + i] = p->starts[i];
     p->clock[3 * N + i] = p->default_directive;
     for (int64_t c = 0; c < p->acc_k; c++) p->acc[c * N + i] = 0.0;
+    if (p->initial_alloc) buy_initial(p, i);
 }
 
 static void step_env(HmStep *p, int64_t i) {
@@ -326,6 +372,7 @@ static void step_env(HmStep *p, int64_t i) {
         const double weight = value1 * inv_alloc;
         double c[10];
         c[0] = r * mult;
+        if (p->pnl_hold) c[0] -= close1[j] / close0[j] - 1.0;
         c[1] = -(cost[j] * inv_alloc);
         c[2] = traded * (close1[j] - open1[j]) * inv_alloc;
         c[3] = sharpe * holding1;

@@ -38,6 +38,9 @@ class MasterGridConfig(Section):
     max_open_fraction: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0], min_length=1)
     default: list[int] = Field(default_factory=lambda: [2, 1, 1], min_length=3, max_length=3)
     interval: int = Field(5, ge=1)  # master acts every `interval` bars of an episode
+    # equity: a position cap is a fraction of equity; equal_weight: a multiple of the equal-weight slot
+    # 1 / S (S = symbols in the env), so caps of 1.0 at risk 1.0 let the agents hold the whole universe
+    cap_unit: Literal["equity", "equal_weight"] = "equity"
 
     @model_validator(mode="after")
     def _consistent(self) -> MasterGridConfig:
@@ -82,6 +85,10 @@ class EnvConfig(Section):
     # torch: batched tensor ops (CPU and CUDA); native: the same step fused in C (CPU, float64 only);
     # auto: native where it applies and a C compiler is present, else torch
     backend: Literal["auto", "torch", "native"] = "auto"
+    # cash: episodes start in cash; allocation: each symbol tradable at the start bar is bought at its
+    # close for initial_fraction of its allocation under the directive in force (env/initial.py)
+    initial_position: Literal["cash", "allocation"] = "cash"
+    initial_fraction: float = Field(1.0, gt=0, le=1)
     # costs
     commission_bps_round_trip: float = Field(15.0, ge=0)  # split evenly over the two legs
     slippage_bps: float = Field(1.0, ge=0)  # fixed part, per leg
@@ -173,6 +180,9 @@ class RewardConfig(Section):
     trade_drawdown_penalty: float = Field(0.01, ge=0)  # ... costs this much per step
     utilization_scale: float = Field(0.001, ge=0)  # per step, for a fully used allocation
     diversification_scale: float = Field(0.001, ge=0)  # per step, for 1 - HHI = 1
+    # none: pnl is the position's return on its allocation; hold: minus the symbol's close-to-close return
+    # (what holding the full allocation made), a control variate that makes holding the neutral choice
+    pnl_baseline: Literal["none", "hold"] = "none"
     master_weights: dict[str, float] = Field(
         default_factory=lambda: {"risk_adjusted": 0.01, "diversification": 1.0, "excess_return": 1.0}
     )

@@ -6,7 +6,13 @@ For a step from the decision at ``t`` to the mark at ``close[t + 1]``:
 
 - ``pnl``: (position value at close t+1 - value at close t - net shares bought x open t+1) / alloc,
   cost-free, times the ROI multiplier ``clip(1 + roi_scale x (close[t]/entry - 1), roi_clip)`` of the
-  position held at the decision (1 when flat).
+  position held at the decision (1 when flat). With ``reward.pnl_baseline: hold``, minus the symbol's
+  close-to-close return ``close[t+1] / close[t] - 1``: what holding the full allocation would have made
+  over the step. A position held at exactly its allocation (ROI multiplier 1) then scores 0, a flat
+  symbol scores minus the market's move, and a trade has to beat holding by more than its costs. The
+  subtracted return is exogenous (no action changes it), so it is a control variate: every policy's
+  expected return shifts by the same amount per symbol and step, their preference ordering stays the
+  same, and the market's common noise leaves a holder's reward (lower-variance advantages).
 - ``cost``: -(commission + slippage) / alloc.
 - ``timing``: (shares bought - shares sold) x (close[t+1] - open[t+1]) / alloc: a buy at the open
   before the bar rises, or a sale before it falls, scores positive.
@@ -76,9 +82,12 @@ def symbol_components(
     forced: torch.Tensor,  # (N, S) bool
     executed: torch.Tensor,  # (N, S) int64
     cfg,  # RewardConfig
+    hold_return: torch.Tensor | None = None,  # (N, S) close-to-close return: the pnl baseline (or None)
 ) -> torch.Tensor:
     weight = value1 * inv_alloc
     torch.mul(pnl * inv_alloc, roi_mult, out=out[0])
+    if hold_return is not None:
+        out[0].sub_(hold_return)
     torch.mul(cost, inv_alloc, out=out[1]).neg_()
     torch.mul(traded_shares * (close1 - open1), inv_alloc, out=out[2])
     torch.mul(sharpe, holding1, out=out[3])

@@ -111,6 +111,7 @@ def step_rewards(env, m: Moved, ctx: dict, valid: torch.Tensor, forced: torch.Te
         forced=forced,
         executed=executed,
         cfg=env.rcfg,
+        hold_return=m.close1 / m.close0 - 1.0 if env.rcfg.pnl_baseline == "hold" else None,
     )
     reward = buf[c]
     torch.mv(components.view(c, -1).t(), env.weights, out=reward.view(-1))

@@ -24,9 +24,11 @@ The master acts every ``master.interval`` bars of an episode: before the symbol 
 
 Backends (``env.backend``): ``torch`` runs the step as batched tensor ops (CPU or CUDA, float32 or
 float64); ``native`` runs the same step, on the same state tensors, as one fused C pass (native.py:
-CPU and float64 only, prebuilt at install or built on first use); ``auto`` takes native where it applies. Both are checked
-against the per-symbol reference in tests/env_reference.py. ``reset`` and ``set_directive`` always
-run the torch code. On CPU the torch backend is dispatch-bound at 64 x 143 (~450 ops per step).
+CPU and float64 only, prebuilt at install or built on first use); ``auto`` takes native where it applies.
+Both are checked against the per-symbol reference in tests/env_reference.py, and against each other with
+the neutral-hold options on (tests/test_env_neutral_hold.py). ``reset`` and ``set_directive`` always run
+the torch code (a reset's initial purchase: initial.py; an autoreset's in the C step: native_step.c). On
+CPU the torch backend is dispatch-bound at 64 x 143 (~450 ops per step).
 
 Data of an env that was reset by a step (``info["reset"]``): reward, components and executed action
 are 0 and the observation is the new episode's first; its other ``info`` entries mean nothing.
@@ -42,6 +44,7 @@ from hmarl.env import native
 from hmarl.env.actions import default_directive, directive_table, grid_size, order_table
 from hmarl.env.anti_collapse import ActionWindow, repetition_violations, tier_table
 from hmarl.env.fills import FillParams
+from hmarl.env.initial import buy_initial_positions, initial_order_table
 from hmarl.env.market import MarketData
 from hmarl.env.observe import observe
 from hmarl.env.params import REWARD_COMPONENTS, EnvConfig, RewardConfig
@@ -111,6 +114,7 @@ class MarketEnv:
             add_fraction=env_cfg.add_fraction,
             min_order_fraction=env_cfg.min_order_fraction,
         )
+        self.initial_table = initial_order_table(self.order_table, env_cfg.initial_fraction)
         self.alpha = 2.0 / (reward_cfg.sharpe_window + 1.0)
         self.financing_per_bar = env_cfg.financing_rate / market.bars_per_year
         self.lev_room = (env_cfg.max_leverage - 1.0) if env_cfg.allow_leverage else 0.0
@@ -128,6 +132,7 @@ class MarketEnv:
         self._clock = torch.zeros(4, n, dtype=torch.int64, device=dev)
         self.t, self.k, self.start, self.directive = self._clock.unbind(0)
         self.done = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.entry_cost = torch.zeros(n, s, dtype=dt, device=dev)  # of the initial purchase (initial.py)
         self.log = EpisodeLog(n, s, dt, dev)
         self._buf = torch.zeros(len(REWARD_COMPONENTS) + len(STEP_SUMS), n, s, dtype=dt, device=dev)
         self._obs: Observation | None = None
@@ -153,21 +158,26 @@ class MarketEnv:
 
     # ------------------------------------------------------------------ reset
     @torch.inference_mode()
-    def reset(self, seed: int | None = None, directive: int | None = None, elapsed: int = 0) -> Observation:
+    def reset(
+        self, seed: int | None = None, directive: int | None = None, elapsed: int = 0, in_cash: bool = False
+    ) -> Observation:
         """Start every env's episode at a random bar of the range (under ``directive``; default the
         configured default directive), ``elapsed`` bars into it (the master is due when a multiple of
-        ``master.interval`` bars have passed: a desk resuming under a held directive)."""
+        ``master.interval`` bars have passed: a desk resuming under a held directive). ``in_cash``: start
+        flat whatever ``env.initial_position`` says (a live desk, whose account is its own)."""
         if seed is not None:
             self.generator.manual_seed(seed)
         everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        self._reset_where(everyone, directive, elapsed)
+        self._reset_where(everyone, directive, elapsed, in_cash)
         self.log.acc.zero_()
         self.log.count.zero_()
         self.done.zero_()
         self._obs = self._observe()
         return self._obs
 
-    def _reset_where(self, r: torch.Tensor, directive: int | None = None, elapsed: int = 0) -> None:
+    def _reset_where(
+        self, r: torch.Tensor, directive: int | None = None, elapsed: int = 0, in_cash: bool = False
+    ) -> None:
         """Reset envs where ``r`` (N,) bool to a fresh episode at a newly drawn start bar, ``elapsed``
         bars into it.
 
@@ -196,6 +206,8 @@ class MarketEnv:
         )
         self._clock.add_(fresh * rl)
         self.log.reset_where(keep)
+        if self.cfg.initial_position == "allocation" and not in_cash:
+            buy_initial_positions(self, r)
 
     # ------------------------------------------------------------------ master
     @torch.inference_mode()

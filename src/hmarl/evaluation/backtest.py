@@ -3,9 +3,11 @@
 A backtest runs ``num_envs`` accounts through bars ``[lo, hi)`` as one episode (start at ``lo``, no early
 termination) under the trading rules of training (masks, costs, repetition limit) and records, per bar,
 what the simulator did: equity, executed actions, costs paid (commission + slippage), traded notional,
-gross exposure, each symbol's net P&L and the master's directive. Policies map a simulator observation to
-actions; provided here: the trained agent (greedy or sampled), the masked random policy, the SL-only rule
-and the oracle that reads the true planted signal (synthetic data).
+gross exposure, each symbol's net P&L and the master's directive. With ``env.initial_position:
+allocation`` the episode starts invested (env/initial.py): the first row is the account before that
+purchase (the initial cash, flat) and the first step carries its costs and notional. Policies map a
+simulator observation to actions; provided here: the trained agent (greedy or sampled), the masked random
+policy, the SL-only rule and the oracle that reads the true planted signal (synthetic data).
 
 Equal-weight buy-and-hold (:func:`buy_and_hold`) is not simulated step by step but filled once with the
 simulator's own fill code: the decision at ``lo`` buys every symbol tradable at ``lo + 1`` for the same
@@ -141,6 +143,10 @@ def backtest(
         directive.append(state["directive"].cpu())
 
     record()
+    # env.initial_position: allocation bought at the first close: row 0 is the account before that purchase
+    # (the initial cash, flat) and step 0 carries its costs and notional; zeros when the episode starts in cash
+    entry_cost = env.entry_cost.double().cpu()  # (N, S)
+    equity[0] = equity[0] + entry_cost.sum(-1)
     for _ in range(steps):
         if director is not None and bool(obs.master_due.any()):
             obs = env.set_directive(director(obs))
@@ -158,16 +164,21 @@ def backtest(
     open_ = market.table[OPEN, lo + 1 : hi].double().cpu().numpy()  # fill prices, (steps, S)
     q = torch.stack(shares).numpy()  # (steps + 1, N, S)
     cost = torch.stack(costs).numpy()  # (steps, N, S)
+    cost[0] += entry_cost.numpy()
     value = q * close[:, None, :]
     dq = np.diff(q, axis=0)  # a symbol either buys or sells in a step: |dq| is its traded shares
+    traded = (np.abs(dq) * open_[:, None, :]).sum(-1)
+    traded[0] += value[0].sum(-1)  # the initial purchase, filled at the first close
+    holding = q > 0
+    holding[0] = False
     return Backtest(
         equity=torch.stack(equity).numpy(),
         executed=torch.stack(executed).numpy(),
-        holding=q > 0,
+        holding=holding,
         bar_returns=close[1:] / open_ - 1.0,
         bars_per_year=market.bars_per_year,
         costs=cost.sum(-1),
-        traded=(np.abs(dq) * open_[:, None, :]).sum(-1),
+        traded=traded,
         gross=value[1:].sum(-1),
         symbol_pnl=np.diff(value, axis=0) - dq * open_[:, None, :] - cost,
         directive=torch.stack(directive).numpy(),

@@ -23,7 +23,7 @@ import torch
 from hmarl.agents.hierarchy import Hierarchy
 from hmarl.agents.inputs import AgentTables
 from hmarl.agents.master import BENCH_LONG, BENCH_PEAK, benchmark_table
-from hmarl.env.actions import ACTION_NAMES, BUY_FRAC, SELL_FRAC, decode_directive, order_table
+from hmarl.env.actions import ACTION_NAMES, BUY_FRAC, SELL_FRAC, cap_fraction, decode_directive, order_table
 from hmarl.env.market import CLOSE, MarketData
 from hmarl.env.params import EnvConfig
 from hmarl.env.spec import Observation
@@ -122,8 +122,11 @@ def start_bar(env: MarketEnv, account: Account | None, hold: MasterHold | None) 
     directive); before that the held directive stands.
     """
     held = hold is not None and hold.elapsed < env.cfg.master.interval  # the master is not due
-    obs = env.reset(
-        seed=0, directive=None if hold is None else hold.directive, elapsed=hold.elapsed if held else 0
+    obs = env.reset(  # in cash: the desk's own account, never a simulated initial purchase
+        seed=0,
+        directive=None if hold is None else hold.directive,
+        elapsed=hold.elapsed if held else 0,
+        in_cash=True,
     )
     if account is not None and (not account.is_flat or account.cash != env.cfg.initial_cash):
         _set_account(env, account)
@@ -180,7 +183,7 @@ def orders(
     m = env_cfg.master
     label = {
         "risk_multiplier": m.risk_multipliers[risk],
-        "position_cap": m.position_caps[cap],
+        "position_cap": cap_fraction(env_cfg, cap, len(symbols)),  # of equity (cap_unit: equal_weight: / S)
         "mode": m.modes[mode],
         "index": directive,
     }
