@@ -271,7 +271,7 @@ def test_evaluation_backtest_starts_fully_invested_and_tracks_buy_and_hold():
 def test_live_desk_starts_from_its_own_account_not_a_simulated_purchase():
     """The decider resets its one-bar env for every decision: with ``initial_position: allocation`` its
     account must still be the desk's (default: flat initial cash), not the simulated initial purchase."""
-    from hmarl.decider import start_bar
+    from hmarl.serve.decision import start_bar
 
     store = make_store(num_bars=30, num_symbols=4, seed=12)
     env = _env(store, num_envs=1, bar_range=(20, 22))
