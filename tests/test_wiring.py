@@ -178,3 +178,22 @@ def test_imports_run_down_the_layers_of_the_readme():
                 bad.append(f"{path.relative_to(REPO)} ({src}) imports {name} (layer {dst})")
     assert not bad, "\n".join(sorted(set(bad)))
     assert set(rank) <= seen, f"LAYERS names packages that no longer exist: {set(rank) - seen}"
+
+
+def test_committed_kfp_components_are_the_generated_ones():
+    """components/<step>.py come from the step contracts (hmarl pipeline sync), like dvc.yaml: every step
+    but the hand-written gate has one, and its artifacts are exactly the step's INPUTS / OUTPUTS."""
+    from hmarl.steps import STEP_NAMES
+    from hmarl.steps.runner import step_module
+    from hmarl.wiring import kfp
+
+    generated = kfp.generated()
+    assert {Path(rel).stem for rel in generated} == set(STEP_NAMES) - set(kfp.HAND_WRITTEN)
+    stale = kfp.sync(REPO, check=True)
+    assert not stale, f"{stale} differ from the step contracts: run `hmarl pipeline sync`"
+    for rel, text in generated.items():
+        mod = step_module(Path(rel).stem)
+        for key in mod.INPUTS:
+            assert f"    {key}: Input[" in text, (rel, key)
+        for key in mod.OUTPUTS:
+            assert f"    {key}: Output[" in text, (rel, key)

@@ -124,17 +124,26 @@ def sync(root: Path, check: bool = False) -> bool:
 
 
 def _cmd_sync(args) -> int:
+    from hmarl.wiring import kfp
+
     root = PACKAGE_DIR.parents[1]
     fresh = sync(root, check=args.check)
-    if args.check and not fresh:
-        print(f"hmarl: error: {root / DVC_FILE} differs from the step contracts: run `hmarl pipeline sync`")
+    stale = kfp.sync(root, check=args.check)
+    if args.check and (stale or not fresh):
+        files = ([] if fresh else [DVC_FILE]) + stale
+        print(f"hmarl: error: {', '.join(files)} differ from the step contracts: run `hmarl pipeline sync`")
         return 1
     print(f"{root / DVC_FILE}: {'up to date' if fresh else 'written'}")
+    print(f"{root / kfp.COMPONENTS_DIR}: {'written ' + ', '.join(stale) if stale else 'up to date'}")
     return 0
 
 
 def add_sync_parser(cmds) -> None:
     """``hmarl pipeline sync [--check]``."""
-    c = cmds.add_parser("sync", help="regenerate dvc.yaml from the step contracts", description=sync.__doc__)
-    c.add_argument("--check", action="store_true", help="only compare; exit 1 when dvc.yaml is stale")
+    c = cmds.add_parser(
+        "sync",
+        help="regenerate dvc.yaml and the KFP components from the step contracts",
+        description=sync.__doc__,
+    )
+    c.add_argument("--check", action="store_true", help="only compare; exit 1 when a generated file is stale")
     c.set_defaults(func=_cmd_sync)
