@@ -26,7 +26,7 @@ from hmarl.encoders.branches import correlation_adjacency
 from hmarl.encoders.model import SharedEncoder
 from hmarl.encoders.pretrain import embed
 from hmarl.env.gather import gather_windows
-from hmarl.sl.train import resolve_device
+from hmarl.runtime import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS, BARS, WINDOW, FEATURES = 143, 4103, 24, 23

@@ -24,8 +24,8 @@ import torch
 from hmarl.config import load_config
 from hmarl.env.gather import gather_windows
 from hmarl.io import write_json
+from hmarl.runtime import resolve_device
 from hmarl.sl.models import INFERENCE_CHUNK, MODEL_NAMES, build_model, predict_logits
-from hmarl.sl.train import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS, BARS, WINDOW, FEATURES = 143, 64, 24, 23

@@ -26,9 +26,9 @@ from hmarl.encoders.model import ENCODER_VERSION, save_encoder
 from hmarl.encoders.pretrain import PretrainData, embed, mse_summary, one_bar_returns, pretrain
 from hmarl.encoders.probes import probe_metrics
 from hmarl.io import write_json
+from hmarl.runtime import resolve_device
 from hmarl.sl.inputs import bars_to_ranges, model_inputs
 from hmarl.sl.labels import store_labels, trailing_volatility
-from hmarl.sl.train import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,10 @@ from hmarl.env.vec_env import MarketEnv
 from hmarl.errors import StepError
 from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_state, rng_state, set_rng_state
 from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
+from hmarl.learners.engine import EpochSettings, StepGuard, explained_variance, ppo_epochs
 from hmarl.learners.gae import gae
 from hmarl.learners.mappo import MasterBuffer, MasterCoefs, mappo_loss
-from hmarl.learners.symbol_trainer import seed_everything
+from hmarl.runtime import seed_everything, set_determinism
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,6 @@ def build_master(cfg: HmarlConfig, num_symbols: int, num_regime: int, num_direct
         num_directives=num_directives,
         seed=cfg.seed,
     )
-
-
-def set_determinism(cfg: HmarlConfig, device: torch.device) -> None:
-    if cfg.master.threads:
-        torch.set_num_threads(cfg.master.threads)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
 
 
 # --------------------------------------------------------------------------- 1. rollout
@@ -122,10 +116,10 @@ def ppo_update(
     where: str,
     info: DistInfo,
 ) -> dict[str, float]:
-    """``model``: ``master`` itself, or its DDP wrapper (gradients averaged over ranks)."""
+    """The shared epochs (:func:`hmarl.learners.engine.ppo_epochs`) over env-step rows with the MAPPO /
+    IPPO loss; ``model``: ``master`` itself, or its DDP wrapper (gradients averaged over ranks). The
+    divergence guard raises :class:`MasterDivergence` before a bad step."""
     m = cfg.master
-    rows = buf.num_steps * buf.num_envs
-    mb = max(1, rows // m.num_minibatches)
     flat = {
         k: v.flatten(0, 1)
         for k, v in {
@@ -140,59 +134,66 @@ def ppo_update(
             "vw": buf.valid.float(),
         }.items()
     }
-    sums: dict[str, float] = {}
-    count, epochs = 0, 0
-    for _ in range(m.update_epochs):
-        perm = torch.randperm(rows, generator=gen, device=gen.device)
-        kls = []
-        for start in range(0, rows - mb + 1, mb):
-            idx = perm[start : start + mb]
-            b = {k: v[idx] for k, v in flat.items()}
-            logits, value = model(b["obs"], b["joint"])
-            loss, terms = mappo_loss(
-                logits=logits,
-                actions=b["action"],
-                new_value=value,
-                old_logprob=b["logprob"],
-                old_value=b["value"],
-                advantages=b["adv"],
-                returns=b["ret"],
-                policy_weight=b["pw"],
-                value_weight=b["vw"],
-                coefs=coefs,
-            )
-            # divergence guards, before the optimizer touches the weights (any rank's trips every rank)
-            trips = [not bool(torch.isfinite(loss)), float(terms["value_loss"]) > m.max_value_loss]
-            trips = all_reduce_mean(torch.tensor(trips, dtype=torch.float64, device=loss.device), info)
-            nonfinite, exploding = (float(x) > 0 for x in trips)
-            if nonfinite:
-                raise MasterDivergence(
-                    f"{where}: non-finite loss ({ {k: float(v) for k, v in terms.items()} })"
-                )
-            if exploding:
-                raise MasterDivergence(
-                    f"{where}: value loss {float(terms['value_loss']):.4g} exceeds "
-                    f"master.max_value_loss={m.max_value_loss:g}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(master.parameters(), m.max_grad_norm)
-            optimizer.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            kls.append(float(terms["approx_kl"]))
-            count += 1
-        epochs += 1
-        kl = torch.tensor(float(np.mean(kls)), dtype=torch.float64, device=buf.obs.device)
-        kl = float(all_reduce_mean(kl, info))
-        if m.target_kl is not None and kl > m.target_kl:
-            break
-    out = {f"loss_{k}": v / max(1, count) for k, v in sums.items()}
-    out["loss_epochs"] = float(epochs)
-    y, v = ret[buf.valid], buf.value[buf.valid]
-    ok = y.numel() > 1 and float(y.var()) > 0
-    out["loss_explained_variance"] = float(1.0 - (y - v).var() / y.var()) if ok else float("nan")
+
+    def minibatch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        b = {k: v[idx] for k, v in flat.items()}
+        logits, value = model(b["obs"], b["joint"])
+        return mappo_loss(
+            logits=logits,
+            actions=b["action"],
+            new_value=value,
+            old_logprob=b["logprob"],
+            old_value=b["value"],
+            advantages=b["adv"],
+            returns=b["ret"],
+            policy_weight=b["pw"],
+            value_weight=b["vw"],
+            coefs=coefs,
+        )
+
+    def epoch_kl(kls: list[torch.Tensor]) -> torch.Tensor:  # the mean in float64
+        return torch.tensor(
+            float(np.mean([float(k) for k in kls])), dtype=torch.float64, device=buf.obs.device
+        )
+
+    settings = EpochSettings(m.update_epochs, m.num_minibatches, m.max_grad_norm, m.target_kl)
+    rows = buf.num_steps * buf.num_envs
+    guard = divergence_guard(m.max_value_loss, where, info)
+    out = ppo_epochs(
+        settings,
+        rows,
+        minibatch_loss,
+        optimizer,
+        list(master.parameters()),
+        gen,
+        gen.device,
+        info,
+        guard,
+        epoch_kl,
+    )
+    del out["nonfinite_minibatches"]  # always 0: the guard raises instead of skipping
+    out["loss_explained_variance"] = explained_variance(ret[buf.valid], buf.value[buf.valid])
     return out
+
+
+def divergence_guard(max_value_loss: float, where: str, info: DistInfo) -> StepGuard:
+    """Raise :class:`MasterDivergence` on a non-finite loss or a value loss above ``max_value_loss`` on any
+    rank (every rank trips alike), before the optimizer touches the weights."""
+
+    def guard(loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> bool:
+        trips = [not bool(torch.isfinite(loss)), float(terms["value_loss"]) > max_value_loss]
+        trips = all_reduce_mean(torch.tensor(trips, dtype=torch.float64, device=loss.device), info)
+        nonfinite, exploding = (float(x) > 0 for x in trips)
+        if nonfinite:
+            raise MasterDivergence(f"{where}: non-finite loss ({ {k: float(v) for k, v in terms.items()} })")
+        if exploding:
+            raise MasterDivergence(
+                f"{where}: value loss {float(terms['value_loss']):.4g} exceeds "
+                f"master.max_value_loss={max_value_loss:g}"
+            )
+        return True
+
+    return guard
 
 
 def directive_figures(counts: torch.Tensor, table: torch.Tensor) -> dict[str, float]:
@@ -225,7 +226,7 @@ def train(
 ) -> MasterResult:
     m, info = cfg.master, info or DistInfo()
     device = market.device
-    set_determinism(cfg, device)
+    set_determinism(m.threads, True, device)  # always deterministic kernels on CPU
     seed = cfg.seed + 10_007 * info.rank  # ranks differ in envs and samples, never in the initial weights
     seed_everything(seed)
 

@@ -15,13 +15,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hmarl.agents.data import TrainingData
@@ -34,6 +32,7 @@ from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_st
 from hmarl.learners.collect import Director, agent_policy, collect, sync
 from hmarl.learners.curriculum import active_symbols
 from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
+from hmarl.learners.engine import EpochSettings, explained_variance, ppo_epochs, skip_nonfinite
 from hmarl.learners.entropy import EntropyController
 from hmarl.learners.gae import gae
 from hmarl.learners.normalize import RewardScaler
@@ -42,6 +41,7 @@ from hmarl.learners.rollout import RolloutBuffer
 from hmarl.learners.sl_prior import action_prior, prior_coef
 from hmarl.learners.telemetry import log_update, progress_bar, rollout_telemetry, update_metrics
 from hmarl.learners.warm_start import warm_start
+from hmarl.runtime import seed_everything, set_determinism
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +61,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- setup helpers
-def set_determinism(cfg: HmarlConfig, device: torch.device) -> None:
-    if cfg.ppo.threads:
-        torch.set_num_threads(cfg.ppo.threads)
-    if cfg.ppo.deterministic and device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global generator, for any library using it)
-    random.seed(seed)
-
-
 def build_agent(cfg: HmarlConfig, data: TrainingData, device: torch.device) -> SymbolAgent:
     encoder = data.encoder() if cfg.agent.encoder == "finetune" else None
     market_dim = encoder.embed_dim if encoder is not None else data.embed_dim
@@ -120,73 +107,53 @@ def ppo_update(
     info: DistInfo,
     amp: contextlib.AbstractContextManager,
 ) -> dict[str, float]:
+    """The shared epochs (:func:`hmarl.learners.engine.ppo_epochs`) over (step, env) rows with all their
+    symbols; the loss adds the KL-to-SL-prior term; a non-finite minibatch is skipped."""
     p = cfg.ppo
-    rows_total = buf.num_steps * buf.num_envs
-    mb_size = max(1, rows_total // p.num_minibatches)
     weight_all = (buf.valid.flatten().unsqueeze(1) & active.unsqueeze(0)).float()  # (rows, S)
     flat = {
-        name: t.flatten(0, 1)
-        for name, t in {
-            "action": buf.action,
-            "logprob": buf.logprob,
-            "value": buf.value,
-            "adv": adv,
-            "ret": ret,
-        }.items()
+        k: t.flatten(0, 1)
+        for k, t in (
+            ("action", buf.action),
+            ("logprob", buf.logprob),
+            ("value", buf.value),
+            ("adv", adv),
+            ("ret", ret),
+        )
     }
+
+    def minibatch_loss(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        obs = buf.observations(rows)
+        with amp:
+            logits, value = model(obs, tables)
+        log_prior = (
+            action_prior(tables.sl_probs(obs.bar), obs.mask, cfg.agent.prior_smoothing)
+            if coefs.sl_kl > 0
+            else None
+        )
+        return ppo_loss(
+            logits=logits,
+            mask=obs.mask,
+            actions=flat["action"][rows],
+            new_value=value,
+            old_logprob=flat["logprob"][rows],
+            old_value=flat["value"][rows],
+            advantages=flat["adv"][rows],
+            returns=flat["ret"][rows],
+            weight=weight_all[rows],
+            log_prior=log_prior,
+            coefs=coefs,
+        )
+
+    settings = EpochSettings(p.update_epochs, p.num_minibatches, p.max_grad_norm, p.target_kl)
     params = [q for q in agent.parameters() if q.requires_grad]
-    sums: dict[str, float] = {}
-    count, epochs, nonfinite = 0, 0, 0
-    for _epoch in range(p.update_epochs):
-        perm = torch.randperm(rows_total, generator=gen, device=gen.device).to(buf.reward.device)
-        epoch_kl = []
-        for start in range(0, rows_total - mb_size + 1, mb_size):
-            rows = perm[start : start + mb_size]
-            obs = buf.observations(rows)
-            with amp:
-                logits, value = model(obs, tables)
-            log_prior = (
-                action_prior(tables.sl_probs(obs.bar), obs.mask, cfg.agent.prior_smoothing)
-                if coefs.sl_kl > 0
-                else None
-            )
-            loss, terms = ppo_loss(
-                logits=logits,
-                mask=obs.mask,
-                actions=flat["action"][rows],
-                new_value=value,
-                old_logprob=flat["logprob"][rows],
-                old_value=flat["value"][rows],
-                advantages=flat["adv"][rows],
-                returns=flat["ret"][rows],
-                weight=weight_all[rows],
-                log_prior=log_prior,
-                coefs=coefs,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            # a non-finite loss on any rank skips the step everywhere (and shows as NaN loss terms)
-            if float(all_reduce_mean(torch.isfinite(loss).float(), info)) == 1.0:
-                loss.backward()
-                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
-                optimizer.step()
-            else:
-                terms["grad_norm"] = torch.tensor(float("nan"))
-                nonfinite += 1
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            epoch_kl.append(terms["approx_kl"])
-            count += 1
-        epochs += 1
-        kl = float(all_reduce_mean(torch.stack(epoch_kl).mean(), info))
-        if p.target_kl is not None and kl > p.target_kl:
-            break
-    out = {f"loss_{k}": v / max(1, count) for k, v in sums.items()}
-    out["loss_epochs"] = float(epochs)
-    out["nonfinite_minibatches"] = float(nonfinite)
+    rows_total = buf.num_steps * buf.num_envs
+    device = buf.reward.device
+    out = ppo_epochs(
+        settings, rows_total, minibatch_loss, optimizer, params, gen, device, info, skip_nonfinite(info)
+    )
     valid = weight_all.view_as(buf.value) > 0
-    y, v = ret[valid], buf.value[valid]
-    ok = y.numel() > 1 and float(y.var()) > 0
-    out["loss_explained_variance"] = float(1.0 - (y - v).var() / y.var()) if ok else float("nan")
+    out["loss_explained_variance"] = explained_variance(ret[valid], buf.value[valid])
     return out
 
 
@@ -204,7 +171,7 @@ def train(
     master for alternating rounds, ``(agent, tables, generator) -> director`` built per rollout (its view
     of the symbol agents follows their updates); it sets the directive wherever it is due."""
     p, device = cfg.ppo, info.device
-    set_determinism(cfg, device)
+    set_determinism(p.threads, p.deterministic, device)
     seed = cfg.seed + 10_007 * info.rank  # ranks differ in envs and samples, never in the initial weights
     seed_everything(seed)
 

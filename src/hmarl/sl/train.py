@@ -8,8 +8,6 @@ same validation bars, so the blocks they predict are neither trained nor selecte
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,8 @@ from hmarl.data.store import FeatureStore
 from hmarl.data.windows import gather_pair_windows
 from hmarl.env.gather import gather_windows
 from hmarl.errors import DataError
+from hmarl.runtime import resolve_device
+from hmarl.runtime import torch_threads as torch_threads  # re-exported: research/trial.py imports it here
 from hmarl.sl.cache import CHANNELS, NONE, OUTER, SLCache, inner_blocks, inner_fit_ranges, walk_forward_plan
 from hmarl.sl.calibration import calibrated_probs, fit_temperature
 from hmarl.sl.inputs import bars_to_ranges, labelled_pairs, model_inputs, ranges_to_bars
@@ -33,24 +33,6 @@ from hmarl.sl.models import MODEL_NAMES, MODEL_VERSIONS, build_model, predict_lo
 from hmarl.sl.params import SLConfig
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (0: leave as is), then restore the setting."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass
