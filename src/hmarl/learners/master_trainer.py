@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmarl.agents import distributions as dist
 from hmarl.agents.hierarchy import Hierarchy
 from hmarl.agents.inputs import AgentTables
 from hmarl.agents.master import MasterAgent, benchmark_table, joint_width, obs_width
@@ -38,8 +37,9 @@ from hmarl.errors import StepError
 from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_state, rng_state, set_rng_state
 from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
 from hmarl.learners.engine import EpochSettings, StepGuard, explained_variance, ppo_epochs
-from hmarl.learners.gae import gae
-from hmarl.learners.mappo import MasterBuffer, MasterCoefs, mappo_loss
+from hmarl.learners.mappo import MasterBuffer, mappo_loss
+from hmarl.learners.policy import MasterActorCritic
+from hmarl.learners.ppo import LossCoefs
 from hmarl.runtime import seed_everything, set_determinism
 
 log = logging.getLogger(__name__)
@@ -79,19 +79,19 @@ def collect(
     reward_scale: float,
     counts: torch.Tensor,
 ) -> Observation:
+    policy = MasterActorCritic(h.master)
     for t in range(buf.num_steps):
         mobs, joint = h.master_inputs(obs)
         with torch.no_grad():
-            logits, value = h.master(mobs, joint)
-        logp = torch.log_softmax(logits, -1)
-        directive = dist.sample(logp, gen)
+            av = policy.get_action_and_value(mobs, joint, generator=gen)
+        directive = av.action
         due = obs.master_due
         if bool(due.any()):
             obs = env.set_directive(directive)
         res = env.step(h.symbol_actions(obs, gen))
         valid = ~res.info["reset"]
         buf.obs[t], buf.joint[t], buf.action[t] = mobs, joint, directive
-        buf.logprob[t], buf.value[t] = dist.log_prob(logp, directive), value
+        buf.logprob[t], buf.value[t] = av.pi.log_prob(directive), av.value
         buf.reward[t] = res.master_reward.float() * reward_scale
         buf.due[t] = due & valid
         buf.terminated[t] = res.terminated
@@ -110,7 +110,7 @@ def ppo_update(
     buf: MasterBuffer,
     adv: torch.Tensor,
     ret: torch.Tensor,
-    coefs: MasterCoefs,
+    coefs: LossCoefs,
     cfg: HmarlConfig,
     gen: torch.Generator,
     where: str,
@@ -135,13 +135,15 @@ def ppo_update(
         }.items()
     }
 
+    policy = MasterActorCritic(model)
+
     def minibatch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         b = {k: v[idx] for k, v in flat.items()}
-        logits, value = model(b["obs"], b["joint"])
+        av = policy.get_action_and_value(b["obs"], b["joint"], b["action"])
         return mappo_loss(
-            logits=logits,
-            actions=b["action"],
-            new_value=value,
+            logits=av.logits,
+            actions=av.action,
+            new_value=av.value,
             old_logprob=b["logprob"],
             old_value=b["value"],
             advantages=b["adv"],
@@ -157,11 +159,10 @@ def ppo_update(
         )
 
     settings = EpochSettings(m.update_epochs, m.num_minibatches, m.max_grad_norm, m.target_kl)
-    rows = buf.num_steps * buf.num_envs
     guard = divergence_guard(m.max_value_loss, where, info)
     out = ppo_epochs(
         settings,
-        rows,
+        buf.rows,
         minibatch_loss,
         optimizer,
         list(master.parameters()),
@@ -287,7 +288,7 @@ def train(
         lr_now = m.lr * (1.0 - update / num_updates) if m.anneal_lr else m.lr
         for group in optimizer.param_groups:
             group["lr"] = lr_now
-        coefs = MasterCoefs(m.clip_coef, m.clip_vloss, m.vf_coef, m.ent_coef, m.norm_adv)
+        coefs = LossCoefs(m.clip_coef, m.clip_vloss, m.vf_coef, m.ent_coef, 0.0, m.norm_adv)
 
         # ---- 1. collect: symbol agents frozen, the master decides where due
         master.eval()
@@ -298,17 +299,7 @@ def train(
         # ---- 2. advantages over env steps (policy terms only where the master decided)
         with torch.no_grad():
             next_value = master.value(*h.master_inputs(obs))
-        adv, ret = gae(
-            buf.reward.unsqueeze(-1),
-            buf.value.unsqueeze(-1),
-            next_value.unsqueeze(-1),
-            buf.terminated,
-            buf.ended,
-            buf.valid,
-            m.gamma,
-            m.gae_lambda,
-        )
-        adv, ret = adv.squeeze(-1), ret.squeeze(-1)
+        adv, ret = buf.advantages(next_value, m.gamma, m.gae_lambda)
 
         # ---- 3. minibatch epochs (guards raise before a bad step)
         master.train()

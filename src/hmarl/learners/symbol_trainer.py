@@ -34,8 +34,8 @@ from hmarl.learners.curriculum import active_symbols
 from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
 from hmarl.learners.engine import EpochSettings, explained_variance, ppo_epochs, skip_nonfinite
 from hmarl.learners.entropy import EntropyController
-from hmarl.learners.gae import gae
 from hmarl.learners.normalize import RewardScaler
+from hmarl.learners.policy import SymbolActorCritic
 from hmarl.learners.ppo import LossCoefs, ppo_loss
 from hmarl.learners.rollout import RolloutBuffer
 from hmarl.learners.sl_prior import action_prior, prior_coef
@@ -122,20 +122,21 @@ def ppo_update(
         )
     }
 
+    policy = SymbolActorCritic(model, tables, amp)
+
     def minibatch_loss(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         obs = buf.observations(rows)
-        with amp:
-            logits, value = model(obs, tables)
+        av = policy.get_action_and_value(obs, flat["action"][rows])
         log_prior = (
             action_prior(tables.sl_probs(obs.bar), obs.mask, cfg.agent.prior_smoothing)
             if coefs.sl_kl > 0
             else None
         )
         return ppo_loss(
-            logits=logits,
+            logits=av.logits,
             mask=obs.mask,
-            actions=flat["action"][rows],
-            new_value=value,
+            actions=av.action,
+            new_value=av.value,
             old_logprob=flat["logprob"][rows],
             old_value=flat["value"][rows],
             advantages=flat["adv"][rows],
@@ -147,10 +148,9 @@ def ppo_update(
 
     settings = EpochSettings(p.update_epochs, p.num_minibatches, p.max_grad_norm, p.target_kl)
     params = [q for q in agent.parameters() if q.requires_grad]
-    rows_total = buf.num_steps * buf.num_envs
     device = buf.reward.device
     out = ppo_epochs(
-        settings, rows_total, minibatch_loss, optimizer, params, gen, device, info, skip_nonfinite(info)
+        settings, buf.rows, minibatch_loss, optimizer, params, gen, device, info, skip_nonfinite(info)
     )
     valid = weight_all.view_as(buf.value) > 0
     out["loss_explained_variance"] = explained_variance(ret[valid], buf.value[valid])
@@ -257,9 +257,7 @@ def train(
         t_update = time.perf_counter()
         with torch.no_grad(), amp:
             next_value = agent.value(obs, tables).float()
-        adv, ret = gae(
-            buf.reward, buf.value, next_value, buf.terminated, buf.ended, buf.valid, p.gamma, p.gae_lambda
-        )
+        adv, ret = buf.advantages(next_value, p.gamma, p.gae_lambda)
 
         # ---- 3. minibatch epochs of the clipped objective
         agent.train()
