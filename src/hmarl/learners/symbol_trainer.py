@@ -34,6 +34,14 @@ from hmarl.learners.curriculum import active_symbols
 from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
 from hmarl.learners.engine import EpochSettings, explained_variance, ppo_epochs, skip_nonfinite
 from hmarl.learners.entropy import EntropyController
+from hmarl.learners.loop import (
+    anneal_lr,
+    checkpoint_due,
+    latest_episodes,
+    open_store,
+    seed_rank,
+    training_env,
+)
 from hmarl.learners.normalize import RewardScaler
 from hmarl.learners.policy import SymbolActorCritic
 from hmarl.learners.ppo import LossCoefs, ppo_loss
@@ -41,7 +49,6 @@ from hmarl.learners.rollout import RolloutBuffer
 from hmarl.learners.sl_prior import action_prior, prior_coef
 from hmarl.learners.telemetry import log_update, progress_bar, rollout_telemetry, update_metrics
 from hmarl.learners.warm_start import warm_start
-from hmarl.runtime import seed_everything, set_determinism
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +165,106 @@ def ppo_update(
 
 
 # --------------------------------------------------------------------------- the training loop
+@dataclass
+class _Run:
+    """One rank's training: the fixed parts, and the state a checkpoint holds (``update`` onwards)."""
+
+    cfg: HmarlConfig
+    info: DistInfo
+    seed: int
+    tables: AgentTables
+    env: MarketEnv
+    agent: SymbolAgent
+    model: torch.nn.Module  # ``agent`` or its DDP wrapper
+    optimizer: torch.optim.Optimizer
+    entropy: EntropyController
+    scaler: RewardScaler | None
+    gen: torch.Generator
+    buf: RolloutBuffer
+    amp: contextlib.AbstractContextManager
+    num_updates: int
+    store: CheckpointStore | None
+    obs: PolicyObs
+    update: int = 0
+    global_step: int = 0
+    series: list[dict[str, float]] = field(default_factory=list)
+    episode: dict = field(default_factory=dict)
+    warm: dict[str, float] = field(default_factory=dict)
+    resumed_from: int | None = None
+
+
+def _setup(
+    cfg: HmarlConfig,
+    data: TrainingData,
+    info: DistInfo,
+    checkpoint_root: Path | None,
+    init_state: dict[str, torch.Tensor] | None,
+) -> _Run:
+    """Simulator on the fold's train bars, agent, optimizer, exploration stack, rollout buffer."""
+    p, device = cfg.ppo, info.device
+    seed = seed_rank(cfg.seed, info, p.threads, p.deterministic, device)
+    tables = data.tables(cfg, device).restrict(*data.fold.train)
+    env = training_env(cfg, data.market(cfg, device), data.fold.train, seed)
+    agent = build_agent(cfg, data, device)
+    if init_state is not None:
+        agent.load_state_dict(init_state)
+    model = wrap(agent, info)
+    optimizer = build_optimizer(agent, cfg)
+    entropy = EntropyController(p.entropy, p.adaptive_entropy, p.entropy_guard)
+    scaler = RewardScaler((env.num_envs, env.num_symbols), p.gamma, device) if p.norm_reward else None
+    gen = torch.Generator(device).manual_seed(seed)
+    buf = RolloutBuffer(p.num_steps, env.num_envs, env.num_symbols, data.env_dim, device)
+    amp = autocast(cfg, device)
+    num_updates = math.ceil(p.total_steps / p.num_steps)
+    store = open_store(checkpoint_root, info)
+    obs = compact(env.reset(seed=seed))
+    run = _Run(cfg, info, seed, tables, env, agent, model, optimizer, entropy, scaler, gen, buf, amp,
+               num_updates, store, obs)  # fmt: skip
+    payload = store.load_latest() if store is not None else None
+    if payload is not None:
+        _restore(run, payload)
+        log.info("train_symbols: resumed at update %d (env step %d)", run.update, run.global_step)
+    elif cfg.agent.warm_start and init_state is None:
+        run.warm = warm_start(agent, env, tables, buf, obs, gen, cfg, info)
+        run.obs = compact(env.reset(seed=seed))
+        log.info("train_symbols: warm start %s", run.warm)
+    return run
+
+
+def _checkpoint(run: _Run) -> dict:
+    return {
+        "update": run.update,
+        "global_step": run.global_step,
+        "agent": run.agent.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "entropy": run.entropy.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "rng": rng_state(),
+        "sample_generator": run.gen.get_state(),
+        "env": capture_state(run.env),
+        "obs": list(run.obs),
+        "series": run.series,
+        "episode": run.episode,
+        "warm_start": run.warm,
+    }
+
+
+def _restore(run: _Run, payload: dict) -> None:
+    run.agent.load_state_dict(payload["agent"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    run.entropy.load_state_dict(payload["entropy"])
+    if run.scaler is not None:
+        run.scaler.load_state_dict(payload["scaler"])
+    set_rng_state(payload["rng"])
+    run.gen.set_state(payload["sample_generator"])
+    restore_state(run.env, payload["env"])
+    run.obs = PolicyObs(*(t.to(run.info.device) for t in payload["obs"]))
+    run.update, run.global_step = int(payload["update"]), int(payload["global_step"])
+    run.series, run.episode = list(payload["series"]), dict(payload["episode"])
+    run.warm = dict(payload["warm_start"])
+    run.resumed_from = run.update
+
+
 def train(
     cfg: HmarlConfig,
     data: TrainingData,
@@ -170,169 +277,101 @@ def train(
     """``init_state``: start from these weights instead of a warm start (fine-tuning). ``directed``: the
     master for alternating rounds, ``(agent, tables, generator) -> director`` built per rollout (its view
     of the symbol agents follows their updates); it sets the directive wherever it is due."""
-    p, device = cfg.ppo, info.device
-    set_determinism(p.threads, p.deterministic, device)
-    seed = cfg.seed + 10_007 * info.rank  # ranks differ in envs and samples, never in the initial weights
-    seed_everything(seed)
-
-    # ---- setup: simulator on the fold's train bars, agent, optimizer, exploration stack
-    tables = data.tables(cfg, device).restrict(*data.fold.train)
-    env_cfg = cfg.env.model_copy(update={"check_actions": False})  # actions come from the masked policy
-    env = MarketEnv(
-        data.market(cfg, device),
-        env_cfg,
-        cfg.reward,
-        bar_range=data.fold.train,
-        min_history=cfg.features.window - 1,
-        seed=seed,
-    )
-    num_symbols = env.num_symbols
-    agent = build_agent(cfg, data, device)
-    if init_state is not None:
-        agent.load_state_dict(init_state)
-    model = wrap(agent, info)
-    optimizer = build_optimizer(agent, cfg)
-    entropy = EntropyController(p.entropy, p.adaptive_entropy, p.entropy_guard)
-    scaler = RewardScaler((env.num_envs, num_symbols), p.gamma, device) if p.norm_reward else None
-    gen = torch.Generator(device).manual_seed(seed)
-    buf = RolloutBuffer(p.num_steps, env.num_envs, num_symbols, data.env_dim, device)
-    amp = autocast(cfg, device)
-    weights = cfg.reward.weight_vector()
-    num_updates = math.ceil(p.total_steps / p.num_steps)
-    store = (
-        None
-        if checkpoint_root is None
-        else CheckpointStore(checkpoint_root, info.rank, world_size=info.world_size)
-    )
-    obs = compact(env.reset(seed=seed))
-    start_update, global_step, series, episode = 0, 0, [], {}
-    resumed_from, warm = None, {}
-
-    # ---- resume from the latest complete checkpoint, or warm start
-    payload = store.load_latest() if store is not None else None
-    if payload is not None:
-        agent.load_state_dict(payload["agent"])
-        optimizer.load_state_dict(payload["optimizer"])
-        entropy.load_state_dict(payload["entropy"])
-        if scaler is not None:
-            scaler.load_state_dict(payload["scaler"])
-        set_rng_state(payload["rng"])
-        gen.set_state(payload["sample_generator"])
-        restore_state(env, payload["env"])
-        obs = PolicyObs(*(t.to(device) for t in payload["obs"]))
-        start_update, global_step = int(payload["update"]), int(payload["global_step"])
-        series, episode, warm = list(payload["series"]), dict(payload["episode"]), dict(payload["warm_start"])
-        resumed_from = start_update
-        log.info("train_symbols: resumed at update %d (env step %d)", start_update, global_step)
-    elif cfg.agent.warm_start and init_state is None:
-        warm = warm_start(agent, env, tables, buf, obs, gen, cfg, info)
-        obs = compact(env.reset(seed=seed))
-        log.info("train_symbols: warm start %s", warm)
-
-    bar = progress_bar(num_updates, start_update, p.progress and info.is_main)
-    for update in range(start_update, num_updates):
-        t_start = time.perf_counter()
-        timers = {"env": 0.0, "policy": 0.0, "update": 0.0}
-        lr_now = p.lr * (1.0 - update / num_updates) if p.anneal_lr else p.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now * group["lr_scale"]
-        active = active_symbols(global_step, p.curriculum, num_symbols, device)
-        coefs = LossCoefs(
-            p.clip_coef,
-            p.clip_vloss,
-            p.vf_coef,
-            entropy.coef(global_step),
-            prior_coef(global_step, p.sl_prior),
-            p.norm_adv,
-        )
-
-        # ---- 1. collect a rollout
-        agent.eval()
-        director = directed(agent, tables, gen) if directed is not None else None
-        act = agent_policy(agent, tables, gen, active)
-        obs, sums = collect(env, act, buf, obs, timers, amp, scaler, director)
-        global_step += p.num_steps
-
-        # ---- 2. advantages
-        t_update = time.perf_counter()
-        with torch.no_grad(), amp:
-            next_value = agent.value(obs, tables).float()
-        adv, ret = buf.advantages(next_value, p.gamma, p.gae_lambda)
-
-        # ---- 3. minibatch epochs of the clipped objective
-        agent.train()
-        losses = ppo_update(
-            model, agent, optimizer, buf, tables, adv, ret, active, coefs, cfg, gen, info, amp
-        )
-        sync(device)
-        timers["update"] = time.perf_counter() - t_update
-
-        # ---- 4. exploration stack: measure the policy's action entropy, adapt, guard
-        figures, per_symbol = rollout_telemetry(
-            buf.action[..., active], buf.executed[..., active], p.telemetry_window
-        )
-        measured = all_reduce_mean(torch.tensor([figures["policy_action_entropy_mean"]], device=device), info)
-        per_symbol_all = torch.full((num_symbols,), float("inf"), device=device)
-        per_symbol_all[active] = per_symbol.to(device)
-        per_symbol_all = all_reduce_mean(per_symbol_all, info)
-        hit = entropy.observe(global_step, float(measured), per_symbol_all)
-        if bool(hit.any()):
-            agent.shrink_actor(hit, p.entropy_guard.shrink)
-
-        # ---- 5. log
-        ep = env.get_episode_stats()
-        if ep.get("episodes", 0) > 0:
-            episode = ep
-        elapsed = time.perf_counter() - t_start
-        metrics = update_metrics(figures, sums, losses, episode, buf, timers, elapsed, weights)
-        metrics.update(
-            update=float(update + 1),
-            global_step=float(global_step),
-            learning_rate=lr_now,
-            entropy_coef=coefs.ent,
-            sl_prior_coef=coefs.sl_kl,
-            active_symbols=float(active.sum()),
-            entropy_guard_interventions=float(hit.sum()),
-            entropy_guard_interventions_total=float(entropy.interventions),
-            SPS=p.num_steps * env.num_envs * num_symbols * info.world_size / elapsed,
-        )
-        series.append(metrics)
+    run = _setup(cfg, data, info, checkpoint_root, init_state)
+    p, weights = cfg.ppo, cfg.reward.weight_vector()
+    bar = progress_bar(run.num_updates, run.update, p.progress and info.is_main)
+    for update in range(run.update, run.num_updates):
+        metrics, executed = _update(run, update, directed)
+        run.series.append(metrics)
         if tracker is not None:
-            log_update(tracker, metrics, weights, buf.executed[..., active], global_step)
+            log_update(tracker, metrics, weights, executed, run.global_step)
         bar.set_postfix(
             SPS=f"{metrics['SPS']:.3g}",
             ent=f"{metrics['policy_action_entropy_mean']:.2f}",
             ret=f"{metrics.get('ep_return_mean', float('nan')):+.3f}",
-            kl=f"{losses.get('loss_approx_kl', float('nan')):.3f}",
+            kl=f"{metrics.get('loss_approx_kl', float('nan')):.3f}",
             refresh=False,
         )
         bar.update(1)
-
-        # ---- 6. checkpoint (atomic, complete)
-        if store is not None and ((update + 1) % p.checkpoint_every == 0 or update + 1 == num_updates):
-            store.save(
-                update + 1,
-                {
-                    "update": update + 1,
-                    "global_step": global_step,
-                    "agent": agent.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "entropy": entropy.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "rng": rng_state(),
-                    "sample_generator": gen.get_state(),
-                    "env": capture_state(env),
-                    "obs": list(obs),
-                    "series": series,
-                    "episode": episode,
-                    "warm_start": warm,
-                },
-                barrier=lambda: barrier(info),
-            )
+        run.update = update + 1
+        if run.store is not None and checkpoint_due(run.update, p.checkpoint_every, run.num_updates):
+            run.store.save(run.update, _checkpoint(run), barrier=lambda: barrier(info))
     bar.close()
     float_state = None
     if cfg.agent.head_weights == "int8":  # after the last checkpoint: a resumed run rounds the same weights
-        float_state = {k: v.detach().clone() for k, v in agent.state_dict().items()}
-        log.info("train_symbols: heads rounded to int8, largest weight change %s", quantize_heads_(agent))
-    skipped = store.skipped if store is not None else []
-    return TrainResult(agent, series, global_step, resumed_from, warm, float_state, skipped)
+        float_state = {k: v.detach().clone() for k, v in run.agent.state_dict().items()}
+        log.info("train_symbols: heads rounded to int8, largest weight change %s", quantize_heads_(run.agent))
+    skipped = run.store.skipped if run.store is not None else []
+    return TrainResult(
+        run.agent, run.series, run.global_step, run.resumed_from, run.warm, float_state, skipped
+    )
+
+
+def _update(run: _Run, update: int, directed) -> tuple[dict[str, float], torch.Tensor]:
+    """One update: collect -> GAE -> minibatch epochs -> exploration stack; its metrics row and the
+    executed actions of the active symbols (for the tracker)."""
+    p, agent, buf, device = run.cfg.ppo, run.agent, run.buf, run.info.device
+    t_start = time.perf_counter()
+    timers = {"env": 0.0, "policy": 0.0, "update": 0.0}
+    lr_now = anneal_lr(run.optimizer, p.lr, update, run.num_updates, p.anneal_lr)
+    active = active_symbols(run.global_step, p.curriculum, run.env.num_symbols, device)
+    step = run.global_step
+    coefs = LossCoefs(p.clip_coef, p.clip_vloss, p.vf_coef, run.entropy.coef(step),
+                      prior_coef(step, p.sl_prior), p.norm_adv)  # fmt: skip
+
+    # ---- 1. collect a rollout
+    agent.eval()
+    director = directed(agent, run.tables, run.gen) if directed is not None else None
+    act = agent_policy(agent, run.tables, run.gen, active)
+    run.obs, sums = collect(run.env, act, buf, run.obs, timers, run.amp, run.scaler, director)
+    run.global_step += p.num_steps
+
+    # ---- 2. advantages
+    t_update = time.perf_counter()
+    with torch.no_grad(), run.amp:
+        next_value = agent.value(run.obs, run.tables).float()
+    adv, ret = buf.advantages(next_value, p.gamma, p.gae_lambda)
+
+    # ---- 3. minibatch epochs of the clipped objective
+    agent.train()
+    losses = ppo_update(run.model, agent, run.optimizer, buf, run.tables, adv, ret, active, coefs, run.cfg,
+                        run.gen, run.info, run.amp)  # fmt: skip
+    sync(device)
+    timers["update"] = time.perf_counter() - t_update
+
+    # ---- 4. exploration stack, 5. log
+    figures, hit = _exploration(run, active)
+    run.episode = latest_episodes(run.env, run.episode)
+    elapsed = time.perf_counter() - t_start
+    metrics = update_metrics(
+        figures, sums, losses, run.episode, buf, timers, elapsed, run.cfg.reward.weight_vector()
+    )
+    metrics.update(
+        update=float(update + 1),
+        global_step=float(run.global_step),
+        learning_rate=lr_now,
+        entropy_coef=coefs.ent,
+        sl_prior_coef=coefs.sl_kl,
+        active_symbols=float(active.sum()),
+        entropy_guard_interventions=float(hit.sum()),
+        entropy_guard_interventions_total=float(run.entropy.interventions),
+        SPS=p.num_steps * run.env.num_envs * run.env.num_symbols * run.info.world_size / elapsed,
+    )
+    return metrics, buf.executed[..., active]
+
+
+def _exploration(run: _Run, active: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    """Measure the policy's action entropy (averaged over ranks), adapt the bonus, guard: shrink the actor
+    of every symbol below the guard's threshold. The rollout telemetry figures and the guard's hits."""
+    p, buf, device = run.cfg.ppo, run.buf, run.info.device
+    figures, per_symbol = rollout_telemetry(
+        buf.action[..., active], buf.executed[..., active], p.telemetry_window
+    )
+    measured = all_reduce_mean(torch.tensor([figures["policy_action_entropy_mean"]], device=device), run.info)
+    per_symbol_all = torch.full((run.env.num_symbols,), float("inf"), device=device)
+    per_symbol_all[active] = per_symbol.to(device)
+    per_symbol_all = all_reduce_mean(per_symbol_all, run.info)
+    hit = run.entropy.observe(run.global_step, float(measured), per_symbol_all)
+    if bool(hit.any()):
+        run.agent.shrink_actor(hit, p.entropy_guard.shrink)
+    return figures, hit
