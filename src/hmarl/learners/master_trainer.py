@@ -12,6 +12,11 @@ optimizer applies it; checkpoints are written only after complete updates, so th
 Under DDP (``master.world_size``) each rank collects its own rollouts (its own env seed) and gradients are
 averaged; the KL early stop and the guards use statistics reduced over ranks, so every rank stops alike.
 ``init_state`` continues a master (alternating fine-tuning rounds, :mod:`hmarl.learners.alternating`).
+
+The update epochs, the clipped objective, the rollout buffer base and the actor-critic wrapper are the
+shared PPO engine (:mod:`hmarl.learners.engine`); the master's own parts: the semi-MDP rollout (policy
+terms where it decided), MAPPO vs IPPO (the critic's input, fixed when the network is built) and the
+divergence guard as the engine's step guard.
 """
 
 from __future__ import annotations
@@ -37,10 +42,18 @@ from hmarl.errors import StepError
 from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_state, rng_state, set_rng_state
 from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
 from hmarl.learners.engine import EpochSettings, StepGuard, explained_variance, ppo_epochs
+from hmarl.learners.loop import (
+    anneal_lr,
+    checkpoint_due,
+    latest_episodes,
+    open_store,
+    seed_rank,
+    training_env,
+)
 from hmarl.learners.mappo import MasterBuffer, mappo_loss
 from hmarl.learners.policy import MasterActorCritic
 from hmarl.learners.ppo import LossCoefs
-from hmarl.runtime import seed_everything, set_determinism
+from hmarl.learners.telemetry import directive_figures, log_master_update
 
 log = logging.getLogger(__name__)
 
@@ -197,50 +210,46 @@ def divergence_guard(max_value_loss: float, where: str, info: DistInfo) -> StepG
     return guard
 
 
-def directive_figures(counts: torch.Tensor, table: torch.Tensor) -> dict[str, float]:
-    """Entropy of the chosen directives and the mean risk multiplier / cap / open limit they set."""
-    total = float(counts.sum())
-    if total == 0:
-        return {}
-    p = counts.double() / total
-    nz = p[p > 0]
-    mean = (p.unsqueeze(1) * table.double().cpu()).sum(0)
-    return {
-        "master_directive_entropy": float(-(nz * nz.log()).sum()),
-        "master_risk_mean": float(mean[0]),
-        "master_cap_mean": float(mean[1]),
-        "master_open_limit_mean": float(mean[2]),
-    }
-
-
 # --------------------------------------------------------------------------- the training loop
-def train(
+@dataclass
+class _Run:
+    """One rank's training: the fixed parts, and the state a checkpoint holds (``update`` onwards)."""
+
+    cfg: HmarlConfig
+    info: DistInfo
+    env: MarketEnv
+    master: MasterAgent
+    model: torch.nn.Module  # ``master`` or its DDP wrapper
+    h: Hierarchy
+    optimizer: torch.optim.Optimizer
+    gen: torch.Generator
+    buf: MasterBuffer
+    num_updates: int
+    store: CheckpointStore | None
+    obs: Observation
+    update: int = 0
+    global_step: int = 0
+    series: list[dict[str, float]] = field(default_factory=list)
+    hist: list[list[int]] = field(default_factory=list)
+    episode: dict = field(default_factory=dict)
+    resumed_from: int | None = None
+
+
+def _setup(
     cfg: HmarlConfig,
     market: MarketData,
     tables: AgentTables,
     symbols: SymbolAgent,
     bar_range: tuple[int, int],
-    checkpoint_root: Path | None = None,
-    tracker=None,
-    info: DistInfo | None = None,
-    init_state: dict[str, torch.Tensor] | None = None,
-) -> MasterResult:
-    m, info = cfg.master, info or DistInfo()
-    device = market.device
-    set_determinism(m.threads, True, device)  # always deterministic kernels on CPU
-    seed = cfg.seed + 10_007 * info.rank  # ranks differ in envs and samples, never in the initial weights
-    seed_everything(seed)
-
-    # ---- setup: simulator on the fold's train bars, frozen symbol agents, master, optimizer
-    env = MarketEnv(
-        market,
-        cfg.env.model_copy(update={"check_actions": False}),
-        cfg.reward,
-        num_envs=m.num_envs or cfg.env.num_envs,
-        bar_range=bar_range,
-        min_history=cfg.features.window - 1,
-        seed=seed,
-    )
+    checkpoint_root: Path | None,
+    info: DistInfo,
+    init_state: dict[str, torch.Tensor] | None,
+) -> _Run:
+    """Simulator on the fold's train bars, frozen symbol agents, master, optimizer; resumed when a complete
+    checkpoint exists."""
+    m, device = cfg.master, market.device
+    seed = seed_rank(cfg.seed, info, m.threads, True, device)  # always deterministic kernels on CPU
+    env = training_env(cfg, market, bar_range, seed, num_envs=m.num_envs or cfg.env.num_envs)
     symbols.eval().requires_grad_(False)
     master = build_master(cfg, env.num_symbols, market.regime.shape[1], env.num_directives).to(device)
     if init_state is not None:
@@ -257,116 +266,112 @@ def train(
     gen = torch.Generator(device).manual_seed(seed)
     buf = MasterBuffer(m.num_steps, env.num_envs, master.obs_dim, master.joint_dim, device)
     num_updates = math.ceil(m.total_steps / m.num_steps)
-    store = (
-        None
-        if checkpoint_root is None
-        else CheckpointStore(checkpoint_root, info.rank, world_size=info.world_size)
-    )
+    store = open_store(checkpoint_root, info)
     obs = env.reset(seed=seed)
-    start_update, global_step, series, hist, episode, resumed_from = 0, 0, [], [], {}, None
-
-    # ---- resume from the latest complete checkpoint
+    run = _Run(cfg, info, env, master, model, h, optimizer, gen, buf, num_updates, store, obs)
     payload = store.load_latest() if store is not None else None
     if payload is not None:
-        master.load_state_dict(payload["master"])
-        optimizer.load_state_dict(payload["optimizer"])
-        set_rng_state(payload["rng"])
-        gen.set_state(payload["sample_generator"])
-        restore_state(env, payload["env"])
-        obs = env._obs  # the restored simulator's last observation (part of its captured state)
-        start_update, global_step = int(payload["update"]), int(payload["global_step"])
-        series, hist, episode = (
-            list(payload["series"]),
-            [list(c) for c in payload["hist"]],
-            dict(payload["episode"]),
-        )
-        resumed_from = start_update
-        log.info("train_master: resumed at update %d (env step %d)", start_update, global_step)
+        _restore(run, payload)
+        log.info("train_master: resumed at update %d (env step %d)", run.update, run.global_step)
+    return run
 
-    for update in range(start_update, num_updates):
-        t0 = time.perf_counter()
-        lr_now = m.lr * (1.0 - update / num_updates) if m.anneal_lr else m.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now
-        coefs = LossCoefs(m.clip_coef, m.clip_vloss, m.vf_coef, m.ent_coef, 0.0, m.norm_adv)
 
-        # ---- 1. collect: symbol agents frozen, the master decides where due
-        master.eval()
-        counts = torch.zeros(env.num_directives, dtype=torch.int64, device=device)
-        obs = collect(env, h, buf, obs, gen, m.reward_scale, counts)
-        global_step += m.num_steps
+def _checkpoint(run: _Run) -> dict:
+    return {
+        "update": run.update,
+        "global_step": run.global_step,
+        "master": run.master.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "rng": rng_state(),
+        "sample_generator": run.gen.get_state(),
+        "env": capture_state(run.env),
+        "series": run.series,
+        "hist": run.hist,
+        "episode": run.episode,
+    }
 
-        # ---- 2. advantages over env steps (policy terms only where the master decided)
-        with torch.no_grad():
-            next_value = master.value(*h.master_inputs(obs))
-        adv, ret = buf.advantages(next_value, m.gamma, m.gae_lambda)
 
-        # ---- 3. minibatch epochs (guards raise before a bad step)
-        master.train()
-        where = f"train_master: update {update + 1}"
-        if store is not None and store.latest_update() is not None:
-            where += f" (last good checkpoint: update {store.latest_update()} in {store.root})"
-        losses = ppo_update(model, master, optimizer, buf, adv, ret, coefs, cfg, gen, where, info)
+def _restore(run: _Run, payload: dict) -> None:
+    run.master.load_state_dict(payload["master"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    set_rng_state(payload["rng"])
+    run.gen.set_state(payload["sample_generator"])
+    restore_state(run.env, payload["env"])
+    run.obs = run.env._obs  # the restored simulator's last observation (part of its captured state)
+    run.update, run.global_step = int(payload["update"]), int(payload["global_step"])
+    run.series, run.hist = list(payload["series"]), [list(c) for c in payload["hist"]]
+    run.episode = dict(payload["episode"])
+    run.resumed_from = run.update
 
-        # ---- 4. log
-        ep = env.get_episode_stats()
-        if ep.get("episodes", 0) > 0:
-            episode = ep
-        valid = buf.valid.float()
-        metrics = {
-            **losses,
-            **directive_figures(counts, env.directives),
-            "update": float(update + 1),
-            "global_step": float(global_step),
-            "learning_rate": lr_now,
-            "master_reward_mean": float((buf.reward * valid).sum() / valid.sum().clamp_min(1.0))
-            / m.reward_scale,
-            "master_decisions": float(counts.sum()),
-            "SPS": m.num_steps * env.num_envs * info.world_size / (time.perf_counter() - t0),
-        }
-        for key in ("ep_return_mean", "ep_excess_return_mean", "ep_max_drawdown_mean", "ep_length_mean"):
-            if key in episode:
-                metrics[key] = float(episode[key])
-        series.append(metrics)
-        hist.append(counts.cpu().tolist())
+
+def train(
+    cfg: HmarlConfig,
+    market: MarketData,
+    tables: AgentTables,
+    symbols: SymbolAgent,
+    bar_range: tuple[int, int],
+    checkpoint_root: Path | None = None,
+    tracker=None,
+    info: DistInfo | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> MasterResult:
+    m, info = cfg.master, info or DistInfo()
+    run = _setup(cfg, market, tables, symbols, bar_range, checkpoint_root, info, init_state)
+    for update in range(run.update, run.num_updates):
+        metrics, counts = _update(run, update)
+        run.series.append(metrics)
+        run.hist.append(counts.cpu().tolist())
         if tracker is not None:
-            log_master_update(tracker, metrics, counts, global_step)
-
-        # ---- 5. checkpoint (atomic, complete)
-        if store is not None and ((update + 1) % m.checkpoint_every == 0 or update + 1 == num_updates):
-            store.save(
-                update + 1,
-                {
-                    "update": update + 1,
-                    "global_step": global_step,
-                    "master": master.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": rng_state(),
-                    "sample_generator": gen.get_state(),
-                    "env": capture_state(env),
-                    "series": series,
-                    "hist": hist,
-                    "episode": episode,
-                },
-                barrier=lambda: barrier(info),
-            )
-    skipped = store.skipped if store is not None else []
-    return MasterResult(master.eval(), series, hist, global_step, resumed_from, skipped)
+            log_master_update(tracker, metrics, counts, run.global_step)
+        run.update = update + 1
+        if run.store is not None and checkpoint_due(run.update, m.checkpoint_every, run.num_updates):
+            run.store.save(run.update, _checkpoint(run), barrier=lambda: barrier(info))
+    skipped = run.store.skipped if run.store is not None else []
+    return MasterResult(run.master.eval(), run.series, run.hist, run.global_step, run.resumed_from, skipped)
 
 
-def log_master_update(tracker, metrics: dict[str, float], counts: torch.Tensor, step: int) -> None:
-    """TensorBoard ``charts/master_*`` / ``losses/master_*`` and MLflow metrics; the directive histogram."""
-    out = {}
-    for k, v in metrics.items():
-        if k.startswith("loss_"):
-            out[f"losses/master_{k[5:]}"] = v
-        elif k.startswith("master_"):
-            out[f"charts/{k}"] = v
-        else:
-            out[f"charts/master_{k}"] = v
-    tracker.log_metrics(out, step=step)
-    hist = getattr(tracker, "log_histogram", None)
-    if hist is not None:
-        ids = np.repeat(np.arange(counts.numel()), counts.cpu().numpy())
-        if ids.size:
-            hist("charts/master_directive", ids, step=step, bins=np.arange(counts.numel() + 1) - 0.5)
+def _update(run: _Run, update: int) -> tuple[dict[str, float], torch.Tensor]:
+    """One update: collect -> GAE over env steps -> minibatch epochs (guards raise before a bad step);
+    its metrics row and the directive counts."""
+    m, env, buf, master = run.cfg.master, run.env, run.buf, run.master
+    t0 = time.perf_counter()
+    lr_now = anneal_lr(run.optimizer, m.lr, update, run.num_updates, m.anneal_lr)
+    coefs = LossCoefs(m.clip_coef, m.clip_vloss, m.vf_coef, m.ent_coef, 0.0, m.norm_adv)
+
+    # ---- 1. collect: symbol agents frozen, the master decides where due
+    master.eval()
+    counts = torch.zeros(env.num_directives, dtype=torch.int64, device=buf.reward.device)
+    run.obs = collect(env, run.h, buf, run.obs, run.gen, m.reward_scale, counts)
+    run.global_step += m.num_steps
+
+    # ---- 2. advantages over env steps (policy terms only where the master decided)
+    with torch.no_grad():
+        next_value = master.value(*run.h.master_inputs(run.obs))
+    adv, ret = buf.advantages(next_value, m.gamma, m.gae_lambda)
+
+    # ---- 3. minibatch epochs
+    master.train()
+    where = f"train_master: update {update + 1}"
+    if run.store is not None and run.store.latest_update() is not None:
+        where += f" (last good checkpoint: update {run.store.latest_update()} in {run.store.root})"
+    losses = ppo_update(
+        run.model, master, run.optimizer, buf, adv, ret, coefs, run.cfg, run.gen, where, run.info
+    )
+
+    # ---- 4. log
+    run.episode = latest_episodes(env, run.episode)
+    valid = buf.valid.float()
+    metrics = {
+        **losses,
+        **directive_figures(counts, env.directives),
+        "update": float(update + 1),
+        "global_step": float(run.global_step),
+        "learning_rate": lr_now,
+        "master_reward_mean": float((buf.reward * valid).sum() / valid.sum().clamp_min(1.0)) / m.reward_scale,
+        "master_decisions": float(counts.sum()),
+        "SPS": m.num_steps * env.num_envs * run.info.world_size / (time.perf_counter() - t0),
+    }
+    for key in ("ep_return_mean", "ep_excess_return_mean", "ep_max_drawdown_mean", "ep_length_mean"):
+        if key in run.episode:
+            metrics[key] = float(run.episode[key])
+    return metrics, counts

@@ -8,6 +8,11 @@ acting; an agent-step is one (step, env, symbol). Minibatches are (step, env) ro
 so the per-symbol heads run as one batched product. Under DDP each rank collects its own rollout (its own
 env seed) and gradients are averaged; everything that changes the model besides the optimizer step (the
 KL early stop, the entropy guard) uses statistics averaged over ranks.
+
+The update epochs, the clipped objective, the rollout buffer base and the actor-critic wrapper are the
+shared PPO engine (:mod:`hmarl.learners.engine`, :mod:`~hmarl.learners.ppo`, :mod:`~hmarl.learners.rollout`,
+:mod:`~hmarl.learners.policy`); what is the symbol agents' own comes in as hooks: the KL-to-SL-prior loss
+term, the exploration stack (entropy schedule, adaptive bonus, guard) and skipping a non-finite minibatch.
 """
 
 from __future__ import annotations
