@@ -39,17 +39,9 @@ from hmarl.env.market import MarketData
 from hmarl.env.spec import Observation
 from hmarl.env.vec_env import MarketEnv
 from hmarl.errors import StepError
-from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_state, rng_state, set_rng_state
-from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
+from hmarl.learners import loop
+from hmarl.learners.distributed import DistInfo, all_reduce_mean, wrap
 from hmarl.learners.engine import EpochSettings, StepGuard, explained_variance, ppo_epochs
-from hmarl.learners.loop import (
-    anneal_lr,
-    checkpoint_due,
-    latest_episodes,
-    open_store,
-    seed_rank,
-    training_env,
-)
 from hmarl.learners.mappo import MasterBuffer, mappo_loss
 from hmarl.learners.policy import MasterActorCritic
 from hmarl.learners.ppo import LossCoefs
@@ -211,28 +203,17 @@ def divergence_guard(max_value_loss: float, where: str, info: DistInfo) -> StepG
 
 
 # --------------------------------------------------------------------------- the training loop
-@dataclass
-class _Run:
-    """One rank's training: the fixed parts, and the state a checkpoint holds (``update`` onwards)."""
+@dataclass(kw_only=True)
+class _Run(loop.LoopState):
+    """One rank's training: the loop state, the master, the hierarchy it acts in, the directive counts."""
 
     cfg: HmarlConfig
-    info: DistInfo
-    env: MarketEnv
     master: MasterAgent
     model: torch.nn.Module  # ``master`` or its DDP wrapper
     h: Hierarchy
-    optimizer: torch.optim.Optimizer
-    gen: torch.Generator
     buf: MasterBuffer
-    num_updates: int
-    store: CheckpointStore | None
     obs: Observation
-    update: int = 0
-    global_step: int = 0
-    series: list[dict[str, float]] = field(default_factory=list)
-    hist: list[list[int]] = field(default_factory=list)
-    episode: dict = field(default_factory=dict)
-    resumed_from: int | None = None
+    hist: list[list[int]] = field(default_factory=list)  # per update: how often each directive was chosen
 
 
 def _setup(
@@ -248,8 +229,8 @@ def _setup(
     """Simulator on the fold's train bars, frozen symbol agents, master, optimizer; resumed when a complete
     checkpoint exists."""
     m, device = cfg.master, market.device
-    seed = seed_rank(cfg.seed, info, m.threads, True, device)  # always deterministic kernels on CPU
-    env = training_env(cfg, market, bar_range, seed, num_envs=m.num_envs or cfg.env.num_envs)
+    seed = loop.seed_rank(cfg.seed, info, m.threads, True, device)  # always deterministic kernels on CPU
+    env = loop.training_env(cfg, market, bar_range, seed, num_envs=m.num_envs or cfg.env.num_envs)
     symbols.eval().requires_grad_(False)
     master = build_master(cfg, env.num_symbols, market.regime.shape[1], env.num_directives).to(device)
     if init_state is not None:
@@ -266,9 +247,10 @@ def _setup(
     gen = torch.Generator(device).manual_seed(seed)
     buf = MasterBuffer(m.num_steps, env.num_envs, master.obs_dim, master.joint_dim, device)
     num_updates = math.ceil(m.total_steps / m.num_steps)
-    store = open_store(checkpoint_root, info)
+    store = loop.open_store(checkpoint_root, info)
     obs = env.reset(seed=seed)
-    run = _Run(cfg, info, env, master, model, h, optimizer, gen, buf, num_updates, store, obs)
+    run = _Run(info=info, env=env, optimizer=optimizer, gen=gen, num_updates=num_updates, store=store, cfg=cfg,
+               master=master, model=model, h=h, buf=buf, obs=obs)  # fmt: skip
     payload = store.load_latest() if store is not None else None
     if payload is not None:
         _restore(run, payload)
@@ -277,31 +259,14 @@ def _setup(
 
 
 def _checkpoint(run: _Run) -> dict:
-    return {
-        "update": run.update,
-        "global_step": run.global_step,
-        "master": run.master.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "rng": rng_state(),
-        "sample_generator": run.gen.get_state(),
-        "env": capture_state(run.env),
-        "series": run.series,
-        "hist": run.hist,
-        "episode": run.episode,
-    }
+    return {**run.loop_checkpoint(), "master": run.master.state_dict(), "hist": run.hist}
 
 
 def _restore(run: _Run, payload: dict) -> None:
     run.master.load_state_dict(payload["master"])
-    run.optimizer.load_state_dict(payload["optimizer"])
-    set_rng_state(payload["rng"])
-    run.gen.set_state(payload["sample_generator"])
-    restore_state(run.env, payload["env"])
+    run.restore_loop(payload)
     run.obs = run.env._obs  # the restored simulator's last observation (part of its captured state)
-    run.update, run.global_step = int(payload["update"]), int(payload["global_step"])
-    run.series, run.hist = list(payload["series"]), [list(c) for c in payload["hist"]]
-    run.episode = dict(payload["episode"])
-    run.resumed_from = run.update
+    run.hist = [list(c) for c in payload["hist"]]
 
 
 def train(
@@ -319,15 +284,13 @@ def train(
     run = _setup(cfg, market, tables, symbols, bar_range, checkpoint_root, info, init_state)
     for update in range(run.update, run.num_updates):
         metrics, counts = _update(run, update)
-        run.series.append(metrics)
         run.hist.append(counts.cpu().tolist())
         if tracker is not None:
             log_master_update(tracker, metrics, counts, run.global_step)
-        run.update = update + 1
-        if run.store is not None and checkpoint_due(run.update, m.checkpoint_every, run.num_updates):
-            run.store.save(run.update, _checkpoint(run), barrier=lambda: barrier(info))
-    skipped = run.store.skipped if run.store is not None else []
-    return MasterResult(run.master.eval(), run.series, run.hist, run.global_step, run.resumed_from, skipped)
+        run.finish_update(metrics, m.checkpoint_every, lambda: _checkpoint(run))
+    return MasterResult(
+        run.master.eval(), run.series, run.hist, run.global_step, run.resumed_from, run.skipped
+    )
 
 
 def _update(run: _Run, update: int) -> tuple[dict[str, float], torch.Tensor]:
@@ -335,7 +298,7 @@ def _update(run: _Run, update: int) -> tuple[dict[str, float], torch.Tensor]:
     its metrics row and the directive counts."""
     m, env, buf, master = run.cfg.master, run.env, run.buf, run.master
     t0 = time.perf_counter()
-    lr_now = anneal_lr(run.optimizer, m.lr, update, run.num_updates, m.anneal_lr)
+    lr_now = loop.anneal_lr(run.optimizer, m.lr, update, run.num_updates, m.anneal_lr)
     coefs = LossCoefs(m.clip_coef, m.clip_vloss, m.vf_coef, m.ent_coef, 0.0, m.norm_adv)
 
     # ---- 1. collect: symbol agents frozen, the master decides where due
@@ -359,7 +322,7 @@ def _update(run: _Run, update: int) -> tuple[dict[str, float], torch.Tensor]:
     )
 
     # ---- 4. log
-    run.episode = latest_episodes(env, run.episode)
+    run.episode = loop.latest_episodes(env, run.episode)
     valid = buf.valid.float()
     metrics = {
         **losses,

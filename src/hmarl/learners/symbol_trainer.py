@@ -32,21 +32,12 @@ from hmarl.agents.inputs import AgentTables, PolicyObs, compact
 from hmarl.agents.int8_heads import quantize_heads_
 from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig
-from hmarl.env.vec_env import MarketEnv
-from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_state, rng_state, set_rng_state
+from hmarl.learners import loop
 from hmarl.learners.collect import Director, agent_policy, collect, sync
 from hmarl.learners.curriculum import active_symbols
-from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
+from hmarl.learners.distributed import DistInfo, all_reduce_mean, wrap
 from hmarl.learners.engine import EpochSettings, explained_variance, ppo_epochs, skip_nonfinite
 from hmarl.learners.entropy import EntropyController
-from hmarl.learners.loop import (
-    anneal_lr,
-    checkpoint_due,
-    latest_episodes,
-    open_store,
-    seed_rank,
-    training_env,
-)
 from hmarl.learners.normalize import RewardScaler
 from hmarl.learners.policy import SymbolActorCritic
 from hmarl.learners.ppo import LossCoefs, ppo_loss
@@ -170,32 +161,21 @@ def ppo_update(
 
 
 # --------------------------------------------------------------------------- the training loop
-@dataclass
-class _Run:
-    """One rank's training: the fixed parts, and the state a checkpoint holds (``update`` onwards)."""
+@dataclass(kw_only=True)
+class _Run(loop.LoopState):
+    """One rank's training: the loop state, the agent and its exploration stack."""
 
     cfg: HmarlConfig
-    info: DistInfo
     seed: int
     tables: AgentTables
-    env: MarketEnv
     agent: SymbolAgent
     model: torch.nn.Module  # ``agent`` or its DDP wrapper
-    optimizer: torch.optim.Optimizer
     entropy: EntropyController
     scaler: RewardScaler | None
-    gen: torch.Generator
     buf: RolloutBuffer
     amp: contextlib.AbstractContextManager
-    num_updates: int
-    store: CheckpointStore | None
     obs: PolicyObs
-    update: int = 0
-    global_step: int = 0
-    series: list[dict[str, float]] = field(default_factory=list)
-    episode: dict = field(default_factory=dict)
     warm: dict[str, float] = field(default_factory=dict)
-    resumed_from: int | None = None
 
 
 def _setup(
@@ -207,9 +187,9 @@ def _setup(
 ) -> _Run:
     """Simulator on the fold's train bars, agent, optimizer, exploration stack, rollout buffer."""
     p, device = cfg.ppo, info.device
-    seed = seed_rank(cfg.seed, info, p.threads, p.deterministic, device)
+    seed = loop.seed_rank(cfg.seed, info, p.threads, p.deterministic, device)
     tables = data.tables(cfg, device).restrict(*data.fold.train)
-    env = training_env(cfg, data.market(cfg, device), data.fold.train, seed)
+    env = loop.training_env(cfg, data.market(cfg, device), data.fold.train, seed)
     agent = build_agent(cfg, data, device)
     if init_state is not None:
         agent.load_state_dict(init_state)
@@ -221,10 +201,11 @@ def _setup(
     buf = RolloutBuffer(p.num_steps, env.num_envs, env.num_symbols, data.env_dim, device)
     amp = autocast(cfg, device)
     num_updates = math.ceil(p.total_steps / p.num_steps)
-    store = open_store(checkpoint_root, info)
+    store = loop.open_store(checkpoint_root, info)
     obs = compact(env.reset(seed=seed))
-    run = _Run(cfg, info, seed, tables, env, agent, model, optimizer, entropy, scaler, gen, buf, amp,
-               num_updates, store, obs)  # fmt: skip
+    run = _Run(info=info, env=env, optimizer=optimizer, gen=gen, num_updates=num_updates, store=store, cfg=cfg,
+               seed=seed, tables=tables, agent=agent, model=model, entropy=entropy, scaler=scaler, buf=buf,
+               amp=amp, obs=obs)  # fmt: skip
     payload = store.load_latest() if store is not None else None
     if payload is not None:
         _restore(run, payload)
@@ -238,36 +219,23 @@ def _setup(
 
 def _checkpoint(run: _Run) -> dict:
     return {
-        "update": run.update,
-        "global_step": run.global_step,
+        **run.loop_checkpoint(),
         "agent": run.agent.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
         "entropy": run.entropy.state_dict(),
         "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-        "rng": rng_state(),
-        "sample_generator": run.gen.get_state(),
-        "env": capture_state(run.env),
         "obs": list(run.obs),
-        "series": run.series,
-        "episode": run.episode,
         "warm_start": run.warm,
     }
 
 
 def _restore(run: _Run, payload: dict) -> None:
     run.agent.load_state_dict(payload["agent"])
-    run.optimizer.load_state_dict(payload["optimizer"])
     run.entropy.load_state_dict(payload["entropy"])
     if run.scaler is not None:
         run.scaler.load_state_dict(payload["scaler"])
-    set_rng_state(payload["rng"])
-    run.gen.set_state(payload["sample_generator"])
-    restore_state(run.env, payload["env"])
+    run.restore_loop(payload)
     run.obs = PolicyObs(*(t.to(run.info.device) for t in payload["obs"]))
-    run.update, run.global_step = int(payload["update"]), int(payload["global_step"])
-    run.series, run.episode = list(payload["series"]), dict(payload["episode"])
     run.warm = dict(payload["warm_start"])
-    run.resumed_from = run.update
 
 
 def train(
@@ -287,7 +255,6 @@ def train(
     bar = progress_bar(run.num_updates, run.update, p.progress and info.is_main)
     for update in range(run.update, run.num_updates):
         metrics, executed = _update(run, update, directed)
-        run.series.append(metrics)
         if tracker is not None:
             log_update(tracker, metrics, weights, executed, run.global_step)
         bar.set_postfix(
@@ -298,17 +265,14 @@ def train(
             refresh=False,
         )
         bar.update(1)
-        run.update = update + 1
-        if run.store is not None and checkpoint_due(run.update, p.checkpoint_every, run.num_updates):
-            run.store.save(run.update, _checkpoint(run), barrier=lambda: barrier(info))
+        run.finish_update(metrics, p.checkpoint_every, lambda: _checkpoint(run))
     bar.close()
     float_state = None
     if cfg.agent.head_weights == "int8":  # after the last checkpoint: a resumed run rounds the same weights
         float_state = {k: v.detach().clone() for k, v in run.agent.state_dict().items()}
         log.info("train_symbols: heads rounded to int8, largest weight change %s", quantize_heads_(run.agent))
-    skipped = run.store.skipped if run.store is not None else []
     return TrainResult(
-        run.agent, run.series, run.global_step, run.resumed_from, run.warm, float_state, skipped
+        run.agent, run.series, run.global_step, run.resumed_from, run.warm, float_state, run.skipped
     )
 
 
@@ -318,7 +282,7 @@ def _update(run: _Run, update: int, directed) -> tuple[dict[str, float], torch.T
     p, agent, buf, device = run.cfg.ppo, run.agent, run.buf, run.info.device
     t_start = time.perf_counter()
     timers = {"env": 0.0, "policy": 0.0, "update": 0.0}
-    lr_now = anneal_lr(run.optimizer, p.lr, update, run.num_updates, p.anneal_lr)
+    lr_now = loop.anneal_lr(run.optimizer, p.lr, update, run.num_updates, p.anneal_lr)
     active = active_symbols(run.global_step, p.curriculum, run.env.num_symbols, device)
     step = run.global_step
     coefs = LossCoefs(p.clip_coef, p.clip_vloss, p.vf_coef, run.entropy.coef(step),
@@ -346,7 +310,7 @@ def _update(run: _Run, update: int, directed) -> tuple[dict[str, float], torch.T
 
     # ---- 4. exploration stack, 5. log
     figures, hit = _exploration(run, active)
-    run.episode = latest_episodes(run.env, run.episode)
+    run.episode = loop.latest_episodes(run.env, run.episode)
     elapsed = time.perf_counter() - t_start
     metrics = update_metrics(
         figures, sums, losses, run.episode, buf, timers, elapsed, run.cfg.reward.weight_vector()
