@@ -22,12 +22,17 @@ def resolve_device(name: str, rank: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def set_threads(n: int) -> None:
+    """``n`` torch intra-op threads for the process (0: leave as is)."""
+    if n:
+        torch.set_num_threads(n)
+
+
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` torch intra-op threads (0: leave as is), then restore the setting."""
     before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
+    set_threads(n)
     try:
         yield
     finally:
@@ -37,8 +42,7 @@ def torch_threads(n: int) -> Iterator[None]:
 def set_determinism(threads: int, deterministic: bool, device: torch.device) -> None:
     """For a whole training process: ``threads`` intra-op threads (0: torch's default) and, on CPU when
     ``deterministic``, deterministic kernels (same seed => same numbers)."""
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     if deterministic and device.type == "cpu":
         torch.use_deterministic_algorithms(True)
 
