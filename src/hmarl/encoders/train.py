@@ -182,7 +182,12 @@ def build_encoders(
     keys = metrics["fold_0"].keys()
     metrics["mean"] = {k: float(np.mean([metrics[f"fold_{f.index}"][k] for f in folds])) for k in keys}
     metrics["top_feature"] = top_feature
-    manifest = {
+    return _manifest(store, cfg, folds, fits), metrics
+
+
+def _manifest(store: FeatureStore, cfg: HmarlConfig, folds: list[Fold], fits: list[dict]) -> dict:
+    enc = cfg.encoder
+    return {
         "version": ENCODER_VERSION,
         "embed_dim": enc.embed_dim,
         "priors": {
@@ -193,10 +198,9 @@ def build_encoders(
         "hparams": enc.model_dump(),
         "folds": [f.to_dict() for f in folds],
         "fits": fits,
-        "window": window,
+        "window": cfg.features.window,
         "fingerprint": store.meta.get("fingerprint"),
         "feature_names": store.feature_names,
         "symbols": store.symbols,
         "seed": cfg.seed,
     }
-    return manifest, metrics
