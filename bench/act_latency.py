@@ -43,6 +43,7 @@ from hmarl.encoders.model import SharedEncoder  # noqa: E402
 from hmarl.env.actions import grid_size  # noqa: E402
 from hmarl.env.market import MarketData  # noqa: E402
 from hmarl.learners.master_trainer import build_master  # noqa: E402
+from hmarl.runtime import set_threads  # noqa: E402
 from hmarl.serve.bundle import Bundle  # noqa: E402
 from hmarl.serve.decider import Decider  # noqa: E402
 from hmarl.serve.decision import decide  # noqa: E402
@@ -165,7 +166,7 @@ def main() -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="params override (repeat)"
     )
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     bundle, inputs = full_bundle(args.profile, overrides=tuple(args.set))
     warmup, n, n_gap, n_ref = (24, 480, 96, 10) if args.quick else (48, 2400, 480, 40)
     load = os.getloadavg()[0]

@@ -30,6 +30,7 @@ import torch
 
 from hmarl.config import load_config
 from hmarl.encoders.model import PretrainHeads, SharedEncoder
+from hmarl.runtime import set_threads
 from hmarl.steps.runner import execute
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +110,7 @@ def main() -> None:
         print(json.dumps({"bench": "daily_us", "skipped": True, "reason": f"{data / DATA} not found"}))
         return
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    set_threads(max(1, min(2, os.cpu_count() or 1)))
     baseline = {p: pretrain_batch_seconds(p) for p in ("smoke", "daily_us")}
     print(
         f"encoder pretraining step, 4 bars x 143 symbols: smoke branches {baseline['smoke']:.2f}s, "

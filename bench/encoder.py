@@ -26,7 +26,7 @@ from hmarl.encoders.branches import correlation_adjacency
 from hmarl.encoders.model import SharedEncoder
 from hmarl.encoders.pretrain import embed
 from hmarl.env.gather import gather_windows
-from hmarl.sl.train import resolve_device
+from hmarl.runtime import resolve_device, set_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS, BARS, WINDOW, FEATURES = 143, 4103, 24, 23
@@ -46,8 +46,7 @@ def main() -> None:
     ap.add_argument("--profile", default="full")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = load_config(args.params, [f"profile={args.profile}", *args.overrides])
     enc_cfg, device = cfg.encoder, resolve_device(args.device)
 

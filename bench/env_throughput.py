@@ -32,6 +32,7 @@ from hmarl.env.market import MarketData  # noqa: E402
 from hmarl.env.params import EnvConfig, RewardConfig  # noqa: E402
 from hmarl.env.rollout_memory import rollout_bytes  # noqa: E402
 from hmarl.env.vec_env import MarketEnv  # noqa: E402
+from hmarl.runtime import set_threads  # noqa: E402
 
 SYMBOLS = 143
 
@@ -99,8 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    if args.threads and device.type == "cpu":
-        torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        set_threads(args.threads)
     store = make_store(num_bars=2000, num_symbols=SYMBOLS, seed=0)
     market = MarketData.from_store(store, EnvConfig(), device=device)
     market32 = MarketData.from_store(store, EnvConfig(dtype="float32"), device=device)

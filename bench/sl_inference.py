@@ -24,8 +24,8 @@ import torch
 from hmarl.config import load_config
 from hmarl.env.gather import gather_windows
 from hmarl.io import write_json
+from hmarl.runtime import resolve_device, set_threads
 from hmarl.sl.models import INFERENCE_CHUNK, MODEL_NAMES, build_model, predict_logits
-from hmarl.sl.train import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS, BARS, WINDOW, FEATURES = 143, 64, 24, 23
@@ -65,8 +65,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     ap.add_argument("--out", default=str(ROOT / "reports" / "sl_inference_benchmarks.json"))
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = load_config(args.params, [f"profile={args.profile}", *args.overrides])
     device = resolve_device(args.device)
     repeats, inner = (3, 5) if args.quick else (7, 20)

@@ -31,8 +31,9 @@ from env_fixtures import make_store  # noqa: E402
 from hmarl.agents.data import TrainingData  # noqa: E402
 from hmarl.config import load_config  # noqa: E402
 from hmarl.data.splits import Fold  # noqa: E402
-from hmarl.learners.distributed import DistInfo, resolve_device  # noqa: E402
+from hmarl.learners.distributed import DistInfo  # noqa: E402
 from hmarl.learners.symbol_trainer import train  # noqa: E402
+from hmarl.runtime import resolve_device  # noqa: E402
 from hmarl.sl.cache import SLCache  # noqa: E402
 
 SYMBOLS, ENVS, BARS, EMBED_DIM = 143, 64, 700, 256

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from hmarl.config import HmarlConfig, build_config
+from hmarl.runtime import torch_threads
 from hmarl.steps.runner import execute
 
 # 12 symbols x 640 bars, two folds; planted signal strong (ic 0.4) so learning shows in small samples
@@ -95,7 +95,5 @@ def shared_sl_cache(tmp_path_factory, mode: str) -> Path:
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models train faster on one thread, and far more steadily on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield

@@ -11,6 +11,7 @@ from hmarl.data.splits import make_folds
 from hmarl.data.windows import gather_pair_windows
 from hmarl.env.gather import gather_windows
 from hmarl.errors import DataError
+from hmarl.runtime import torch_threads
 from hmarl.sl.cache import OUTER, honesty_violations, inner_blocks, inner_fit_ranges, walk_forward_plan
 from hmarl.sl.calibration import fit_temperature
 from hmarl.sl.inputs import bars_to_ranges, ranges_to_bars
@@ -18,7 +19,6 @@ from hmarl.sl.labels import INVALID, direction_labels, forward_log_returns, trai
 from hmarl.sl.metrics import binary_auc, classification_metrics, log_loss_gain, macro_auc
 from hmarl.sl.models import MODEL_NAMES, build_model, load_checkpoint, save_checkpoint
 from hmarl.sl.params import SLModelParams
-from hmarl.sl.train import torch_threads
 
 
 # --------------------------------------------------------------------------- labels

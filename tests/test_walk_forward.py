@@ -27,8 +27,8 @@ from hmarl.evaluation.period import BASELINES, POLICY, PeriodEvaluation
 from hmarl.evaluation.walk_forward import evaluate_period
 from hmarl.io import read_json, write_json
 from hmarl.learners.agent_folder import load_symbol_agents
+from hmarl.runtime import torch_threads
 from hmarl.sl.cache import NONE, SLCache
-from hmarl.sl.train import torch_threads
 from hmarl.steps.runner import execute
 
 sys.path.insert(0, str(Path(__file__).parent))

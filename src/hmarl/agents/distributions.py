@@ -37,3 +37,33 @@ def entropy(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def kl(logp: torch.Tensor, logq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """KL(p || q) over the allowed actions of two normalized masked log-probability tensors."""
     return (logp.exp() * (logp - logq)).masked_fill(~mask, 0.0).sum(-1)
+
+
+def choose(logp: torch.Tensor, greedy: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The action of normalized log-probabilities: the most likely (``greedy``) or a sampled one."""
+    return logp.argmax(-1) if greedy else sample(logp, generator)
+
+
+class Categorical:
+    """The action distribution of raw ``logits`` (float32), masked when ``mask`` is given: one object for
+    acting (``sample`` / ``choose``) and for the loss (``log_prob``, ``entropy``, ``logp``)."""
+
+    def __init__(self, logits: torch.Tensor, mask: torch.Tensor | None = None):
+        self.mask = mask
+        self.logp = (
+            masked_logits(logits.float(), mask) if mask is not None else torch.log_softmax(logits.float(), -1)
+        )
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        return sample(self.logp, generator)
+
+    def choose(self, greedy: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        return choose(self.logp, greedy, generator)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        return log_prob(self.logp, actions)
+
+    def entropy(self) -> torch.Tensor:
+        if self.mask is not None:
+            return entropy(self.logp, self.mask)
+        return -(self.logp.exp() * self.logp).sum(-1)

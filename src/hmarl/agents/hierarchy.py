@@ -64,7 +64,7 @@ class Hierarchy:
 
     def symbol_actions(self, obs: Observation, generator: torch.Generator | None) -> torch.Tensor:
         logp, _ = self.symbol_outputs(obs)
-        return logp.argmax(-1) if self.symbol_greedy else dist.sample(logp, generator)
+        return dist.choose(logp, self.symbol_greedy, generator)
 
     def director(self, greedy: bool = True, generator: torch.Generator | None = None):
         """``obs -> directive (N,)``: the master's choice (greedy or sampled)."""

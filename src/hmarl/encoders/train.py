@@ -26,9 +26,9 @@ from hmarl.encoders.model import ENCODER_VERSION, save_encoder
 from hmarl.encoders.pretrain import PretrainData, embed, mse_summary, one_bar_returns, pretrain
 from hmarl.encoders.probes import probe_metrics
 from hmarl.io import write_json
+from hmarl.runtime import resolve_device
 from hmarl.sl.inputs import bars_to_ranges, model_inputs
 from hmarl.sl.labels import store_labels, trailing_volatility
-from hmarl.sl.train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,12 @@ def build_encoders(
     keys = metrics["fold_0"].keys()
     metrics["mean"] = {k: float(np.mean([metrics[f"fold_{f.index}"][k] for f in folds])) for k in keys}
     metrics["top_feature"] = top_feature
-    manifest = {
+    return _manifest(store, cfg, folds, fits), metrics
+
+
+def _manifest(store: FeatureStore, cfg: HmarlConfig, folds: list[Fold], fits: list[dict]) -> dict:
+    enc = cfg.encoder
+    return {
         "version": ENCODER_VERSION,
         "embed_dim": enc.embed_dim,
         "priors": {
@@ -193,10 +198,9 @@ def build_encoders(
         "hparams": enc.model_dump(),
         "folds": [f.to_dict() for f in folds],
         "fits": fits,
-        "window": window,
+        "window": cfg.features.window,
         "fingerprint": store.meta.get("fingerprint"),
         "feature_names": store.feature_names,
         "symbols": store.symbols,
         "seed": cfg.seed,
     }
-    return manifest, metrics

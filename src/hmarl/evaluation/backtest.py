@@ -253,8 +253,7 @@ def agent_policy(
     def act(obs: Observation) -> torch.Tensor:
         o = compact(obs)
         logits, _ = agent(o, tables, projected)
-        logp = dist.masked_logits(logits.float(), o.mask)
-        return logp.argmax(-1) if greedy else dist.sample(logp, generator)
+        return dist.Categorical(logits, o.mask).choose(greedy, generator)
 
     return act
 

@@ -23,6 +23,7 @@ from hmarl.env.params import REWARD_COMPONENTS
 from hmarl.env.spec import Observation
 from hmarl.env.vec_env import MarketEnv
 from hmarl.learners.normalize import RewardScaler
+from hmarl.learners.policy import SymbolActorCritic
 from hmarl.learners.rollout import RolloutBuffer
 
 # obs -> action, logprob, value, masking events (2,): picks of the unmasked policy that the mask ruled out
@@ -46,13 +47,12 @@ def agent_policy(
     with torch.no_grad():
         projected = agent.market_projection(tables)
 
+    policy = SymbolActorCritic(agent, tables, projected=projected)
+
     def act(obs: PolicyObs):
-        logits, value = agent(obs, tables, projected)
-        logp = dist.masked_logits(logits.float(), obs.mask)
-        action = dist.sample(logp, gen)
-        if not all_active:
-            action = action * active
-        return action, dist.log_prob(logp, action), value.float(), masking_events(logits, obs.mask)
+        av = policy.get_action_and_value(obs, generator=gen)
+        action = av.action if all_active else av.action * active
+        return action, av.pi.log_prob(action), av.value.float(), masking_events(av.logits, obs.mask)
 
     return act
 

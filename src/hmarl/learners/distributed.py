@@ -18,6 +18,8 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from hmarl.runtime import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -32,15 +34,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<rank>`` when CUDA is present, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", rank % max(1, torch.cuda.device_count()))
-    return torch.device(name)
 
 
 def backend_for(device: torch.device) -> str:

@@ -10,38 +10,22 @@ state (MAPPO); with ``independent`` only the master's own observation (IPPO).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from hmarl.learners.ppo import normalize_advantages, value_errors, weighted_mean
+from hmarl.agents import distributions as dist
+from hmarl.learners.ppo import LossCoefs, clipped_objective
+from hmarl.learners.rollout import StepBuffer
 
 
-@dataclass(frozen=True)
-class MasterCoefs:
-    clip: float
-    clip_vloss: bool
-    vf: float
-    ent: float
-    norm_adv: bool
-
-
-class MasterBuffer:
-    """One rollout of ``num_steps`` env steps x ``num_envs``, float32 (small: one row per env step)."""
+class MasterBuffer(StepBuffer):
+    """One rollout of ``num_steps`` env steps x ``num_envs``, float32 (small: one row per env step): the
+    master's observation, the joint state its centralized critic reads, and where it decided (``due``)."""
 
     def __init__(self, num_steps: int, num_envs: int, obs_dim: int, joint_dim: int, device: torch.device):
-        t, n = num_steps, num_envs
-        self.num_steps, self.num_envs = t, n
-        self.obs = torch.zeros(t, n, obs_dim, device=device)
-        self.joint = torch.zeros(t, n, joint_dim, device=device)
-        self.action = torch.zeros(t, n, dtype=torch.int64, device=device)
-        self.logprob = torch.zeros(t, n, device=device)
-        self.value = torch.zeros(t, n, device=device)
-        self.reward = torch.zeros(t, n, device=device)
-        self.due = torch.zeros(t, n, dtype=torch.bool, device=device)
-        self.terminated = torch.zeros(t, n, dtype=torch.bool, device=device)
-        self.ended = torch.zeros(t, n, dtype=torch.bool, device=device)
-        self.valid = torch.zeros(t, n, dtype=torch.bool, device=device)
+        super().__init__(num_steps, num_envs, (), torch.int64, device)
+        self.obs = torch.zeros(num_steps, num_envs, obs_dim, device=device)
+        self.joint = torch.zeros(num_steps, num_envs, joint_dim, device=device)
+        self.due = torch.zeros(num_steps, num_envs, dtype=torch.bool, device=device)
 
 
 def mappo_loss(
@@ -55,35 +39,30 @@ def mappo_loss(
     returns: torch.Tensor,
     policy_weight: torch.Tensor,  # (B,) 1 where the master decided
     value_weight: torch.Tensor,  # (B,) 1 on every valid step
-    coefs: MasterCoefs,
+    coefs: LossCoefs,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss and its named terms (detached): policy, value, entropy, approx_kl, clipfrac."""
-    logp_all = torch.log_softmax(logits.float(), -1)
-    new_logprob = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    pw = policy_weight.sum().clamp_min(1.0)
-    vw = value_weight.sum().clamp_min(1.0)
-
-    log_ratio = new_logprob - old_logprob
-    ratio = log_ratio.exp()
-    adv = normalize_advantages(advantages, policy_weight) if coefs.norm_adv else advantages
-    pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - coefs.clip, 1.0 + coefs.clip))
-    policy = weighted_mean(pg, policy_weight, pw)
-
-    new_value = new_value.float()
-    v_err = value_errors(new_value, old_value, returns, coefs.clip, coefs.clip_vloss)
-    value = 0.5 * weighted_mean(v_err, value_weight, vw)
-    ent = weighted_mean(entropy, policy_weight, pw)
-    total = policy + coefs.vf * value - coefs.ent * ent
-    with torch.no_grad():
-        approx_kl = weighted_mean((ratio - 1.0) - log_ratio, policy_weight, pw)
-        clipfrac = weighted_mean(((ratio - 1.0).abs() > coefs.clip).float(), policy_weight, pw)
+    """The master's loss: :func:`clipped_objective` with the policy terms where it decided and the value
+    term on every valid step. Total loss and its named terms (detached): policy, value, entropy, total,
+    approx_kl, clipfrac."""
+    t = clipped_objective(
+        dist.Categorical(logits),
+        actions,
+        new_value,
+        old_logprob,
+        old_value,
+        advantages,
+        returns,
+        policy_weight,
+        value_weight,
+        coefs,
+    )
+    total = t["policy_loss"] + coefs.vf * t["value_loss"] - coefs.ent * t["entropy"]
     terms = {
-        "policy_loss": policy.detach(),
-        "value_loss": value.detach(),
-        "entropy": ent.detach(),
+        "policy_loss": t["policy_loss"].detach(),
+        "value_loss": t["value_loss"].detach(),
+        "entropy": t["entropy"].detach(),
         "total": total.detach(),
-        "approx_kl": approx_kl,
-        "clipfrac": clipfrac,
+        "approx_kl": t["approx_kl"],
+        "clipfrac": t["clipfrac"],
     }
     return total, terms

@@ -12,6 +12,11 @@ optimizer applies it; checkpoints are written only after complete updates, so th
 Under DDP (``master.world_size``) each rank collects its own rollouts (its own env seed) and gradients are
 averaged; the KL early stop and the guards use statistics reduced over ranks, so every rank stops alike.
 ``init_state`` continues a master (alternating fine-tuning rounds, :mod:`hmarl.learners.alternating`).
+
+The update epochs, the clipped objective, the rollout buffer base and the actor-critic wrapper are the
+shared PPO engine (:mod:`hmarl.learners.engine`); the master's own parts: the semi-MDP rollout (policy
+terms where it decided), MAPPO vs IPPO (the critic's input, fixed when the network is built) and the
+divergence guard as the engine's step guard.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmarl.agents import distributions as dist
 from hmarl.agents.hierarchy import Hierarchy
 from hmarl.agents.inputs import AgentTables
 from hmarl.agents.master import MasterAgent, benchmark_table, joint_width, obs_width
@@ -35,11 +39,13 @@ from hmarl.env.market import MarketData
 from hmarl.env.spec import Observation
 from hmarl.env.vec_env import MarketEnv
 from hmarl.errors import StepError
-from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_state, rng_state, set_rng_state
-from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
-from hmarl.learners.gae import gae
-from hmarl.learners.mappo import MasterBuffer, MasterCoefs, mappo_loss
-from hmarl.learners.symbol_trainer import seed_everything
+from hmarl.learners import loop
+from hmarl.learners.distributed import DistInfo, all_reduce_mean, wrap
+from hmarl.learners.engine import EpochSettings, StepGuard, explained_variance, ppo_epochs
+from hmarl.learners.mappo import MasterBuffer, mappo_loss
+from hmarl.learners.policy import MasterActorCritic
+from hmarl.learners.ppo import LossCoefs
+from hmarl.learners.telemetry import directive_figures, log_master_update
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +74,6 @@ def build_master(cfg: HmarlConfig, num_symbols: int, num_regime: int, num_direct
     )
 
 
-def set_determinism(cfg: HmarlConfig, device: torch.device) -> None:
-    if cfg.master.threads:
-        torch.set_num_threads(cfg.master.threads)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-
-
 # --------------------------------------------------------------------------- 1. rollout
 def collect(
     env: MarketEnv,
@@ -85,19 +84,19 @@ def collect(
     reward_scale: float,
     counts: torch.Tensor,
 ) -> Observation:
+    policy = MasterActorCritic(h.master)
     for t in range(buf.num_steps):
         mobs, joint = h.master_inputs(obs)
         with torch.no_grad():
-            logits, value = h.master(mobs, joint)
-        logp = torch.log_softmax(logits, -1)
-        directive = dist.sample(logp, gen)
+            av = policy.get_action_and_value(mobs, joint, generator=gen)
+        directive = av.action
         due = obs.master_due
         if bool(due.any()):
             obs = env.set_directive(directive)
         res = env.step(h.symbol_actions(obs, gen))
         valid = ~res.info["reset"]
         buf.obs[t], buf.joint[t], buf.action[t] = mobs, joint, directive
-        buf.logprob[t], buf.value[t] = dist.log_prob(logp, directive), value
+        buf.logprob[t], buf.value[t] = av.pi.log_prob(directive), av.value
         buf.reward[t] = res.master_reward.float() * reward_scale
         buf.due[t] = due & valid
         buf.terminated[t] = res.terminated
@@ -116,16 +115,16 @@ def ppo_update(
     buf: MasterBuffer,
     adv: torch.Tensor,
     ret: torch.Tensor,
-    coefs: MasterCoefs,
+    coefs: LossCoefs,
     cfg: HmarlConfig,
     gen: torch.Generator,
     where: str,
     info: DistInfo,
 ) -> dict[str, float]:
-    """``model``: ``master`` itself, or its DDP wrapper (gradients averaged over ranks)."""
+    """The shared epochs (:func:`hmarl.learners.engine.ppo_epochs`) over env-step rows with the MAPPO /
+    IPPO loss; ``model``: ``master`` itself, or its DDP wrapper (gradients averaged over ranks). The
+    divergence guard raises :class:`MasterDivergence` before a bad step."""
     m = cfg.master
-    rows = buf.num_steps * buf.num_envs
-    mb = max(1, rows // m.num_minibatches)
     flat = {
         k: v.flatten(0, 1)
         for k, v in {
@@ -140,105 +139,98 @@ def ppo_update(
             "vw": buf.valid.float(),
         }.items()
     }
-    sums: dict[str, float] = {}
-    count, epochs = 0, 0
-    for _ in range(m.update_epochs):
-        perm = torch.randperm(rows, generator=gen, device=gen.device)
-        kls = []
-        for start in range(0, rows - mb + 1, mb):
-            idx = perm[start : start + mb]
-            b = {k: v[idx] for k, v in flat.items()}
-            logits, value = model(b["obs"], b["joint"])
-            loss, terms = mappo_loss(
-                logits=logits,
-                actions=b["action"],
-                new_value=value,
-                old_logprob=b["logprob"],
-                old_value=b["value"],
-                advantages=b["adv"],
-                returns=b["ret"],
-                policy_weight=b["pw"],
-                value_weight=b["vw"],
-                coefs=coefs,
-            )
-            # divergence guards, before the optimizer touches the weights (any rank's trips every rank)
-            trips = [not bool(torch.isfinite(loss)), float(terms["value_loss"]) > m.max_value_loss]
-            trips = all_reduce_mean(torch.tensor(trips, dtype=torch.float64, device=loss.device), info)
-            nonfinite, exploding = (float(x) > 0 for x in trips)
-            if nonfinite:
-                raise MasterDivergence(
-                    f"{where}: non-finite loss ({ {k: float(v) for k, v in terms.items()} })"
-                )
-            if exploding:
-                raise MasterDivergence(
-                    f"{where}: value loss {float(terms['value_loss']):.4g} exceeds "
-                    f"master.max_value_loss={m.max_value_loss:g}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(master.parameters(), m.max_grad_norm)
-            optimizer.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            kls.append(float(terms["approx_kl"]))
-            count += 1
-        epochs += 1
-        kl = torch.tensor(float(np.mean(kls)), dtype=torch.float64, device=buf.obs.device)
-        kl = float(all_reduce_mean(kl, info))
-        if m.target_kl is not None and kl > m.target_kl:
-            break
-    out = {f"loss_{k}": v / max(1, count) for k, v in sums.items()}
-    out["loss_epochs"] = float(epochs)
-    y, v = ret[buf.valid], buf.value[buf.valid]
-    ok = y.numel() > 1 and float(y.var()) > 0
-    out["loss_explained_variance"] = float(1.0 - (y - v).var() / y.var()) if ok else float("nan")
+
+    policy = MasterActorCritic(model)
+
+    def minibatch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        b = {k: v[idx] for k, v in flat.items()}
+        av = policy.get_action_and_value(b["obs"], b["joint"], b["action"])
+        return mappo_loss(
+            logits=av.logits,
+            actions=av.action,
+            new_value=av.value,
+            old_logprob=b["logprob"],
+            old_value=b["value"],
+            advantages=b["adv"],
+            returns=b["ret"],
+            policy_weight=b["pw"],
+            value_weight=b["vw"],
+            coefs=coefs,
+        )
+
+    def epoch_kl(kls: list[torch.Tensor]) -> torch.Tensor:  # the mean in float64
+        return torch.tensor(
+            float(np.mean([float(k) for k in kls])), dtype=torch.float64, device=buf.obs.device
+        )
+
+    settings = EpochSettings(m.update_epochs, m.num_minibatches, m.max_grad_norm, m.target_kl)
+    guard = divergence_guard(m.max_value_loss, where, info)
+    out = ppo_epochs(
+        settings,
+        buf.rows,
+        minibatch_loss,
+        optimizer,
+        list(master.parameters()),
+        gen,
+        gen.device,
+        info,
+        guard,
+        epoch_kl,
+    )
+    del out["nonfinite_minibatches"]  # always 0: the guard raises instead of skipping
+    out["loss_explained_variance"] = explained_variance(ret[buf.valid], buf.value[buf.valid])
     return out
 
 
-def directive_figures(counts: torch.Tensor, table: torch.Tensor) -> dict[str, float]:
-    """Entropy of the chosen directives and the mean risk multiplier / cap / open limit they set."""
-    total = float(counts.sum())
-    if total == 0:
-        return {}
-    p = counts.double() / total
-    nz = p[p > 0]
-    mean = (p.unsqueeze(1) * table.double().cpu()).sum(0)
-    return {
-        "master_directive_entropy": float(-(nz * nz.log()).sum()),
-        "master_risk_mean": float(mean[0]),
-        "master_cap_mean": float(mean[1]),
-        "master_open_limit_mean": float(mean[2]),
-    }
+def divergence_guard(max_value_loss: float, where: str, info: DistInfo) -> StepGuard:
+    """Raise :class:`MasterDivergence` on a non-finite loss or a value loss above ``max_value_loss`` on any
+    rank (every rank trips alike), before the optimizer touches the weights."""
+
+    def guard(loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> bool:
+        trips = [not bool(torch.isfinite(loss)), float(terms["value_loss"]) > max_value_loss]
+        trips = all_reduce_mean(torch.tensor(trips, dtype=torch.float64, device=loss.device), info)
+        nonfinite, exploding = (float(x) > 0 for x in trips)
+        if nonfinite:
+            raise MasterDivergence(f"{where}: non-finite loss ({ {k: float(v) for k, v in terms.items()} })")
+        if exploding:
+            raise MasterDivergence(
+                f"{where}: value loss {float(terms['value_loss']):.4g} exceeds "
+                f"master.max_value_loss={max_value_loss:g}"
+            )
+        return True
+
+    return guard
 
 
 # --------------------------------------------------------------------------- the training loop
-def train(
+@dataclass(kw_only=True)
+class _Run(loop.LoopState):
+    """One rank's training: the loop state, the master, the hierarchy it acts in, the directive counts."""
+
+    cfg: HmarlConfig
+    master: MasterAgent
+    model: torch.nn.Module  # ``master`` or its DDP wrapper
+    h: Hierarchy
+    buf: MasterBuffer
+    obs: Observation
+    hist: list[list[int]] = field(default_factory=list)  # per update: how often each directive was chosen
+
+
+def _setup(
     cfg: HmarlConfig,
     market: MarketData,
     tables: AgentTables,
     symbols: SymbolAgent,
     bar_range: tuple[int, int],
-    checkpoint_root: Path | None = None,
-    tracker=None,
-    info: DistInfo | None = None,
-    init_state: dict[str, torch.Tensor] | None = None,
-) -> MasterResult:
-    m, info = cfg.master, info or DistInfo()
-    device = market.device
-    set_determinism(cfg, device)
-    seed = cfg.seed + 10_007 * info.rank  # ranks differ in envs and samples, never in the initial weights
-    seed_everything(seed)
-
-    # ---- setup: simulator on the fold's train bars, frozen symbol agents, master, optimizer
-    env = MarketEnv(
-        market,
-        cfg.env.model_copy(update={"check_actions": False}),
-        cfg.reward,
-        num_envs=m.num_envs or cfg.env.num_envs,
-        bar_range=bar_range,
-        min_history=cfg.features.window - 1,
-        seed=seed,
-    )
+    checkpoint_root: Path | None,
+    info: DistInfo,
+    init_state: dict[str, torch.Tensor] | None,
+) -> _Run:
+    """Simulator on the fold's train bars, frozen symbol agents, master, optimizer; resumed when a complete
+    checkpoint exists."""
+    m, device = cfg.master, market.device
+    seed = loop.seed_rank(cfg.seed, info, m.threads, True, device)  # always deterministic kernels on CPU
+    env = loop.training_env(cfg, market, bar_range, seed, num_envs=m.num_envs or cfg.env.num_envs)
     symbols.eval().requires_grad_(False)
     master = build_master(cfg, env.num_symbols, market.regime.shape[1], env.num_directives).to(device)
     if init_state is not None:
@@ -255,126 +247,94 @@ def train(
     gen = torch.Generator(device).manual_seed(seed)
     buf = MasterBuffer(m.num_steps, env.num_envs, master.obs_dim, master.joint_dim, device)
     num_updates = math.ceil(m.total_steps / m.num_steps)
-    store = (
-        None
-        if checkpoint_root is None
-        else CheckpointStore(checkpoint_root, info.rank, world_size=info.world_size)
-    )
+    store = loop.open_store(checkpoint_root, info)
     obs = env.reset(seed=seed)
-    start_update, global_step, series, hist, episode, resumed_from = 0, 0, [], [], {}, None
-
-    # ---- resume from the latest complete checkpoint
+    run = _Run(info=info, env=env, optimizer=optimizer, gen=gen, num_updates=num_updates, store=store, cfg=cfg,
+               master=master, model=model, h=h, buf=buf, obs=obs)  # fmt: skip
     payload = store.load_latest() if store is not None else None
     if payload is not None:
-        master.load_state_dict(payload["master"])
-        optimizer.load_state_dict(payload["optimizer"])
-        set_rng_state(payload["rng"])
-        gen.set_state(payload["sample_generator"])
-        restore_state(env, payload["env"])
-        obs = env._obs  # the restored simulator's last observation (part of its captured state)
-        start_update, global_step = int(payload["update"]), int(payload["global_step"])
-        series, hist, episode = (
-            list(payload["series"]),
-            [list(c) for c in payload["hist"]],
-            dict(payload["episode"]),
-        )
-        resumed_from = start_update
-        log.info("train_master: resumed at update %d (env step %d)", start_update, global_step)
+        _restore(run, payload)
+        log.info("train_master: resumed at update %d (env step %d)", run.update, run.global_step)
+    return run
 
-    for update in range(start_update, num_updates):
-        t0 = time.perf_counter()
-        lr_now = m.lr * (1.0 - update / num_updates) if m.anneal_lr else m.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now
-        coefs = MasterCoefs(m.clip_coef, m.clip_vloss, m.vf_coef, m.ent_coef, m.norm_adv)
 
-        # ---- 1. collect: symbol agents frozen, the master decides where due
-        master.eval()
-        counts = torch.zeros(env.num_directives, dtype=torch.int64, device=device)
-        obs = collect(env, h, buf, obs, gen, m.reward_scale, counts)
-        global_step += m.num_steps
+def _checkpoint(run: _Run) -> dict:
+    return {**run.loop_checkpoint(), "master": run.master.state_dict(), "hist": run.hist}
 
-        # ---- 2. advantages over env steps (policy terms only where the master decided)
-        with torch.no_grad():
-            next_value = master.value(*h.master_inputs(obs))
-        adv, ret = gae(
-            buf.reward.unsqueeze(-1),
-            buf.value.unsqueeze(-1),
-            next_value.unsqueeze(-1),
-            buf.terminated,
-            buf.ended,
-            buf.valid,
-            m.gamma,
-            m.gae_lambda,
-        )
-        adv, ret = adv.squeeze(-1), ret.squeeze(-1)
 
-        # ---- 3. minibatch epochs (guards raise before a bad step)
-        master.train()
-        where = f"train_master: update {update + 1}"
-        if store is not None and store.latest_update() is not None:
-            where += f" (last good checkpoint: update {store.latest_update()} in {store.root})"
-        losses = ppo_update(model, master, optimizer, buf, adv, ret, coefs, cfg, gen, where, info)
+def _restore(run: _Run, payload: dict) -> None:
+    run.master.load_state_dict(payload["master"])
+    run.restore_loop(payload)
+    run.obs = run.env._obs  # the restored simulator's last observation (part of its captured state)
+    run.hist = [list(c) for c in payload["hist"]]
 
-        # ---- 4. log
-        ep = env.get_episode_stats()
-        if ep.get("episodes", 0) > 0:
-            episode = ep
-        valid = buf.valid.float()
-        metrics = {
-            **losses,
-            **directive_figures(counts, env.directives),
-            "update": float(update + 1),
-            "global_step": float(global_step),
-            "learning_rate": lr_now,
-            "master_reward_mean": float((buf.reward * valid).sum() / valid.sum().clamp_min(1.0))
-            / m.reward_scale,
-            "master_decisions": float(counts.sum()),
-            "SPS": m.num_steps * env.num_envs * info.world_size / (time.perf_counter() - t0),
-        }
-        for key in ("ep_return_mean", "ep_excess_return_mean", "ep_max_drawdown_mean", "ep_length_mean"):
-            if key in episode:
-                metrics[key] = float(episode[key])
-        series.append(metrics)
-        hist.append(counts.cpu().tolist())
+
+def train(
+    cfg: HmarlConfig,
+    market: MarketData,
+    tables: AgentTables,
+    symbols: SymbolAgent,
+    bar_range: tuple[int, int],
+    checkpoint_root: Path | None = None,
+    tracker=None,
+    info: DistInfo | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+) -> MasterResult:
+    m, info = cfg.master, info or DistInfo()
+    run = _setup(cfg, market, tables, symbols, bar_range, checkpoint_root, info, init_state)
+    for update in range(run.update, run.num_updates):
+        metrics, counts = _update(run, update)
+        run.hist.append(counts.cpu().tolist())
         if tracker is not None:
-            log_master_update(tracker, metrics, counts, global_step)
-
-        # ---- 5. checkpoint (atomic, complete)
-        if store is not None and ((update + 1) % m.checkpoint_every == 0 or update + 1 == num_updates):
-            store.save(
-                update + 1,
-                {
-                    "update": update + 1,
-                    "global_step": global_step,
-                    "master": master.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": rng_state(),
-                    "sample_generator": gen.get_state(),
-                    "env": capture_state(env),
-                    "series": series,
-                    "hist": hist,
-                    "episode": episode,
-                },
-                barrier=lambda: barrier(info),
-            )
-    skipped = store.skipped if store is not None else []
-    return MasterResult(master.eval(), series, hist, global_step, resumed_from, skipped)
+            log_master_update(tracker, metrics, counts, run.global_step)
+        run.finish_update(metrics, m.checkpoint_every, lambda: _checkpoint(run))
+    return MasterResult(
+        run.master.eval(), run.series, run.hist, run.global_step, run.resumed_from, run.skipped
+    )
 
 
-def log_master_update(tracker, metrics: dict[str, float], counts: torch.Tensor, step: int) -> None:
-    """TensorBoard ``charts/master_*`` / ``losses/master_*`` and MLflow metrics; the directive histogram."""
-    out = {}
-    for k, v in metrics.items():
-        if k.startswith("loss_"):
-            out[f"losses/master_{k[5:]}"] = v
-        elif k.startswith("master_"):
-            out[f"charts/{k}"] = v
-        else:
-            out[f"charts/master_{k}"] = v
-    tracker.log_metrics(out, step=step)
-    hist = getattr(tracker, "log_histogram", None)
-    if hist is not None:
-        ids = np.repeat(np.arange(counts.numel()), counts.cpu().numpy())
-        if ids.size:
-            hist("charts/master_directive", ids, step=step, bins=np.arange(counts.numel() + 1) - 0.5)
+def _update(run: _Run, update: int) -> tuple[dict[str, float], torch.Tensor]:
+    """One update: collect -> GAE over env steps -> minibatch epochs (guards raise before a bad step);
+    its metrics row and the directive counts."""
+    m, env, buf, master = run.cfg.master, run.env, run.buf, run.master
+    t0 = time.perf_counter()
+    lr_now = loop.anneal_lr(run.optimizer, m.lr, update, run.num_updates, m.anneal_lr)
+    coefs = LossCoefs(m.clip_coef, m.clip_vloss, m.vf_coef, m.ent_coef, 0.0, m.norm_adv)
+
+    # ---- 1. collect: symbol agents frozen, the master decides where due
+    master.eval()
+    counts = torch.zeros(env.num_directives, dtype=torch.int64, device=buf.reward.device)
+    run.obs = collect(env, run.h, buf, run.obs, run.gen, m.reward_scale, counts)
+    run.global_step += m.num_steps
+
+    # ---- 2. advantages over env steps (policy terms only where the master decided)
+    with torch.no_grad():
+        next_value = master.value(*run.h.master_inputs(run.obs))
+    adv, ret = buf.advantages(next_value, m.gamma, m.gae_lambda)
+
+    # ---- 3. minibatch epochs
+    master.train()
+    where = f"train_master: update {update + 1}"
+    if run.store is not None and run.store.latest_update() is not None:
+        where += f" (last good checkpoint: update {run.store.latest_update()} in {run.store.root})"
+    losses = ppo_update(
+        run.model, master, run.optimizer, buf, adv, ret, coefs, run.cfg, run.gen, where, run.info
+    )
+
+    # ---- 4. log
+    run.episode = loop.latest_episodes(env, run.episode)
+    valid = buf.valid.float()
+    metrics = {
+        **losses,
+        **directive_figures(counts, env.directives),
+        "update": float(update + 1),
+        "global_step": float(run.global_step),
+        "learning_rate": lr_now,
+        "master_reward_mean": float((buf.reward * valid).sum() / valid.sum().clamp_min(1.0)) / m.reward_scale,
+        "master_decisions": float(counts.sum()),
+        "SPS": m.num_steps * env.num_envs * run.info.world_size / (time.perf_counter() - t0),
+    }
+    for key in ("ep_return_mean", "ep_excess_return_mean", "ep_max_drawdown_mean", "ep_length_mean"):
+        if key in run.episode:
+            metrics[key] = float(run.episode[key])
+    return metrics, counts

@@ -45,6 +45,40 @@ def value_errors(
     return torch.maximum((new_value - returns) ** 2, (clipped - returns) ** 2)
 
 
+def clipped_objective(
+    pi: dist.Categorical,
+    actions: torch.Tensor,
+    new_value: torch.Tensor,
+    old_logprob: torch.Tensor,
+    old_value: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    policy_weight: torch.Tensor,
+    value_weight: torch.Tensor,
+    coefs: LossCoefs,
+) -> dict[str, torch.Tensor]:
+    """The terms every PPO loss here shares: the clipped policy loss (advantages normalized over the policy
+    weight when ``norm_adv``), the (clipped) value loss over the value weight, the entropy, and the k3
+    approximate KL and clip fraction (no gradient). ``policy_loss``, ``value_loss``, ``entropy`` carry it."""
+    pw = policy_weight.sum().clamp_min(1.0)
+    vw = value_weight.sum().clamp_min(1.0)
+    log_ratio = pi.log_prob(actions) - old_logprob
+    ratio = log_ratio.exp()
+    adv = normalize_advantages(advantages, policy_weight) if coefs.norm_adv else advantages
+    pg = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - coefs.clip, 1.0 + coefs.clip))
+    v_err = value_errors(new_value.float(), old_value, returns, coefs.clip, coefs.clip_vloss)
+    with torch.no_grad():
+        approx_kl = weighted_mean((ratio - 1.0) - log_ratio, policy_weight, pw)  # k3 estimator
+        clipfrac = weighted_mean(((ratio - 1.0).abs() > coefs.clip).float(), policy_weight, pw)
+    return {
+        "policy_loss": weighted_mean(pg, policy_weight, pw),
+        "value_loss": 0.5 * weighted_mean(v_err, value_weight, vw),
+        "entropy": weighted_mean(pi.entropy(), policy_weight, pw),
+        "approx_kl": approx_kl,
+        "clipfrac": clipfrac,
+    }
+
+
 def ppo_loss(
     *,
     logits: torch.Tensor,  # (B, S, 7) raw actor logits
@@ -59,40 +93,26 @@ def ppo_loss(
     log_prior: torch.Tensor | None,  # (B, S, 7) SL prior, None: no KL term
     coefs: LossCoefs,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss and its named terms (detached): policy, value, entropy, sl_kl, approx_kl, clipfrac."""
-    logp_all = dist.masked_logits(logits.float(), mask)
-    new_logprob = dist.log_prob(logp_all, actions)
-    entropy = dist.entropy(logp_all, mask)
-    new_value = new_value.float()
+    """The symbol agents' loss: :func:`clipped_objective` plus ``sl_kl`` x KL(policy || SL prior). Total loss
+    and its named terms (detached): policy, value, entropy, sl_kl, total, approx_kl, clipfrac."""
+    pi = dist.Categorical(logits, mask)
+    t = clipped_objective(
+        pi, actions, new_value, old_logprob, old_value, advantages, returns, weight, weight, coefs
+    )
     total_w = weight.sum().clamp_min(1.0)
-
-    log_ratio = new_logprob - old_logprob
-    ratio = log_ratio.exp()
-    adv = normalize_advantages(advantages, weight) if coefs.norm_adv else advantages
-    pg1 = -adv * ratio
-    pg2 = -adv * ratio.clamp(1.0 - coefs.clip, 1.0 + coefs.clip)
-    policy = weighted_mean(torch.maximum(pg1, pg2), weight, total_w)
-
-    v_err = value_errors(new_value, old_value, returns, coefs.clip, coefs.clip_vloss)
-    value = 0.5 * weighted_mean(v_err, weight, total_w)
-    ent = weighted_mean(entropy, weight, total_w)
     sl_kl = (
-        weighted_mean(prior_kl(logp_all, log_prior, mask), weight, total_w)
+        weighted_mean(prior_kl(pi.logp, log_prior, mask), weight, total_w)
         if log_prior is not None
         else torch.zeros((), device=logits.device)
     )
-    total = policy + coefs.vf * value - coefs.ent * ent + coefs.sl_kl * sl_kl
-
-    with torch.no_grad():
-        approx_kl = weighted_mean((ratio - 1.0) - log_ratio, weight, total_w)  # k3 estimator
-        clipfrac = weighted_mean(((ratio - 1.0).abs() > coefs.clip).float(), weight, total_w)
+    total = t["policy_loss"] + coefs.vf * t["value_loss"] - coefs.ent * t["entropy"] + coefs.sl_kl * sl_kl
     terms = {
-        "policy_loss": policy.detach(),
-        "value_loss": value.detach(),
-        "entropy": ent.detach(),
+        "policy_loss": t["policy_loss"].detach(),
+        "value_loss": t["value_loss"].detach(),
+        "entropy": t["entropy"].detach(),
         "sl_kl": sl_kl.detach(),
         "total": total.detach(),
-        "approx_kl": approx_kl,
-        "clipfrac": clipfrac,
+        "approx_kl": t["approx_kl"],
+        "clipfrac": t["clipfrac"],
     }
     return total, terms

@@ -8,6 +8,11 @@ acting; an agent-step is one (step, env, symbol). Minibatches are (step, env) ro
 so the per-symbol heads run as one batched product. Under DDP each rank collects its own rollout (its own
 env seed) and gradients are averaged; everything that changes the model besides the optimizer step (the
 KL early stop, the entropy guard) uses statistics averaged over ranks.
+
+The update epochs, the clipped objective, the rollout buffer base and the actor-critic wrapper are the
+shared PPO engine (:mod:`hmarl.learners.engine`, :mod:`~hmarl.learners.ppo`, :mod:`~hmarl.learners.rollout`,
+:mod:`~hmarl.learners.policy`); what is the symbol agents' own comes in as hooks: the KL-to-SL-prior loss
+term, the exploration stack (entropy schedule, adaptive bonus, guard) and skipping a non-finite minibatch.
 """
 
 from __future__ import annotations
@@ -15,13 +20,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hmarl.agents.data import TrainingData
@@ -29,14 +32,14 @@ from hmarl.agents.inputs import AgentTables, PolicyObs, compact
 from hmarl.agents.int8_heads import quantize_heads_
 from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig
-from hmarl.env.vec_env import MarketEnv
-from hmarl.learners.checkpoint import CheckpointStore, capture_state, restore_state, rng_state, set_rng_state
+from hmarl.learners import loop
 from hmarl.learners.collect import Director, agent_policy, collect, sync
 from hmarl.learners.curriculum import active_symbols
-from hmarl.learners.distributed import DistInfo, all_reduce_mean, barrier, wrap
+from hmarl.learners.distributed import DistInfo, all_reduce_mean, wrap
+from hmarl.learners.engine import EpochSettings, explained_variance, ppo_epochs, skip_nonfinite
 from hmarl.learners.entropy import EntropyController
-from hmarl.learners.gae import gae
 from hmarl.learners.normalize import RewardScaler
+from hmarl.learners.policy import SymbolActorCritic
 from hmarl.learners.ppo import LossCoefs, ppo_loss
 from hmarl.learners.rollout import RolloutBuffer
 from hmarl.learners.sl_prior import action_prior, prior_coef
@@ -61,19 +64,6 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- setup helpers
-def set_determinism(cfg: HmarlConfig, device: torch.device) -> None:
-    if cfg.ppo.threads:
-        torch.set_num_threads(cfg.ppo.threads)
-    if cfg.ppo.deterministic and device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global generator, for any library using it)
-    random.seed(seed)
-
-
 def build_agent(cfg: HmarlConfig, data: TrainingData, device: torch.device) -> SymbolAgent:
     encoder = data.encoder() if cfg.agent.encoder == "finetune" else None
     market_dim = encoder.embed_dim if encoder is not None else data.embed_dim
@@ -120,77 +110,134 @@ def ppo_update(
     info: DistInfo,
     amp: contextlib.AbstractContextManager,
 ) -> dict[str, float]:
+    """The shared epochs (:func:`hmarl.learners.engine.ppo_epochs`) over (step, env) rows with all their
+    symbols; the loss adds the KL-to-SL-prior term; a non-finite minibatch is skipped."""
     p = cfg.ppo
-    rows_total = buf.num_steps * buf.num_envs
-    mb_size = max(1, rows_total // p.num_minibatches)
     weight_all = (buf.valid.flatten().unsqueeze(1) & active.unsqueeze(0)).float()  # (rows, S)
     flat = {
-        name: t.flatten(0, 1)
-        for name, t in {
-            "action": buf.action,
-            "logprob": buf.logprob,
-            "value": buf.value,
-            "adv": adv,
-            "ret": ret,
-        }.items()
+        k: t.flatten(0, 1)
+        for k, t in (
+            ("action", buf.action),
+            ("logprob", buf.logprob),
+            ("value", buf.value),
+            ("adv", adv),
+            ("ret", ret),
+        )
     }
+
+    policy = SymbolActorCritic(model, tables, amp)
+
+    def minibatch_loss(rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        obs = buf.observations(rows)
+        av = policy.get_action_and_value(obs, flat["action"][rows])
+        log_prior = (
+            action_prior(tables.sl_probs(obs.bar), obs.mask, cfg.agent.prior_smoothing)
+            if coefs.sl_kl > 0
+            else None
+        )
+        return ppo_loss(
+            logits=av.logits,
+            mask=obs.mask,
+            actions=av.action,
+            new_value=av.value,
+            old_logprob=flat["logprob"][rows],
+            old_value=flat["value"][rows],
+            advantages=flat["adv"][rows],
+            returns=flat["ret"][rows],
+            weight=weight_all[rows],
+            log_prior=log_prior,
+            coefs=coefs,
+        )
+
+    settings = EpochSettings(p.update_epochs, p.num_minibatches, p.max_grad_norm, p.target_kl)
     params = [q for q in agent.parameters() if q.requires_grad]
-    sums: dict[str, float] = {}
-    count, epochs, nonfinite = 0, 0, 0
-    for _epoch in range(p.update_epochs):
-        perm = torch.randperm(rows_total, generator=gen, device=gen.device).to(buf.reward.device)
-        epoch_kl = []
-        for start in range(0, rows_total - mb_size + 1, mb_size):
-            rows = perm[start : start + mb_size]
-            obs = buf.observations(rows)
-            with amp:
-                logits, value = model(obs, tables)
-            log_prior = (
-                action_prior(tables.sl_probs(obs.bar), obs.mask, cfg.agent.prior_smoothing)
-                if coefs.sl_kl > 0
-                else None
-            )
-            loss, terms = ppo_loss(
-                logits=logits,
-                mask=obs.mask,
-                actions=flat["action"][rows],
-                new_value=value,
-                old_logprob=flat["logprob"][rows],
-                old_value=flat["value"][rows],
-                advantages=flat["adv"][rows],
-                returns=flat["ret"][rows],
-                weight=weight_all[rows],
-                log_prior=log_prior,
-                coefs=coefs,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            # a non-finite loss on any rank skips the step everywhere (and shows as NaN loss terms)
-            if float(all_reduce_mean(torch.isfinite(loss).float(), info)) == 1.0:
-                loss.backward()
-                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
-                optimizer.step()
-            else:
-                terms["grad_norm"] = torch.tensor(float("nan"))
-                nonfinite += 1
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            epoch_kl.append(terms["approx_kl"])
-            count += 1
-        epochs += 1
-        kl = float(all_reduce_mean(torch.stack(epoch_kl).mean(), info))
-        if p.target_kl is not None and kl > p.target_kl:
-            break
-    out = {f"loss_{k}": v / max(1, count) for k, v in sums.items()}
-    out["loss_epochs"] = float(epochs)
-    out["nonfinite_minibatches"] = float(nonfinite)
+    device = buf.reward.device
+    out = ppo_epochs(
+        settings, buf.rows, minibatch_loss, optimizer, params, gen, device, info, skip_nonfinite(info)
+    )
     valid = weight_all.view_as(buf.value) > 0
-    y, v = ret[valid], buf.value[valid]
-    ok = y.numel() > 1 and float(y.var()) > 0
-    out["loss_explained_variance"] = float(1.0 - (y - v).var() / y.var()) if ok else float("nan")
+    out["loss_explained_variance"] = explained_variance(ret[valid], buf.value[valid])
     return out
 
 
 # --------------------------------------------------------------------------- the training loop
+@dataclass(kw_only=True)
+class _Run(loop.LoopState):
+    """One rank's training: the loop state, the agent and its exploration stack."""
+
+    cfg: HmarlConfig
+    seed: int
+    tables: AgentTables
+    agent: SymbolAgent
+    model: torch.nn.Module  # ``agent`` or its DDP wrapper
+    entropy: EntropyController
+    scaler: RewardScaler | None
+    buf: RolloutBuffer
+    amp: contextlib.AbstractContextManager
+    obs: PolicyObs
+    warm: dict[str, float] = field(default_factory=dict)
+
+
+def _setup(
+    cfg: HmarlConfig,
+    data: TrainingData,
+    info: DistInfo,
+    checkpoint_root: Path | None,
+    init_state: dict[str, torch.Tensor] | None,
+) -> _Run:
+    """Simulator on the fold's train bars, agent, optimizer, exploration stack, rollout buffer."""
+    p, device = cfg.ppo, info.device
+    seed = loop.seed_rank(cfg.seed, info, p.threads, p.deterministic, device)
+    tables = data.tables(cfg, device).restrict(*data.fold.train)
+    env = loop.training_env(cfg, data.market(cfg, device), data.fold.train, seed)
+    agent = build_agent(cfg, data, device)
+    if init_state is not None:
+        agent.load_state_dict(init_state)
+    model = wrap(agent, info)
+    optimizer = build_optimizer(agent, cfg)
+    entropy = EntropyController(p.entropy, p.adaptive_entropy, p.entropy_guard)
+    scaler = RewardScaler((env.num_envs, env.num_symbols), p.gamma, device) if p.norm_reward else None
+    gen = torch.Generator(device).manual_seed(seed)
+    buf = RolloutBuffer(p.num_steps, env.num_envs, env.num_symbols, data.env_dim, device)
+    amp = autocast(cfg, device)
+    num_updates = math.ceil(p.total_steps / p.num_steps)
+    store = loop.open_store(checkpoint_root, info)
+    obs = compact(env.reset(seed=seed))
+    run = _Run(info=info, env=env, optimizer=optimizer, gen=gen, num_updates=num_updates, store=store, cfg=cfg,
+               seed=seed, tables=tables, agent=agent, model=model, entropy=entropy, scaler=scaler, buf=buf,
+               amp=amp, obs=obs)  # fmt: skip
+    payload = store.load_latest() if store is not None else None
+    if payload is not None:
+        _restore(run, payload)
+        log.info("train_symbols: resumed at update %d (env step %d)", run.update, run.global_step)
+    elif cfg.agent.warm_start and init_state is None:
+        run.warm = warm_start(agent, env, tables, buf, obs, gen, cfg, info)
+        run.obs = compact(env.reset(seed=seed))
+        log.info("train_symbols: warm start %s", run.warm)
+    return run
+
+
+def _checkpoint(run: _Run) -> dict:
+    return {
+        **run.loop_checkpoint(),
+        "agent": run.agent.state_dict(),
+        "entropy": run.entropy.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "obs": list(run.obs),
+        "warm_start": run.warm,
+    }
+
+
+def _restore(run: _Run, payload: dict) -> None:
+    run.agent.load_state_dict(payload["agent"])
+    run.entropy.load_state_dict(payload["entropy"])
+    if run.scaler is not None:
+        run.scaler.load_state_dict(payload["scaler"])
+    run.restore_loop(payload)
+    run.obs = PolicyObs(*(t.to(run.info.device) for t in payload["obs"]))
+    run.warm = dict(payload["warm_start"])
+
+
 def train(
     cfg: HmarlConfig,
     data: TrainingData,
@@ -203,171 +250,97 @@ def train(
     """``init_state``: start from these weights instead of a warm start (fine-tuning). ``directed``: the
     master for alternating rounds, ``(agent, tables, generator) -> director`` built per rollout (its view
     of the symbol agents follows their updates); it sets the directive wherever it is due."""
-    p, device = cfg.ppo, info.device
-    set_determinism(cfg, device)
-    seed = cfg.seed + 10_007 * info.rank  # ranks differ in envs and samples, never in the initial weights
-    seed_everything(seed)
-
-    # ---- setup: simulator on the fold's train bars, agent, optimizer, exploration stack
-    tables = data.tables(cfg, device).restrict(*data.fold.train)
-    env_cfg = cfg.env.model_copy(update={"check_actions": False})  # actions come from the masked policy
-    env = MarketEnv(
-        data.market(cfg, device),
-        env_cfg,
-        cfg.reward,
-        bar_range=data.fold.train,
-        min_history=cfg.features.window - 1,
-        seed=seed,
-    )
-    num_symbols = env.num_symbols
-    agent = build_agent(cfg, data, device)
-    if init_state is not None:
-        agent.load_state_dict(init_state)
-    model = wrap(agent, info)
-    optimizer = build_optimizer(agent, cfg)
-    entropy = EntropyController(p.entropy, p.adaptive_entropy, p.entropy_guard)
-    scaler = RewardScaler((env.num_envs, num_symbols), p.gamma, device) if p.norm_reward else None
-    gen = torch.Generator(device).manual_seed(seed)
-    buf = RolloutBuffer(p.num_steps, env.num_envs, num_symbols, data.env_dim, device)
-    amp = autocast(cfg, device)
-    weights = cfg.reward.weight_vector()
-    num_updates = math.ceil(p.total_steps / p.num_steps)
-    store = (
-        None
-        if checkpoint_root is None
-        else CheckpointStore(checkpoint_root, info.rank, world_size=info.world_size)
-    )
-    obs = compact(env.reset(seed=seed))
-    start_update, global_step, series, episode = 0, 0, [], {}
-    resumed_from, warm = None, {}
-
-    # ---- resume from the latest complete checkpoint, or warm start
-    payload = store.load_latest() if store is not None else None
-    if payload is not None:
-        agent.load_state_dict(payload["agent"])
-        optimizer.load_state_dict(payload["optimizer"])
-        entropy.load_state_dict(payload["entropy"])
-        if scaler is not None:
-            scaler.load_state_dict(payload["scaler"])
-        set_rng_state(payload["rng"])
-        gen.set_state(payload["sample_generator"])
-        restore_state(env, payload["env"])
-        obs = PolicyObs(*(t.to(device) for t in payload["obs"]))
-        start_update, global_step = int(payload["update"]), int(payload["global_step"])
-        series, episode, warm = list(payload["series"]), dict(payload["episode"]), dict(payload["warm_start"])
-        resumed_from = start_update
-        log.info("train_symbols: resumed at update %d (env step %d)", start_update, global_step)
-    elif cfg.agent.warm_start and init_state is None:
-        warm = warm_start(agent, env, tables, buf, obs, gen, cfg, info)
-        obs = compact(env.reset(seed=seed))
-        log.info("train_symbols: warm start %s", warm)
-
-    bar = progress_bar(num_updates, start_update, p.progress and info.is_main)
-    for update in range(start_update, num_updates):
-        t_start = time.perf_counter()
-        timers = {"env": 0.0, "policy": 0.0, "update": 0.0}
-        lr_now = p.lr * (1.0 - update / num_updates) if p.anneal_lr else p.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now * group["lr_scale"]
-        active = active_symbols(global_step, p.curriculum, num_symbols, device)
-        coefs = LossCoefs(
-            p.clip_coef,
-            p.clip_vloss,
-            p.vf_coef,
-            entropy.coef(global_step),
-            prior_coef(global_step, p.sl_prior),
-            p.norm_adv,
-        )
-
-        # ---- 1. collect a rollout
-        agent.eval()
-        director = directed(agent, tables, gen) if directed is not None else None
-        act = agent_policy(agent, tables, gen, active)
-        obs, sums = collect(env, act, buf, obs, timers, amp, scaler, director)
-        global_step += p.num_steps
-
-        # ---- 2. advantages
-        t_update = time.perf_counter()
-        with torch.no_grad(), amp:
-            next_value = agent.value(obs, tables).float()
-        adv, ret = gae(
-            buf.reward, buf.value, next_value, buf.terminated, buf.ended, buf.valid, p.gamma, p.gae_lambda
-        )
-
-        # ---- 3. minibatch epochs of the clipped objective
-        agent.train()
-        losses = ppo_update(
-            model, agent, optimizer, buf, tables, adv, ret, active, coefs, cfg, gen, info, amp
-        )
-        sync(device)
-        timers["update"] = time.perf_counter() - t_update
-
-        # ---- 4. exploration stack: measure the policy's action entropy, adapt, guard
-        figures, per_symbol = rollout_telemetry(
-            buf.action[..., active], buf.executed[..., active], p.telemetry_window
-        )
-        measured = all_reduce_mean(torch.tensor([figures["policy_action_entropy_mean"]], device=device), info)
-        per_symbol_all = torch.full((num_symbols,), float("inf"), device=device)
-        per_symbol_all[active] = per_symbol.to(device)
-        per_symbol_all = all_reduce_mean(per_symbol_all, info)
-        hit = entropy.observe(global_step, float(measured), per_symbol_all)
-        if bool(hit.any()):
-            agent.shrink_actor(hit, p.entropy_guard.shrink)
-
-        # ---- 5. log
-        ep = env.get_episode_stats()
-        if ep.get("episodes", 0) > 0:
-            episode = ep
-        elapsed = time.perf_counter() - t_start
-        metrics = update_metrics(figures, sums, losses, episode, buf, timers, elapsed, weights)
-        metrics.update(
-            update=float(update + 1),
-            global_step=float(global_step),
-            learning_rate=lr_now,
-            entropy_coef=coefs.ent,
-            sl_prior_coef=coefs.sl_kl,
-            active_symbols=float(active.sum()),
-            entropy_guard_interventions=float(hit.sum()),
-            entropy_guard_interventions_total=float(entropy.interventions),
-            SPS=p.num_steps * env.num_envs * num_symbols * info.world_size / elapsed,
-        )
-        series.append(metrics)
+    run = _setup(cfg, data, info, checkpoint_root, init_state)
+    p, weights = cfg.ppo, cfg.reward.weight_vector()
+    bar = progress_bar(run.num_updates, run.update, p.progress and info.is_main)
+    for update in range(run.update, run.num_updates):
+        metrics, executed = _update(run, update, directed)
         if tracker is not None:
-            log_update(tracker, metrics, weights, buf.executed[..., active], global_step)
+            log_update(tracker, metrics, weights, executed, run.global_step)
         bar.set_postfix(
             SPS=f"{metrics['SPS']:.3g}",
             ent=f"{metrics['policy_action_entropy_mean']:.2f}",
             ret=f"{metrics.get('ep_return_mean', float('nan')):+.3f}",
-            kl=f"{losses.get('loss_approx_kl', float('nan')):.3f}",
+            kl=f"{metrics.get('loss_approx_kl', float('nan')):.3f}",
             refresh=False,
         )
         bar.update(1)
-
-        # ---- 6. checkpoint (atomic, complete)
-        if store is not None and ((update + 1) % p.checkpoint_every == 0 or update + 1 == num_updates):
-            store.save(
-                update + 1,
-                {
-                    "update": update + 1,
-                    "global_step": global_step,
-                    "agent": agent.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "entropy": entropy.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "rng": rng_state(),
-                    "sample_generator": gen.get_state(),
-                    "env": capture_state(env),
-                    "obs": list(obs),
-                    "series": series,
-                    "episode": episode,
-                    "warm_start": warm,
-                },
-                barrier=lambda: barrier(info),
-            )
+        run.finish_update(metrics, p.checkpoint_every, lambda: _checkpoint(run))
     bar.close()
     float_state = None
     if cfg.agent.head_weights == "int8":  # after the last checkpoint: a resumed run rounds the same weights
-        float_state = {k: v.detach().clone() for k, v in agent.state_dict().items()}
-        log.info("train_symbols: heads rounded to int8, largest weight change %s", quantize_heads_(agent))
-    skipped = store.skipped if store is not None else []
-    return TrainResult(agent, series, global_step, resumed_from, warm, float_state, skipped)
+        float_state = {k: v.detach().clone() for k, v in run.agent.state_dict().items()}
+        log.info("train_symbols: heads rounded to int8, largest weight change %s", quantize_heads_(run.agent))
+    return TrainResult(
+        run.agent, run.series, run.global_step, run.resumed_from, run.warm, float_state, run.skipped
+    )
+
+
+def _update(run: _Run, update: int, directed) -> tuple[dict[str, float], torch.Tensor]:
+    """One update: collect -> GAE -> minibatch epochs -> exploration stack; its metrics row and the
+    executed actions of the active symbols (for the tracker)."""
+    p, agent, buf, device = run.cfg.ppo, run.agent, run.buf, run.info.device
+    t_start = time.perf_counter()
+    timers = {"env": 0.0, "policy": 0.0, "update": 0.0}
+    lr_now = loop.anneal_lr(run.optimizer, p.lr, update, run.num_updates, p.anneal_lr)
+    active = active_symbols(run.global_step, p.curriculum, run.env.num_symbols, device)
+    step = run.global_step
+    coefs = LossCoefs(p.clip_coef, p.clip_vloss, p.vf_coef, run.entropy.coef(step),
+                      prior_coef(step, p.sl_prior), p.norm_adv)  # fmt: skip
+
+    # ---- 1. collect a rollout
+    agent.eval()
+    director = directed(agent, run.tables, run.gen) if directed is not None else None
+    act = agent_policy(agent, run.tables, run.gen, active)
+    run.obs, sums = collect(run.env, act, buf, run.obs, timers, run.amp, run.scaler, director)
+    run.global_step += p.num_steps
+
+    # ---- 2. advantages
+    t_update = time.perf_counter()
+    with torch.no_grad(), run.amp:
+        next_value = agent.value(run.obs, run.tables).float()
+    adv, ret = buf.advantages(next_value, p.gamma, p.gae_lambda)
+
+    # ---- 3. minibatch epochs of the clipped objective
+    agent.train()
+    losses = ppo_update(run.model, agent, run.optimizer, buf, run.tables, adv, ret, active, coefs, run.cfg,
+                        run.gen, run.info, run.amp)  # fmt: skip
+    sync(device)
+    timers["update"] = time.perf_counter() - t_update
+
+    # ---- 4. exploration stack, 5. log
+    figures, hit = _exploration(run, active)
+    run.episode = loop.latest_episodes(run.env, run.episode)
+    elapsed = time.perf_counter() - t_start
+    metrics = update_metrics(
+        figures, sums, losses, run.episode, buf, timers, elapsed, run.cfg.reward.weight_vector()
+    )
+    metrics.update(
+        update=float(update + 1),
+        global_step=float(run.global_step),
+        learning_rate=lr_now,
+        entropy_coef=coefs.ent,
+        sl_prior_coef=coefs.sl_kl,
+        active_symbols=float(active.sum()),
+        entropy_guard_interventions=float(hit.sum()),
+        entropy_guard_interventions_total=float(run.entropy.interventions),
+        SPS=p.num_steps * run.env.num_envs * run.env.num_symbols * run.info.world_size / elapsed,
+    )
+    return metrics, buf.executed[..., active]
+
+
+def _exploration(run: _Run, active: torch.Tensor) -> tuple[dict[str, float], torch.Tensor]:
+    """Measure the policy's action entropy (averaged over ranks), adapt the bonus, guard: shrink the actor
+    of every symbol below the guard's threshold. The rollout telemetry figures and the guard's hits."""
+    p, buf, device = run.cfg.ppo, run.buf, run.info.device
+    figures, per_symbol = rollout_telemetry(
+        buf.action[..., active], buf.executed[..., active], p.telemetry_window
+    )
+    measured = all_reduce_mean(torch.tensor([figures["policy_action_entropy_mean"]], device=device), run.info)
+    per_symbol_all = torch.full((run.env.num_symbols,), float("inf"), device=device)
+    per_symbol_all[active] = per_symbol.to(device)
+    per_symbol_all = all_reduce_mean(per_symbol_all, run.info)
+    hit = run.entropy.observe(run.global_step, float(measured), per_symbol_all)
+    if bool(hit.any()):
+        run.agent.shrink_actor(hit, p.entropy_guard.shrink)
+    return figures, hit

@@ -1,4 +1,5 @@
-"""Per-update telemetry of a symbol-agent rollout, computed from facts (policy and executed actions).
+"""Per-update telemetry of a symbol-agent rollout, computed from facts (policy and executed actions), and
+of the master's directives.
 
 Names follow the seed: the MLflow mandatory metrics (``policy_action_entropy_mean``, ...) come from
 :func:`hmarl.env.telemetry.action_telemetry` over the rollout's agents and from the simulator's episode
@@ -159,3 +160,38 @@ def progress_bar(total: int, initial: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc="train_symbols", unit="update", dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------- the master
+def directive_figures(counts: torch.Tensor, table: torch.Tensor) -> dict[str, float]:
+    """Entropy of the chosen directives and the mean risk multiplier / cap / open limit they set."""
+    total = float(counts.sum())
+    if total == 0:
+        return {}
+    p = counts.double() / total
+    nz = p[p > 0]
+    mean = (p.unsqueeze(1) * table.double().cpu()).sum(0)
+    return {
+        "master_directive_entropy": float(-(nz * nz.log()).sum()),
+        "master_risk_mean": float(mean[0]),
+        "master_cap_mean": float(mean[1]),
+        "master_open_limit_mean": float(mean[2]),
+    }
+
+
+def log_master_update(tracker, metrics: dict[str, float], counts: torch.Tensor, step: int) -> None:
+    """TensorBoard ``charts/master_*`` / ``losses/master_*`` and MLflow metrics; the directive histogram."""
+    out = {}
+    for k, v in metrics.items():
+        if k.startswith("loss_"):
+            out[f"losses/master_{k[5:]}"] = v
+        elif k.startswith("master_"):
+            out[f"charts/{k}"] = v
+        else:
+            out[f"charts/master_{k}"] = v
+    tracker.log_metrics(out, step=step)
+    hist = getattr(tracker, "log_histogram", None)
+    if hist is not None:
+        ids = np.repeat(np.arange(counts.numel()), counts.cpu().numpy())
+        if ids.size:
+            hist("charts/master_directive", ids, step=step, bins=np.arange(counts.numel() + 1) - 0.5)

@@ -39,6 +39,7 @@ from hmarl.encoders.model import SharedEncoder
 from hmarl.encoders.prefix_branches import branch_complete, branch_prefix
 from hmarl.env.market import MarketData
 from hmarl.env.vec_env import MarketEnv
+from hmarl.runtime import torch_threads
 from hmarl.serve.bundle import Bundle
 from hmarl.serve.decision import MasterBar, MasterHold, bench_rows, decide_bar, newest_bar, orders, start_bar
 from hmarl.serve.inputs import LatestInputs
@@ -48,16 +49,6 @@ from hmarl.sl.prefix import sl_complete, sl_prefix
 
 
 # --------------------------------------------------------------------------- the fast path
-@contextmanager
-def _intra_op_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @dataclass(frozen=True)
 class Prefix:
     """What every model computes from a window's ``W - 1`` older rows (``older``, (S, W - 1, F))."""
@@ -102,7 +93,7 @@ class Decider:
     @contextmanager
     def _running(self):
         """This Decider's intra-op threads, inference mode."""
-        with _intra_op_threads(self.threads or torch.get_num_threads()), torch.inference_mode():
+        with torch_threads(self.threads), torch.inference_mode():  # 0: torch's current setting
             yield
 
     # ------------------------------------------------------------------ prefix state (between bars)

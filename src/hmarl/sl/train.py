@@ -8,8 +8,6 @@ same validation bars, so the blocks they predict are neither trained nor selecte
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from hmarl.config import HmarlConfig
-from hmarl.data.splits import folds_for
+from hmarl.data.splits import Fold, folds_for
 from hmarl.data.store import FeatureStore
 from hmarl.data.windows import gather_pair_windows
 from hmarl.env.gather import gather_windows
 from hmarl.errors import DataError
+from hmarl.runtime import resolve_device
+from hmarl.runtime import torch_threads as torch_threads  # re-exported: research/trial.py imports it here
 from hmarl.sl.cache import CHANNELS, NONE, OUTER, SLCache, inner_blocks, inner_fit_ranges, walk_forward_plan
 from hmarl.sl.calibration import calibrated_probs, fit_temperature
 from hmarl.sl.inputs import bars_to_ranges, labelled_pairs, model_inputs, ranges_to_bars
@@ -33,24 +33,6 @@ from hmarl.sl.models import MODEL_NAMES, MODEL_VERSIONS, build_model, predict_lo
 from hmarl.sl.params import SLConfig
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (0: leave as is), then restore the setting."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -171,6 +153,28 @@ def _save(res: FitResult, name: str, path: Path, sl: SLConfig, **meta) -> dict:
     }
 
 
+@dataclass
+class _CacheArrays:
+    """What the fits fill in: the calibrated probabilities, the producing model's base rate (for scoring),
+    which (fold, split) produced each bar, and the per-model metrics."""
+
+    probs: np.ndarray  # (T, S, C)
+    priors: np.ndarray  # (T, 1, C)
+    source_fold: np.ndarray
+    source_split: np.ndarray
+    metrics: dict
+
+    @classmethod
+    def empty(cls, t: int, s: int) -> _CacheArrays:
+        return cls(
+            np.full((t, s, len(CHANNELS)), np.nan, dtype=np.float32),
+            np.full((t, 1, len(CHANNELS)), np.nan),
+            np.full(t, NONE, dtype=np.int16),
+            np.full(t, OUTER, dtype=np.int16),
+            {name: {} for name in MODEL_NAMES},
+        )
+
+
 def build_sl_cache(store: FeatureStore, cfg: HmarlConfig, checkpoint_dir: Path) -> tuple[SLCache, dict]:
     """Train every (fold, split, model), fill the walk-forward cache, and score it."""
     sl, window = cfg.sl, cfg.features.window
@@ -182,81 +186,90 @@ def build_sl_cache(store: FeatureStore, cfg: HmarlConfig, checkpoint_dir: Path) 
     blocks = inner_blocks(folds[0], sl.inner_folds, gap)
     plan = walk_forward_plan(folds, blocks)
 
-    probs = np.full((t, s, len(CHANNELS)), np.nan, dtype=np.float32)
-    priors = np.full((t, 1, len(CHANNELS)), np.nan)  # base rate of the producing model, for scoring
-    source_fold = np.full(t, NONE, dtype=np.int16)
-    source_split = np.full(t, OUTER, dtype=np.int16)
-    fits, metrics = [], {name: {} for name in MODEL_NAMES}
+    out, fits = _CacheArrays.empty(t, s), []
     for fold in folds:
         x = model_inputs(store, fold.index).to(device)
         val = Pairs.of(labels, fold.bars("val"), window, device)
         jobs = [(j, inner_fit_ranges(fold, b, gap)) for j, b in enumerate(blocks)] if fold.index == 0 else []
         for split, ranges in [*jobs, (OUTER, [fold.train])]:
             train = Pairs.of(labels, ranges_to_bars(ranges), window, device)
-            fit_ranges = bars_to_ranges(train.bars.cpu().numpy())  # the bars whose labels were used
             predicts = [(max(a, window - 1), b) for k, j, a, b in plan if k == fold.index and j == split]
-            tag = f"fold_{fold.index}" + ("" if split == OUTER else f"_inner_{split}")
-            entry = {
-                "fold": fold.index,
-                "split": split,
-                "fit_ranges": fit_ranges,
-                "select_range": list(fold.val),
-                "predicts": [list(p) for p in predicts],
-                "samples": len(train),
-                "models": {},
-            }
-            for m, name in enumerate(MODEL_NAMES):
-                res = fit_classifier(
-                    name, sl, x, train, val, window, cfg.seed + 1000 * fold.index + 10 * (split + 1) + m
-                )
-                ckpt = Path(name) / f"{tag}.pt"
-                entry["models"][name] = {
-                    "checkpoint": f"checkpoints/{ckpt}",
-                    **_save(
-                        res,
-                        name,
-                        checkpoint_dir / ckpt,
-                        sl,
-                        window=window,
-                        feature_names=store.feature_names,
-                        fold=fold.index,
-                        split=split,
-                        fit_ranges=fit_ranges,
-                        fingerprint=store.meta.get("fingerprint"),
-                    ),
-                }
-                cols = slice(3 * m, 3 * m + 3)
-                for a, b in predicts:
-                    probs[a:b, :, cols] = _calibrated(res, x, np.arange(a, b), window, sl.predict_batch)
-                    priors[a:b, :, cols] = res.prior
-                    source_fold[a:b], source_split[a:b] = fold.index, split
-                if split == OUTER:
-                    metrics[name][f"fold_{fold.index}"] = {
-                        part: _metric_block(
-                            _calibrated(res, x, fold.bars(part), window, sl.predict_batch),
-                            labels[fold.bars(part)],
-                            res.prior,
-                        )
-                        for part in ("val", "test")
-                    }
-                log.info(
-                    "sl %s %s: best epoch %d/%d, val loss %.4f, T=%.2f",
-                    name,
-                    tag,
-                    res.best_epoch,
-                    res.epochs_run,
-                    res.val_loss,
-                    res.temperature,
-                )
-            fits.append(entry)
+            fits.append(
+                _fit_split(store, cfg, checkpoint_dir, fold, split, x, train, val, labels, predicts, out)
+            )
 
     oof_bars = np.arange(max(blocks[0][0], window - 1), blocks[-1][1])
     test_bars = np.concatenate([f.bars("test") for f in folds])
     for m, name in enumerate(MODEL_NAMES):
         cols = slice(3 * m, 3 * m + 3)
         for part, bars in (("oof", oof_bars), ("test", test_bars)):
-            metrics[name][part] = _metric_block(probs[bars, :, cols], labels[bars], priors[bars, :, cols])
-    manifest = {
+            out.metrics[name][part] = _metric_block(
+                out.probs[bars, :, cols], labels[bars], out.priors[bars, :, cols]
+            )
+    manifest = _manifest(store, cfg, folds, blocks, fits, gap)
+    return SLCache(out.probs, out.source_fold, out.source_split, manifest), out.metrics
+
+
+def _fit_split(
+    store: FeatureStore,
+    cfg: HmarlConfig,
+    checkpoint_dir: Path,
+    fold: Fold,
+    split: int,
+    x: torch.Tensor,
+    train: Pairs,
+    val: Pairs,
+    labels: np.ndarray,
+    predicts: list[tuple[int, int]],
+    out: _CacheArrays,
+) -> dict:
+    """Fit every model of one (fold, split), save its checkpoint, fill the bars it predicts (and, for the
+    outer split, its val / test metrics); returns the manifest entry of the fit."""
+    sl, window = cfg.sl, cfg.features.window
+    fit_ranges = bars_to_ranges(train.bars.cpu().numpy())  # the bars whose labels were used
+    tag = f"fold_{fold.index}" + ("" if split == OUTER else f"_inner_{split}")
+    entry = {
+        "fold": fold.index,
+        "split": split,
+        "fit_ranges": fit_ranges,
+        "select_range": list(fold.val),
+        "predicts": [list(p) for p in predicts],
+        "samples": len(train),
+        "models": {},
+    }
+    for m, name in enumerate(MODEL_NAMES):
+        res = fit_classifier(
+            name, sl, x, train, val, window, cfg.seed + 1000 * fold.index + 10 * (split + 1) + m
+        )
+        ckpt = Path(name) / f"{tag}.pt"
+        saved = _save(res, name, checkpoint_dir / ckpt, sl, window=window, feature_names=store.feature_names,
+                      fold=fold.index, split=split, fit_ranges=fit_ranges,
+                      fingerprint=store.meta.get("fingerprint"))  # fmt: skip
+        entry["models"][name] = {"checkpoint": f"checkpoints/{ckpt}", **saved}
+        cols = slice(3 * m, 3 * m + 3)
+        for a, b in predicts:
+            out.probs[a:b, :, cols] = _calibrated(res, x, np.arange(a, b), window, sl.predict_batch)
+            out.priors[a:b, :, cols] = res.prior
+            out.source_fold[a:b], out.source_split[a:b] = fold.index, split
+        if split == OUTER:
+            out.metrics[name][f"fold_{fold.index}"] = {
+                part: _metric_block(
+                    _calibrated(res, x, fold.bars(part), window, sl.predict_batch),
+                    labels[fold.bars(part)],
+                    res.prior,
+                )
+                for part in ("val", "test")
+            }
+        log.info("sl %s %s: best epoch %d/%d, val loss %.4f, T=%.2f", name, tag, res.best_epoch,
+                 res.epochs_run, res.val_loss, res.temperature)  # fmt: skip
+    return entry
+
+
+def _manifest(
+    store: FeatureStore, cfg: HmarlConfig, folds: list[Fold], blocks: list, fits: list[dict], gap: int
+) -> dict:
+    sl = cfg.sl
+    return {
         "channels": list(CHANNELS),
         "models": {
             n: {"version": MODEL_VERSIONS[n], "hparams": getattr(sl, n).model_dump()} for n in MODEL_NAMES
@@ -272,13 +285,12 @@ def build_sl_cache(store: FeatureStore, cfg: HmarlConfig, checkpoint_dir: Path) 
             "unit": sl.threshold_unit,
             "vol_window": sl.vol_window,
         },
-        "window": window,
+        "window": cfg.features.window,
         "fingerprint": store.meta.get("fingerprint"),
         "feature_names": store.feature_names,
         "symbols": store.symbols,
         "seed": cfg.seed,
     }
-    return SLCache(probs, source_fold, source_split, manifest), metrics
 
 
 def summary_metrics(metrics: dict) -> dict[str, float]:

@@ -19,8 +19,9 @@ from pathlib import Path
 from hmarl.config import HmarlConfig
 from hmarl.data.store import FeatureStore
 from hmarl.io import atomic_path, write_json
+from hmarl.runtime import torch_threads
 from hmarl.sl.inputs import check_store
-from hmarl.sl.train import build_sl_cache, summary_metrics, torch_threads
+from hmarl.sl.train import build_sl_cache, summary_metrics
 from hmarl.tracking import Tracker
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from hmarl.evaluation.walk_forward import evaluate_period
 from hmarl.io import write_json
 from hmarl.learners.agent_folder import load_symbol_agents
 from hmarl.learners.fold_models import resolve_models
-from hmarl.sl.train import torch_threads
+from hmarl.runtime import torch_threads
 
 log = logging.getLogger(__name__)
 
