@@ -33,7 +33,7 @@ from hmarl.agents.saved_master import load_master
 from hmarl.config import load_config
 from hmarl.evaluation.walk_forward import evaluate_period
 from hmarl.learners.agent_folder import load_symbol_agents, symbol_agent_dir
-from hmarl.sl.train import torch_threads
+from hmarl.runtime import torch_threads
 from hmarl.steps.runner import execute
 from hmarl.tracking.tracker import Tracker
 

@@ -23,7 +23,6 @@ from hmarl.data.windows import gather_pair_windows
 from hmarl.env.gather import gather_windows
 from hmarl.errors import DataError
 from hmarl.runtime import resolve_device
-from hmarl.runtime import torch_threads as torch_threads  # re-exported: research/trial.py imports it here
 from hmarl.sl.cache import CHANNELS, NONE, OUTER, SLCache, inner_blocks, inner_fit_ranges, walk_forward_plan
 from hmarl.sl.calibration import calibrated_probs, fit_temperature
 from hmarl.sl.inputs import bars_to_ranges, labelled_pairs, model_inputs, ranges_to_bars
