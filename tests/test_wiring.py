@@ -141,7 +141,7 @@ def test_no_step_imports_a_step_and_nothing_else_imports_one():
 
 
 # The README's architecture picture, lowest layer first; a package may import its own layer and those
-# below. Shared modules (config and the typed params, io, errors, tracking, the C build) may be used by all.
+# below. Shared modules (config and the typed params, io, errors, tracking, the C build, runtime) may be used by all.
 LAYERS = (
     {"data"},
     {"env"},
@@ -153,7 +153,7 @@ LAYERS = (
     {"steps"},
     {"cli", "pipeline_cli", "pipeline_local", "kfp_glue", "wiring"},
 )
-SHARED = {"config", "params_base", "io", "errors", "safe_load", "tracking", "cbuild", "__init__"}
+SHARED = {"config", "params_base", "io", "errors", "safe_load", "tracking", "cbuild", "runtime", "__init__"}
 
 
 def _top(module: str) -> str | None:
