@@ -51,12 +51,12 @@ class Backtest:
     gross: np.ndarray  # (steps, N) gross position value at the step's close
     symbol_pnl: np.ndarray  # (steps, N, S) net P&L of each symbol in the step (after its costs), currency
     directive: np.ndarray  # (steps + 1, N) directive in force after each decision point (index)
-    risk_free: np.ndarray | None = None  # (steps,) per-bar cash rate of each step (None: 0)
     # the decision funnel (evaluation/exposure.py): what the policy chose, what the rules let through
-    chosen: np.ndarray | None = None  # (steps, N, S) uint8 actions the policy picked
-    forced: np.ndarray | None = None  # (steps, N, S) bool: the repetition limit turned the pick into HOLD
-    invalid: np.ndarray | None = None  # (steps, N, S) bool: the pick was masked (became HOLD)
-    buy_scale: np.ndarray | None = None  # (steps, N) share of the buy notional cash allowed (pro rata)
+    chosen: np.ndarray  # (steps, N, S) uint8 actions the policy picked
+    forced: np.ndarray  # (steps, N, S) bool: the repetition limit turned the pick into HOLD
+    invalid: np.ndarray  # (steps, N, S) bool: the pick was masked (became HOLD)
+    buy_scale: np.ndarray  # (steps, N) share of the buy notional cash allowed (pro rata)
+    risk_free: np.ndarray | None = None  # (steps,) per-bar cash rate of each step (None: 0)
 
     @property
     def sharpe(self) -> np.ndarray:

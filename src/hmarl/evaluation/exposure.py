@@ -67,26 +67,24 @@ def exposure_funnel(bt: Backtest, market: MarketData, cfg: HmarlConfig, bars: tu
     cap = cfg.env.max_leverage if cfg.env.allow_leverage else 1.0
     exposure = bt.gross / bt.equity[1:]  # (steps, N)
     held = bt.holding[1:].sum(-1)  # (steps, N)
-    room = limit * alloc
+    ceiling = float(np.minimum(limit * alloc, cap).mean())
     with np.errstate(divide="ignore", invalid="ignore"):
         sizing = np.where(held > 0, exposure / (held * alloc), np.nan)
-    out = {
+    chosen = bt.chosen.astype(np.int64)
+    buying = np.isin(bt.executed, BUY_ACTIONS + (Action.ADD_TO_WINNER,)).any(-1)
+    return {
         "exposure": float(exposure.mean()),
-        "ceiling": float(np.minimum(room, cap).mean()),
-        "ceiling_used": float(exposure.mean() / max(np.minimum(room, cap).mean(), 1e-12)),
+        "ceiling": ceiling,
+        "ceiling_used": float(exposure.mean() / max(ceiling, 1e-12)),
         "slot_use": float((held / np.maximum(limit, 1.0)).mean()),
         "sizing": float(np.nanmean(sizing)) if np.isfinite(sizing).any() else 0.0,
         "held_symbols": float(held.mean()),
+        "pick_hold": float((chosen == Action.HOLD).mean()),
+        "pick_buy": float(np.isin(chosen, BUY_ACTIONS).mean()),
+        "pick_add": float((chosen == Action.ADD_TO_WINNER).mean()),
+        "pick_sell": float(np.isin(chosen, SELL_ACTIONS).mean()),
+        "masked": float(bt.invalid.mean()),
+        "forced_hold": float(bt.forced.mean()),
+        "buy_scale": float(bt.buy_scale[buying].mean()) if buying.any() else 1.0,
         "holding_bars": _holding_bars(bt.holding),
     }
-    if bt.chosen is not None:
-        chosen = bt.chosen.astype(np.int64)
-        out["pick_hold"] = float((chosen == Action.HOLD).mean())
-        out["pick_buy"] = float(np.isin(chosen, BUY_ACTIONS).mean())
-        out["pick_add"] = float((chosen == Action.ADD_TO_WINNER).mean())
-        out["pick_sell"] = float(np.isin(chosen, SELL_ACTIONS).mean())
-        out["masked"] = float(bt.invalid.mean())
-        out["forced_hold"] = float(bt.forced.mean())
-        buying = np.isin(bt.executed, BUY_ACTIONS + (Action.ADD_TO_WINNER,)).any(-1)
-        out["buy_scale"] = float(bt.buy_scale[buying].mean()) if buying.any() else 1.0
-    return out
