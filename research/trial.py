@@ -39,6 +39,8 @@ from hmarl.tracking.tracker import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
+DATA_FILE = DATA / "us_large_caps_daily_2005_2021.parquet"
+BENCHMARK_FILE = DATA / "us_large_caps_daily_2005_2021_benchmark.parquet"
 ARMS = ("policy", "no_master", "buy_hold", "vol_target", "trend_filter", "sl_rule")
 METRICS = ("annual_return", "sharpe", "max_drawdown", "exposure")
 FUNNEL = (
@@ -53,14 +55,18 @@ FUNNEL = (
 )
 
 
-def overrides(args: argparse.Namespace, fold: int | None = None) -> list[str]:
-    out = [
+def daily_us_overrides(tracking_db: Path) -> list[str]:
+    """The daily_us profile on the shipped data, tracked in the SQLite store ``tracking_db``."""
+    return [
         "profile=daily_us",
-        f"data.path={DATA / 'us_large_caps_daily_2005_2021.parquet'}",
-        f"data.benchmark_path={DATA / 'us_large_caps_daily_2005_2021_benchmark.parquet'}",
-        f"tracking.mlflow_uri=sqlite:///{Path(args.tracking).resolve()}",
-        *args.overrides,
+        f"data.path={DATA_FILE}",
+        f"data.benchmark_path={BENCHMARK_FILE}",
+        f"tracking.mlflow_uri=sqlite:///{Path(tracking_db).resolve()}",
     ]
+
+
+def overrides(args: argparse.Namespace, fold: int | None = None) -> list[str]:
+    out = [*daily_us_overrides(args.tracking), *args.overrides]
     return out + ([f"ppo.fold={fold}"] if fold is not None else [])
 
 
@@ -103,7 +109,7 @@ def main() -> None:
     ap.add_argument("--tracking", default=str(ROOT / "research" / "trials.db"))
     ap.add_argument("--work", default=None, help="where the trial's models go (default research/runs/NAME)")
     args = ap.parse_args()
-    if not (DATA / "us_large_caps_daily_2005_2021.parquet").exists():
+    if not DATA_FILE.exists():
         print(json.dumps({"trial": args.name, "skipped": True, "reason": f"{DATA} not found"}))
         return
     logging.basicConfig(level=logging.WARNING)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from trial import daily_us_overrides  # research/ is the script's folder, first on sys.path
 
 from hmarl.config import load_config
 from hmarl.evaluation.aggregate import aggregate
@@ -28,7 +29,6 @@ from hmarl.evaluation.period import PeriodEvaluation
 from hmarl.steps.runner import execute
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 SHOWN = ("policy", "no_master", "sl_rule", "buy_hold", "vol_target", "trend_filter", "benchmark")
 
 
@@ -36,10 +36,7 @@ def config(args: argparse.Namespace, seed: int, extra: list[str] = ()):
     return load_config(
         ROOT / "params.yaml",
         [
-            "profile=daily_us",
-            f"data.path={DATA / 'us_large_caps_daily_2005_2021.parquet'}",
-            f"data.benchmark_path={DATA / 'us_large_caps_daily_2005_2021_benchmark.parquet'}",
-            f"tracking.mlflow_uri=sqlite:///{Path(args.upstream).resolve() / 'mlruns.db'}",
+            *daily_us_overrides(Path(args.upstream) / "mlruns.db"),
             f"seed={seed}",
             *args.overrides,
             *extra,
