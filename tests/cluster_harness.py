@@ -244,8 +244,12 @@ class Sandbox:
         subprocess.run([str(DEBIAN_PYTHON), "-m", "venv", "--without-pip", str(self.venv)], check=True)
         site = next(self.venv.glob("lib/python3.11/site-packages"))
         packages = self.checkout / ".venv" / "lib" / "python3.11" / "site-packages"
-        # the checkout's packages (processing their .pth files too), then the checkout's src/
-        (site / "hmarl_checkout.pth").write_text(f"import site; site.addsitedir({str(packages)!r})\n")
+        # the mounted checkout's src/ first (the editable install's own path names the clone's real
+        # folder, which UID 10001 may not traverse: mktemp -d makes it 0700), then its packages (with
+        # their .pth files)
+        (site / "hmarl_checkout.pth").write_text(
+            f"{self.checkout / 'src'}\nimport site; site.addsitedir({str(packages)!r})\n"
+        )
         self.venv.chmod(0o755)
 
     def command(self, cmd: list[str], writable: list[Path] = (), cwd: Path | None = None) -> list[str]:
