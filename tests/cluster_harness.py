@@ -229,6 +229,9 @@ class Sandbox:
         root.chmod(0o755)
         self.checkout = root / "app"  # mount point of the read-only checkout (the task's working dir)
         self.checkout.mkdir(exist_ok=True)
+        # the mount shows the checkout's own root folder, which an image's /app lets every user enter; a
+        # clone made in a private folder (mktemp -d: 0700) does not, so give others read/enter on it alone
+        REPO.chmod(REPO.stat().st_mode | 0o005)
         self.home = root / "home"  # root-owned: read-only for the task
         self.home.mkdir(exist_ok=True)
         self.scratch = owned_dir(root / "scratch")
