@@ -7,6 +7,7 @@ The encoder is built from the ``encoder:`` params of the profile (default ``full
 random ``(4103, 143, 23)`` store tensor with a correlation graph from random returns (speed does not depend
 on the weights). The cache build runs the real path (:func:`hmarl.encoders.pretrain.embed`, float16 into a
 memory-mapped ``.npy``). ``--quick`` times a slice of the bars and extrapolates (finishes within a minute).
+The forward rate is also given per GFLOP/s of a float32 GEMM timed in the same run (machine_reference.py).
 The last line printed is one JSON object.
 """
 
@@ -22,11 +23,12 @@ import numpy as np
 import torch
 
 from hmarl.config import load_config
+from hmarl.data.windows import gather_windows
 from hmarl.encoders.branches import correlation_adjacency
 from hmarl.encoders.model import SharedEncoder
 from hmarl.encoders.pretrain import embed
-from hmarl.env.gather import gather_windows
 from hmarl.runtime import resolve_device, set_threads
+from machine_reference import gemm_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS, BARS, WINDOW, FEATURES = 143, 4103, 24, 23
@@ -70,6 +72,7 @@ def main() -> None:
             _sync(device)
             best = min(best, time.perf_counter() - start)
     samples_per_s = batch * SYMBOLS / best
+    gflops = gemm_gflops(device)  # the machine's reference, same threads and device
 
     all_bars = np.arange(WINDOW - 1, BARS)
     timed = all_bars[: 4 * batch] if args.quick else all_bars
@@ -96,6 +99,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "samples_per_s": samples_per_s,
         "ms_per_sample": 1e3 / samples_per_s,
+        "reference_gemm_gflops": gflops,
+        "samples_per_gflop": samples_per_s / gflops,
         "batch_samples": batch * SYMBOLS,
         "cache_seconds": cache_seconds,
         "cache_extrapolated": bool(args.quick),

@@ -22,10 +22,11 @@ from pathlib import Path
 import torch
 
 from hmarl.config import load_config
-from hmarl.env.gather import gather_windows
+from hmarl.data.windows import gather_windows
 from hmarl.io import write_json
 from hmarl.runtime import resolve_device, set_threads
 from hmarl.sl.models import INFERENCE_CHUNK, MODEL_NAMES, build_model, predict_logits
+from machine_reference import gemm_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS, BARS, WINDOW, FEATURES = 143, 64, 24, 23
@@ -95,8 +96,12 @@ def main() -> None:
                 / len(batched),
                 "params": sum(p.numel() for p in model.parameters()),
             }
+    gflops = gemm_gflops(device)  # the machine's reference, same threads and device
     report = {
         "bench": "sl_inference",
+        "reference_gemm_gflops": gflops,
+        # batched samples per second per GFLOP/s of the reference: comparable across machines
+        "batched_samples_per_gflop": {n: 1e3 / r["batched"] / gflops for n, r in results.items()},
         "device": str(device),
         "threads": torch.get_num_threads(),
         "batch": {

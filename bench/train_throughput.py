@@ -8,8 +8,11 @@ the policy (gathers, forward, sampling, storage) and the update (GAE + minibatch
 Inputs are a synthetic market (tests/env_fixtures.make_store) with random SL probabilities and random
 cached 256-d embeddings: throughput does not depend on what they contain. Model and PPO settings are those
 of params.yaml (profile smoke: trunk 64, heads 64 -> 32, 2 epochs; profile full: trunk 256, heads
-256 -> 128, 4 epochs), 4 minibatches, except the rollout length. One torch thread unless --threads.
-Each figure is the median SPS of the timed updates after one warm-up update. The last line is one JSON object.
+256 -> 128, 4 epochs), 4 minibatches, except the rollout length and the behaviour-cloning warm start
+(``agent.warm_start=false``: a one-off fit before the first update, ~85 s of a quick run, not a rate of the
+update cycle). One torch thread unless --threads. Each figure is the median SPS of the timed updates after
+one warm-up update, also per GFLOP/s of a float32 GEMM timed in the same run (bench/machine_reference.py).
+The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from hmarl.config import load_config  # noqa: E402
 from hmarl.data.splits import Fold  # noqa: E402
 from hmarl.learners.distributed import DistInfo  # noqa: E402
 from hmarl.learners.symbol_trainer import train  # noqa: E402
-from hmarl.runtime import resolve_device  # noqa: E402
+from hmarl.runtime import resolve_device, set_threads  # noqa: E402
 from hmarl.sl.cache import SLCache  # noqa: E402
+from machine_reference import gemm_gflops  # noqa: E402
 
 SYMBOLS, ENVS, BARS, EMBED_DIM = 143, 64, 700, 256
 
@@ -69,6 +73,7 @@ def measure(profile: str, model: list[str], args, folder: Path, num_steps: int, 
         f"device={args.device}",
         f"ppo.threads={args.threads}",
         "ppo.progress=false",
+        "agent.warm_start=false",  # setup, not the update cycle this bench measures
         *model,
     ]
     cfg = load_config(ROOT / "params.yaml", overrides)
@@ -101,8 +106,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     # quick: short rollouts for the full model (one update of it takes ~10 s on a 2-core CPU)
-    smoke_steps, full_steps, updates = (64, 16, 2) if args.quick else (128, 128, 3)
+    smoke_steps, full_steps, updates = (32, 16, 2) if args.quick else (128, 128, 3)
     t0 = time.perf_counter()
+    set_threads(args.threads)  # the trainer sets the same count for its updates
+    gflops = gemm_gflops(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         smoke = measure("smoke", [], args, Path(tmp), smoke_steps, updates)
         full = measure("full", [], args, Path(tmp), full_steps, 1 if args.quick else updates)
@@ -116,6 +123,9 @@ def main() -> None:
                 "rollout_steps": {"smoke": smoke_steps, "full": full_steps},
                 "symbol_transitions_per_s": round(smoke["sps"]),
                 "full_model_symbol_transitions_per_s": round(full["sps"]),
+                "reference_gemm_gflops": round(gflops, 2),
+                "symbol_transitions_per_gflop": round(smoke["sps"] / gflops, 1),
+                "full_model_symbol_transitions_per_gflop": round(full["sps"] / gflops, 1),
                 "time_share": smoke["time_share"],
                 "full_model_time_share": full["time_share"],
                 "parameters": {"smoke": smoke["parameters"], "full": full["parameters"]},

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from hmarl.agents import int8_heads
+from hmarl.agents.hierarchy import Hierarchy
 from hmarl.agents.int8_heads import Int8Heads, int8_weights
 from hmarl.config import load_config
 from hmarl.encoders.inference import transformer_complete, transformer_forward, transformer_prefix
 from hmarl.encoders.model import SharedEncoder
 from hmarl.env.actions import default_directive, grid_size
 from hmarl.errors import DataError
-from hmarl.serve import decision
 from hmarl.serve.decider import Decider
 from hmarl.serve.decision import MasterHold, decide
 from hmarl.serve.positions import Account, read_positions
@@ -114,7 +114,7 @@ def test_a_master_bar_where_the_master_keeps_or_changes_the_directive(full, keep
 def test_the_decision_is_the_hierarchy_reapplying_the_directive_and_running_the_agents_again(
     full, keep, monkeypatch
 ):
-    """decide_bar's shortcut (a kept directive is not re-applied and the intents the master read are the
+    """Hierarchy.decide's shortcut (a kept directive is not re-applied and the intents the master read are the
     orders) against the plain composition: the master's director, the directive applied, the symbol
     agents run again under it."""
     bundle, bars = full
@@ -128,12 +128,12 @@ def test_the_decision_is_the_hierarchy_reapplying_the_directive_and_running_the_
     monkeypatch.setattr(bundle.master, "logits", forced)
     shortcut = decide(bundle, bars[0])
 
-    def plain(h, env, obs):
+    def plain(h, env, obs):  # the composition, as a method of Hierarchy
         assert bool(obs.master_due[0])
         obs = env.set_directive(h.director(greedy=True)(obs))
         return h.symbol_outputs(obs)[0], obs
 
-    monkeypatch.setattr(decision, "decide_bar", plain)
+    monkeypatch.setattr(Hierarchy, "decide", plain)
     reference = decide(bundle, bars[0])
     assert reference[0]["directive"]["index"] == target
     assert shortcut == reference

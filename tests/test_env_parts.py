@@ -11,9 +11,9 @@ import torch
 
 from env_fixtures import env_config, make_store, reward_config, run_without_compiler
 from hmarl.config import ConfigError, load_config
+from hmarl.data.windows import FeatureWindows, gather_bars, gather_windows
 from hmarl.env.actions import decode_directive, directive_index, grid_size
 from hmarl.env.anti_collapse import ActionWindow, nonzero_bytes, tier_table, unpack_counts
-from hmarl.env.gather import FeatureWindows, gather_bars, gather_windows
 from hmarl.env.market import MarketData
 from hmarl.env.rollout_memory import allocate_rollout, pack_mask, rollout_bytes, unpack_mask
 from hmarl.env.telemetry import action_telemetry, histogram_entropy

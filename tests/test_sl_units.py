@@ -8,8 +8,7 @@ import torch
 
 from hmarl.config import SplitsConfig
 from hmarl.data.splits import make_folds
-from hmarl.data.windows import gather_pair_windows
-from hmarl.env.gather import gather_windows
+from hmarl.data.windows import gather_pair_windows, gather_windows
 from hmarl.errors import DataError
 from hmarl.runtime import torch_threads
 from hmarl.sl.cache import OUTER, honesty_violations, inner_blocks, inner_fit_ranges, walk_forward_plan

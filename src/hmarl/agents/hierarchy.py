@@ -1,10 +1,10 @@
 """The two levels acting together: frozen symbol agents under a master directive, one env step at a time.
 
-Used by the master's trainer, its held-out backtest, the walk-forward evaluation and the desk's decision
-(:func:`hmarl.serve.decision.decide_bar`). Per decision bar: the symbol agents
-run on the observation under the current directive (their intents feed the master), the master picks a
-directive where it is due, the simulator applies it (allocations and masks change) and the symbol agents
-act on the refreshed observation.
+Used by the master's trainer and, through :meth:`Hierarchy.decide` (the one decision of a bar), by the
+backtests, the walk-forward evaluation and the desk (:mod:`hmarl.serve.decision`). Per decision bar: the
+symbol agents run on the observation under the current directive (their intents feed the master), the
+master picks a directive where it is due, the simulator applies it (allocations and masks change) and the
+symbol agents act on the refreshed observation.
 """
 
 from __future__ import annotations
@@ -65,6 +65,26 @@ class Hierarchy:
     def symbol_actions(self, obs: Observation, generator: torch.Generator | None) -> torch.Tensor:
         logp, _ = self.symbol_outputs(obs)
         return dist.choose(logp, self.symbol_greedy, generator)
+
+    @torch.no_grad()
+    def decide(self, env, obs: Observation) -> tuple[torch.Tensor, Observation]:
+        """The decision of a bar for every env of ``env`` (a :class:`~hmarl.env.vec_env.MarketEnv`):
+        ``(masked log-probabilities (N, S, 7), the observation they read)``.
+
+        Where the master is due it reads the symbol agents' intents under the directive in force and picks
+        greedily. A kept directive leaves the observation and the intents as they were (re-applying it
+        observes the same state again); a new one is applied and the symbol agents act under it (only
+        their actor runs then)."""
+        logp = None
+        if bool(obs.master_due.any()):
+            logp, value = self.symbol_outputs(obs)
+            chosen = self.master_choice(obs, logp, value)
+            if bool(((chosen != env.directive) & obs.master_due).any()):
+                obs = env.set_directive(chosen)
+                logp = None
+        if logp is None:
+            logp = self.symbol_logp(obs)
+        return logp, obs
 
     def director(self, greedy: bool = True, generator: torch.Generator | None = None):
         """``obs -> directive (N,)``: the master's choice (greedy or sampled)."""

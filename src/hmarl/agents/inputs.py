@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from hmarl.env.gather import gather_bars, gather_windows
+from hmarl.data.windows import gather_bars, gather_windows
 from hmarl.env.spec import DIRECTIVE_FEATURES, PORTFOLIO_FEATURES, Observation
 
 STATE_DTYPE = torch.float16

@@ -22,8 +22,8 @@ from torch import nn
 
 from hmarl.agents.inputs import AgentTables, PolicyObs
 from hmarl.agents.params import AgentConfig
+from hmarl.data.windows import gather_bars
 from hmarl.env.actions import NUM_ACTIONS
-from hmarl.env.gather import gather_bars
 from hmarl.env.spec import AGENT_FEATURES
 
 NUM_SL = 9  # SL cache channels: 3 models x (down, flat, up)

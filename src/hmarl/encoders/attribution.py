@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hmarl.data.windows import gather_windows
 from hmarl.encoders.model import PretrainHeads, SharedEncoder
-from hmarl.env.gather import gather_windows
 from hmarl.io import atomic_path
 
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hmarl.data.windows import gather_windows
 from hmarl.encoders.model import PretrainHeads, SharedEncoder
 from hmarl.encoders.params import EncoderConfig
-from hmarl.env.gather import gather_windows
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from hmarl.data.store import FeatureStore
+from hmarl.data.windows import FeatureWindows
 from hmarl.env.actions import NUM_ACTIONS, grid_size
-from hmarl.env.gather import FeatureWindows
 from hmarl.env.market import MarketData
 from hmarl.env.params import EnvConfig, RewardConfig
 from hmarl.env.spec import AGENT_FEATURES, DIRECTIVE_FEATURES, PORTFOLIO_FEATURES, Observation

@@ -17,7 +17,7 @@ Timing of one ``step(actions)`` (no look-ahead: nothing of bar t+1 is seen befor
 7. Observation of the new bar (observe.py; its layout is the contract in spec.py): bar index, small
    per-agent and portfolio state, regime, directive, recent-action counts and the masks for the next
    decision. Market windows are not copied: gather
-   them by ``obs.bar`` (gather.py).
+   them by ``obs.bar`` (data/windows.py).
 
 The master acts every ``master.interval`` bars of an episode: before the symbol agents decide, call
 :meth:`MarketEnv.set_directive` (applied where ``obs.master_due``), which refreshes allocations and masks.

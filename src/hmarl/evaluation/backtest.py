@@ -7,7 +7,8 @@ gross exposure, each symbol's net P&L and the master's directive. With ``env.ini
 allocation`` the episode starts invested (env/initial.py): the first row is the account before that
 purchase (the initial cash, flat) and the first step carries its costs and notional. Policies map a
 simulator observation to actions; provided here: the trained agent (greedy or sampled), the masked random
-policy, the SL-only rule and the oracle that reads the true planted signal (synthetic data).
+policy, the SL-only rule and the oracle that reads the true planted signal (synthetic data). The agents
+under their master run as :class:`Directed`: each bar is :meth:`Hierarchy.decide`, the desk's decision.
 
 Equal-weight buy-and-hold (:func:`buy_and_hold`) is not simulated step by step but filled once with the
 simulator's own fill code: the decision at ``lo`` buys every symbol tradable at ``lo + 1`` for the same
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from hmarl.agents import distributions as dist
+from hmarl.agents.hierarchy import Hierarchy
 from hmarl.agents.inputs import AgentTables, compact
 from hmarl.agents.symbol import SymbolAgent
 from hmarl.config import HmarlConfig
@@ -37,6 +39,20 @@ from hmarl.evaluation.period import PolicySeries
 from hmarl.sl.cache import CHANNELS
 
 ObsPolicy = Callable[[Observation], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Directed:
+    """The symbol agents under their master: each bar the desk's decision (:meth:`Hierarchy.decide`, the
+    master where it is due, greedy), then the agents' actions chosen from it (greedy or sampled)."""
+
+    hierarchy: Hierarchy
+    greedy: bool = True
+    generator: torch.Generator | None = None
+
+    def __call__(self, env: MarketEnv, obs: Observation) -> tuple[torch.Tensor, Observation]:
+        logp, obs = self.hierarchy.decide(env, obs)
+        return dist.choose(logp, self.greedy, self.generator), obs
 
 
 @dataclass
@@ -122,13 +138,12 @@ def backtest(
     market: MarketData,
     cfg: HmarlConfig,
     bar_range: tuple[int, int],
-    policy: ObsPolicy,
+    policy: ObsPolicy | Directed,
     num_envs: int = 1,
     seed: int = 0,
-    director: ObsPolicy | None = None,
 ) -> Backtest:
-    """``director``: the master (obs -> directive ids), consulted where it is due; None keeps the
-    env's default directive (``env.master.default``) throughout."""
+    """``policy``: agents with their master (:class:`Directed`), or a policy alone under the env's default
+    directive (``env.master.default``) throughout."""
     lo, hi = bar_range
     steps = hi - lo - 1
     env = evaluation_env(market, cfg, bar_range, num_envs, seed)
@@ -148,10 +163,14 @@ def backtest(
     entry_cost = env.entry_cost.double().cpu()  # (N, S)
     equity[0] = equity[0] + entry_cost.sum(-1)
     for _ in range(steps):
-        if director is not None and bool(obs.master_due.any()):
-            obs = env.set_directive(director(obs))
-            directive[-1] = env.state()["directive"].cpu()
-        res = env.step(policy(obs))
+        if isinstance(policy, Directed):
+            due = bool(obs.master_due.any())
+            actions, obs = policy(env, obs)
+            if due:
+                directive[-1] = env.state()["directive"].cpu()
+        else:
+            actions = policy(obs)
+        res = env.step(actions)
         record()
         executed.append(res.executed_action.to(torch.uint8).cpu())
         costs.append(res.info["cost"].double().cpu())

@@ -36,6 +36,7 @@ from hmarl.config import HmarlConfig
 from hmarl.env.actions import default_directive
 from hmarl.env.market import MarketData
 from hmarl.evaluation.backtest import (
+    Directed,
     agent_policy,
     backtest,
     benchmark_series,
@@ -85,7 +86,7 @@ def evaluate_period(
     symbols = symbols.eval()
     greedy = agent_policy(symbols, tables)
     bench = benchmark_table(market.benchmark, cfg.env.master.interval).to(market.device)
-    director = Hierarchy(symbols, tables, master.eval(), bench).director()
+    directed = Directed(Hierarchy(symbols, tables, master.eval(), bench))
     sl_rule = sl_rule_policy(tables)
     base = float(cfg.env.commission_bps_round_trip)
     passive = passive_weights(market, cfg)
@@ -96,7 +97,7 @@ def evaluate_period(
         trained = symbol_stage_config(neutral)  # the agents' training directive
         gen = torch.Generator(market.device).manual_seed(cfg.seed)
         runs = {
-            POLICY: backtest(market, neutral, bars, greedy, 1, cfg.seed, director),
+            POLICY: backtest(market, neutral, bars, directed, 1, cfg.seed),
             "symbol_agents": backtest(market, trained, bars, greedy, 1, cfg.seed),
             "no_master": backtest(market, neutral, bars, greedy, 1, cfg.seed),
             "sl_rule": backtest(market, trained, bars, sl_rule, 1, cfg.seed),

@@ -35,7 +35,7 @@ from hmarl.agents.master import benchmark_table
 from hmarl.agents.saved import AGENT_VERSION
 from hmarl.agents.saved_master import MASTER_VERSION, save_master
 from hmarl.config import HmarlConfig, config_dict
-from hmarl.evaluation.backtest import agent_policy, backtest
+from hmarl.evaluation.backtest import Directed, agent_policy, backtest
 from hmarl.evaluation.metrics import drawdown_reduction, finite_or_none, max_drawdown
 from hmarl.io import read_json, write_json
 from hmarl.learners.agent_folder import load_symbol_agents, write_agent
@@ -119,12 +119,13 @@ def evaluate(
     bench = benchmark_table(market.benchmark, cfg.env.master.interval).to(market.device)
     h = Hierarchy(symbols, tables, master, bench)
     n, out = cfg.master.eval_envs, {"bars": list(bars)}
-    arms = [("master", symbols, h.director()), ("neutral", symbols, None)]
+    arms = [("master", symbols, True), ("neutral", symbols, False)]
     if pretrained is not None:
-        arms.append(("neutral_pretrained", pretrained, None))
-    for name, agents, director in arms:
+        arms.append(("neutral_pretrained", pretrained, False))
+    for name, agents, directed in arms:
         gen = torch.Generator(market.device).manual_seed(cfg.seed)
-        bt = backtest(market, cfg, bars, agent_policy(agents, tables, False, gen), n, cfg.seed, director)
+        policy = Directed(h, False, gen) if directed else agent_policy(agents, tables, False, gen)
+        bt = backtest(market, cfg, bars, policy, n, cfg.seed)
         per_account = np.asarray(max_drawdown(bt.equity))
         out[name] = {
             "max_drawdown": float(max_drawdown(bt.equity.mean(1))),

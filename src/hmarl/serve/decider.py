@@ -1,7 +1,8 @@
 """The per-bar decision a desk runs, kept warm between bars: :class:`Decider`.
 
-The decision of :mod:`hmarl.serve.decision` (its :func:`~hmarl.serve.decision.decide_bar`; equal to the
-reference :func:`~hmarl.serve.decision.decide`, asserted in tests/test_decider.py), organized for latency. Done once, at construction or on the first call: models in eval mode with their checks, the
+The decision of :mod:`hmarl.serve.decision` (:meth:`~hmarl.agents.hierarchy.Hierarchy.decide`; equal to
+the reference :func:`~hmarl.serve.decision.decide`, asserted in tests/test_decider.py), organized for
+latency. Done once, at construction or on the first call: models in eval mode with their checks, the
 one-account simulator (over a two-bar market the newest bar is copied into, instead of a simulator over the
 whole history per decision), the order table.
 
@@ -41,7 +42,7 @@ from hmarl.env.market import MarketData
 from hmarl.env.vec_env import MarketEnv
 from hmarl.runtime import torch_threads
 from hmarl.serve.bundle import Bundle
-from hmarl.serve.decision import MasterBar, MasterHold, bench_rows, decide_bar, newest_bar, orders, start_bar
+from hmarl.serve.decision import MasterBar, MasterHold, bench_rows, newest_bar, orders, start_bar
 from hmarl.serve.inputs import LatestInputs
 from hmarl.serve.positions import Account
 from hmarl.sl.calibration import calibrated_probs
@@ -204,7 +205,7 @@ class Decider:
         tables = AgentTables(emb, sl, None, torch.device("cpu"))
         h = Hierarchy(self.agent, tables, self.master, self.bench, heads=(self.actor, self.critic))
         due = bool(obs.master_due[0])
-        logp, obs = decide_bar(h, env, obs)
+        logp, obs = h.decide(env, obs)
         result = orders(
             self.cfg.env,
             self.bundle.symbols,

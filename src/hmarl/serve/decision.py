@@ -1,13 +1,13 @@
 """The decision a desk acts on, once: for the newest bar of one account, the master's directive where it is
 due and every symbol agent's greedy order under the directive that stands.
 
-:func:`decide_bar` is the decision on a ready observation (the master, through
-:class:`hmarl.agents.hierarchy.Hierarchy` as in training and the backtests, reads the symbol agents'
-intents under the directive in force; a kept directive leaves the observation and the intents as they
-were); :func:`orders` turns its log-probabilities into the desk's order table. :func:`decide` is the
-reference computation, everything from scratch over the history given; :class:`hmarl.serve.decider.Decider`
-runs the same :func:`decide_bar` kept warm between bars (prefix caches, a two-bar simulator, int8 heads),
-asserted equal in tests/test_decider.py.
+The decision on a ready observation is :meth:`hmarl.agents.hierarchy.Hierarchy.decide`, the same one the
+backtests and the walk-forward run (the master reads the symbol agents' intents under the directive in
+force; a kept directive leaves the observation and the intents as they were); :func:`orders` turns its
+log-probabilities into the desk's order table. :func:`decide` is the reference computation, everything from
+scratch over the history given; :class:`hmarl.serve.decider.Decider` runs the same ``Hierarchy.decide``
+kept warm between bars (prefix caches, a two-bar simulator, int8 heads), asserted equal in
+tests/test_decider.py.
 
 Across bars the master acts every ``env.master.interval`` bars and its directive holds in between
 (:class:`MasterHold`, :class:`MasterBar`).
@@ -36,24 +36,6 @@ from hmarl.sl.calibration import calibrated_probs
 
 
 # --------------------------------------------------------------------------- the decision
-def decide_bar(h: Hierarchy, env: MarketEnv, obs: Observation) -> tuple[torch.Tensor, Observation]:
-    """Env 0's decision at its bar: ``(masked log-probabilities (N, S, 7), the observation they read)``.
-
-    Where the master is due it reads the symbol agents' intents under the directive in force and picks
-    greedily; a kept directive leaves the observation and the intents as they were, a new one is applied
-    and the symbol agents act under it (only their actor runs then)."""
-    logp = None
-    if bool(obs.master_due[0]):
-        logp, value = h.symbol_outputs(obs)
-        chosen = h.master_choice(obs, logp, value)
-        if int(chosen[0]) != int(env.directive[0]):
-            obs = env.set_directive(chosen)
-            logp = None
-    if logp is None:
-        logp = h.symbol_logp(obs)
-    return logp, obs
-
-
 @torch.no_grad()
 def decide(
     bundle: Bundle, inputs: LatestInputs, account: Account | None = None, hold: MasterHold | None = None
@@ -77,7 +59,7 @@ def decide(
     obs = start_bar(env, account, hold)  # the episode starts at the newest bar
     bench = benchmark_table(market.benchmark, cfg.env.master.interval)
     h = Hierarchy(bundle.symbol_agent, tables, bundle.master, bench)
-    logp, obs = decide_bar(h, env, obs)
+    logp, obs = h.decide(env, obs)
     return orders(cfg.env, bundle.symbols, logp[0], obs.mask[0], int(env.directive[0]), float(env.equity[0]))
 
 

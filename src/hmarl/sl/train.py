@@ -19,8 +19,7 @@ from torch import nn
 from hmarl.config import HmarlConfig
 from hmarl.data.splits import Fold, folds_for
 from hmarl.data.store import FeatureStore
-from hmarl.data.windows import gather_pair_windows
-from hmarl.env.gather import gather_windows
+from hmarl.data.windows import gather_pair_windows, gather_windows
 from hmarl.errors import DataError
 from hmarl.runtime import resolve_device
 from hmarl.sl.cache import CHANNELS, NONE, OUTER, SLCache, inner_blocks, inner_fit_ranges, walk_forward_plan
