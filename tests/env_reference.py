@@ -14,7 +14,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from hmarl.env.params import REWARD_COMPONENTS, EnvConfig, RewardConfig
+from hmarl.env.params import MASTER_COMPONENTS, REWARD_COMPONENTS, EnvConfig, RewardConfig
 
 HOLD, BUY_S, BUY_M, BUY_L, SELL_P, SELL_ALL, ADD = range(7)
 BUYS = (BUY_S, BUY_M, BUY_L)
@@ -176,7 +176,7 @@ class ReferenceEnv:
             "reward": np.zeros((n, s)),
             "components": np.zeros((c, n, s)),
             "master_reward": np.zeros(n),
-            "master_components": np.zeros((3, n)),
+            "master_components": np.zeros((len(MASTER_COMPONENTS), n)),
             "executed": np.zeros((n, s), dtype=np.int64),
             "cost": np.zeros((n, s)),
             "terminated": np.zeros(n, bool),
@@ -350,6 +350,7 @@ class ReferenceEnv:
             _clip(acc.port_m / (sd + EPS_SHARPE), -rcfg.sharpe_clip, rcfg.sharpe_clip),
             div * rcfg.diversification_scale,
             port_ret - bench_ret,
+            port_ret - 0.5 * rcfg.risk_aversion * port_ret * port_ret,
         ]
         out["master_components"][:, i] = master
         out["master_reward"][i] = sum(w * x for w, x in zip(self.master_weights, master, strict=True))

@@ -19,7 +19,7 @@ import torch
 
 from hmarl import cbuild
 from hmarl.env import telemetry
-from hmarl.env.params import REWARD_COMPONENTS
+from hmarl.env.params import MASTER_COMPONENTS, REWARD_COMPONENTS
 from hmarl.env.spec import Observation, StepResult
 
 C_SOURCE = "native_step.c"  # this module's kernel (hmarl/cbuild.py KERNELS); named so the DVC deps include it
@@ -89,7 +89,8 @@ class HmStep(ctypes.Structure):
                 "initial_cash",
             )
         ]
-        + [("weights", _D * 10), ("master_weights", _D * 3), ("tiers", _D * 8), ("default_directive", _I)]
+        + [("weights", _D * 10), ("master_weights", _D * 4), ("tiers", _D * 8), ("risk_aversion", _D)]
+        + [("default_directive", _I)]
         + [
             (name, _P)
             for name in (
@@ -199,7 +200,7 @@ class NativeStep:
             "reward": torch.empty(n, s, dtype=f64),
             "components": torch.empty(c, n, s, dtype=f64),
             "master_reward": torch.empty(n, dtype=f64),
-            "master_components": torch.empty(3, n, dtype=f64),
+            "master_components": torch.empty(len(MASTER_COMPONENTS), n, dtype=f64),
             "cost": torch.empty(n, s, dtype=f64),
             "financing": torch.empty(n, dtype=f64),
             "buy_scale": torch.empty(n, dtype=f64),
@@ -316,6 +317,7 @@ def _scalars(env) -> dict[str, float]:
         dd_pen=rcfg.trade_drawdown_penalty,
         util_scale=rcfg.utilization_scale,
         div_scale=rcfg.diversification_scale,
+        risk_aversion=rcfg.risk_aversion,
         initial_cash=cfg.initial_cash,
         initial_frac=cfg.initial_fraction,
     )

@@ -19,7 +19,8 @@ typedef struct {
     double fee, slip_base, slip_vol, slip_impact, slip_max, add_frac, min_order, winner_thr;
     double buy_frac[3], sell_partial, lev_room, fin_per_bar, bankrupt_level, max_dd, alpha, sharpe_clip;
     double roi_scale, roi_lo, roi_hi, dd_thr, dd_pen, util_scale, div_scale, initial_cash;
-    double weights[10], master_weights[3], tiers[8];
+    double weights[10], master_weights[4], tiers[8];
+    double risk_aversion; /* of the master's utility component: r - risk_aversion / 2 x r^2 */
     int64_t default_directive;
     /* market and tables */
     const double *table;      /* (5, T, S) open, close, tradable, sigma, adv */
@@ -65,7 +66,7 @@ static const HmField HM_STEP_FIELDS[] = {
     F(slip_max), F(add_frac), F(min_order), F(winner_thr), F(buy_frac), F(sell_partial), F(lev_room),
     F(fin_per_bar), F(bankrupt_level), F(max_dd), F(alpha), F(sharpe_clip), F(roi_scale), F(roi_lo),
     F(roi_hi), F(dd_thr), F(dd_pen), F(util_scale), F(div_scale), F(initial_cash), F(weights),
-    F(master_weights), F(tiers), F(default_directive), F(table), F(bench), F(cash_rate), F(directives),
+    F(master_weights), F(tiers), F(risk_aversion), F(default_directive), F(table), F(bench), F(cash_rate), F(directives),
     F(actions), F(mask_in), F(starts), F(agent), F(agent_int), F(ring), F(packed), F(account), F(clock),
     F(done), F(acc), F(rows), F(count), F(reward), F(components), F(master_reward), F(master_components),
     F(cost), F(financing), F(buy_scale), F(terminated), F(truncated), F(forced), F(invalid), F(reset),
@@ -405,9 +406,9 @@ static void step_env(HmStep *p, int64_t i) {
     p->account[5 * N + i] = (p->account[5 * N + i] + alpha * (dm * dm)) * (1.0 - alpha);
     const double ps = clampd(p->account[4 * N + i] / (sqrt(p->account[5 * N + i]) + SHARPE_EPS), -sharpe_clip,
                              sharpe_clip);
-    const double mc[3] = {ps, div * div_scale, excess};
+    const double mc[4] = {ps, div * div_scale, excess, port_ret - 0.5 * p->risk_aversion * port_ret * port_ret};
     double mr = 0.0;
-    for (int q = 0; q < 3; q++) {
+    for (int q = 0; q < 4; q++) {
         p->master_components[q * N + i] = mc[q];
         mr += p->master_weights[q] * mc[q];
     }
@@ -460,7 +461,7 @@ void hm_step(HmStep *p) {
                 for (int q = 0; q < 10; q++) p->components[q * NS + ij] = 0.0;
             }
             p->master_reward[i] = 0.0;
-            for (int q = 0; q < 3; q++) p->master_components[q * N + i] = 0.0;
+            for (int q = 0; q < 4; q++) p->master_components[q * N + i] = 0.0;
             p->terminated[i] = p->truncated[i] = 0;
             p->financing[i] = 0.0;
             p->buy_scale[i] = 1.0;

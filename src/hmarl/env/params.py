@@ -25,7 +25,7 @@ REWARD_COMPONENTS = (
     "action_repeat_penalty",
     "intrinsic_action_reward",
 )
-MASTER_COMPONENTS = ("risk_adjusted", "diversification", "excess_return")
+MASTER_COMPONENTS = ("risk_adjusted", "diversification", "excess_return", "utility")
 
 
 class MasterGridConfig(Section):
@@ -180,6 +180,9 @@ class RewardConfig(Section):
     trade_drawdown_penalty: float = Field(0.01, ge=0)  # ... costs this much per step
     utilization_scale: float = Field(0.001, ge=0)  # per step, for a fully used allocation
     diversification_scale: float = Field(0.001, ge=0)  # per step, for 1 - HHI = 1
+    # the master's utility component, r - risk_aversion / 2 x r^2 of the portfolio's bar return r: its
+    # best constant exposure is mean / (risk_aversion x variance), so it pays to cut risk when volatility rises
+    risk_aversion: float = Field(3.0, ge=0)
     # none: pnl is the position's return on its allocation; hold: minus the symbol's close-to-close return
     # (what holding the full allocation made), a control variate that makes holding the neutral choice
     pnl_baseline: Literal["none", "hold"] = "none"

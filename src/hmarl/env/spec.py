@@ -63,7 +63,7 @@ class StepResult(NamedTuple):
     reward: torch.Tensor  # (N, S) weighted sum of the components
     components: torch.Tensor  # (C, N, S) REWARD_COMPONENTS order, unweighted
     master_reward: torch.Tensor  # (N,)
-    master_components: torch.Tensor  # (3, N) MASTER_COMPONENTS order, unweighted
+    master_components: torch.Tensor  # (4, N) MASTER_COMPONENTS order, unweighted
     terminated: torch.Tensor  # (N,) bool
     truncated: torch.Tensor  # (N,) bool
     policy_action: torch.Tensor  # (N, S) int64 as given

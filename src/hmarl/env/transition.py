@@ -122,5 +122,6 @@ def step_rewards(env, m: Moved, ctx: dict, valid: torch.Tensor, forced: torch.Te
     bench = env.market.benchmark
     excess = port_ret - (bench.index_select(0, m.t1) / bench.index_select(0, env.t) - 1.0)
     port_sharpe = ema_sharpe(port_ret, env.port_m, env.port_v, env.alpha, env.rcfg.sharpe_clip)
-    master_components = torch.stack([port_sharpe, div * env.rcfg.diversification_scale, excess])
+    utility = port_ret - 0.5 * env.rcfg.risk_aversion * port_ret.square()  # mean-variance, per bar
+    master_components = torch.stack([port_sharpe, div * env.rcfg.diversification_scale, excess, utility])
     return reward, components, env.master_weights @ master_components, master_components
