@@ -258,6 +258,7 @@ class MarketEnv:
             "financing": moved.financing,
             "buy_scale": fills.buy_scale,
             "reset": reset_now,
+            "rebalanced": moved.rebalanced * keep.unsqueeze(1),
         }
         return StepResult(
             obs,
