@@ -166,14 +166,13 @@ def test_no_rebalance_where_the_master_is_not_due(backend):
     res = env.step(torch.full((2, S), int(Action.BUY_LARGE)))
     assert (res.info["rebalanced"] == 0).all() and (env.shares > 0).all()
     for k in (1, 2):
-        obs = env._obs
-        assert not obs.master_due.any()
+        assert (env.k == k).all() and not res.obs.master_due.any()
         shares = env.shares.clone()
         value = env.shares * env.market.table[CLOSE].index_select(0, env.t)
         assert (value < 0.9 * env.equity.unsqueeze(1) * CAP).all()  # below the band
         res = env.step(_hold(env))
         assert (res.info["rebalanced"] == 0).all() and torch.equal(env.shares, shares)
-    assert env._obs.master_due.all()
+    assert res.obs.master_due.all()
     res = env.step(_hold(env))
     assert (res.info["rebalanced"] > 0).all()
 
