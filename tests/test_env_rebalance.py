@@ -4,14 +4,22 @@ raised to (``target``) ``initial_fraction x allocation`` when outside the band; 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from env_fixtures import backends, env_config, make_store, reward_config
+from hmarl.config import build_config
 from hmarl.env.actions import Action, directive_index
 from hmarl.env.market import ADV, CLOSE, OPEN, SIGMA, TRADABLE, MarketData
 from hmarl.env.params import REWARD_COMPONENTS, EnvConfig, MasterGridConfig
 from hmarl.env.vec_env import MarketEnv
+from hmarl.evaluation.backtest import backtest
+
+REPO = Path(__file__).resolve().parents[1]
 
 COST = REWARD_COMPONENTS.index("cost")
 RISKS = [0.5, 0.9, 1.0, 1.2, 1.5]  # risk index 2 (1.0) is the default
@@ -252,3 +260,31 @@ def test_same_seed_same_numbers_and_none_is_the_default():
     )
     env = MarketEnv(MarketData.from_store(store, cfg), cfg, reward_config(), seed=4)
     torch.testing.assert_close(_random_run(env)[0], none[0], rtol=0, atol=0)
+
+
+def test_backtest_reports_the_rebalanced_notional_at_due_bars_only():
+    """An all-HOLD backtest under the default directive (interval 5), invested at the start: with a narrow
+    band the drifting positions are brought back to the target at due steps (k % 5 == 0) only; the
+    notional is part of the traded notional; zeros under ``none``."""
+    overrides = [
+        "tracking.enabled=false",
+        "env.initial_position=allocation",
+        "env.master.cap_unit=equal_weight",
+        "env.master.position_caps=[0.5,0.5,0.5,0.5]",
+        "env.master.default=[3,3,2]",  # risk 1.0, aggressive: the accounts keep cash for the raises
+        "env.master.rebalance_band=0.02",
+    ]
+    base = build_config(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
+    market = MarketData.from_store(make_store(num_bars=80, num_symbols=S, seed=6), base.env)
+    bars, hold = (10, 80), lambda obs: torch.zeros(obs.mask.shape[:2], dtype=torch.int64)
+    out = {}
+    for mode in ("none", "target"):
+        master = base.env.master.model_copy(update={"rebalance": mode})
+        cfg = base.model_copy(update={"env": base.env.model_copy(update={"master": master})})
+        out[mode] = backtest(market, cfg, bars, hold, 2, 0)
+    assert out["none"].rebalanced.shape == (bars[1] - bars[0] - 1, 2) and (out["none"].rebalanced == 0).all()
+    rb = out["target"].rebalanced
+    due = np.arange(len(rb)) % 5 == 0
+    assert (rb[due[:, None].repeat(2, 1)] > 0).sum() >= 10 and (rb[~due] == 0).all()
+    assert (rb <= out["target"].traded + 1e-6).all()  # all-HOLD: after step 0 every trade is the master's
+    np.testing.assert_allclose(rb[1:], out["target"].traded[1:], rtol=1e-9, atol=1e-6)
