@@ -51,8 +51,8 @@ def rebalance_orders(
 
 def rebalanced_notional(fills, open1: torch.Tensor, extra_sell, extra_buy) -> torch.Tensor:
     """(N, S) signed notional the master's rebalance traded at the fill (+ bought, - sold; 0 elsewhere)."""
-    traded = (fills.q_buy - fills.q_sell) * open1
     if extra_sell is None:
-        return traded.zero_()
+        return torch.zeros_like(open1)
+    traded = (fills.q_buy - fills.q_sell) * open1
     flag = extra_sell if extra_buy is None else extra_sell + extra_buy
     return traded.mul_(flag.sign())
