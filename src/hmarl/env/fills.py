@@ -17,6 +17,11 @@ An order decided at bar ``t`` (after its close) fills at ``open[t + 1]``:
 
 An order that fills nothing (cancelled, limit, no cash) is executed as HOLD.
 
+Optional master overrides (env/rebalance.py), on symbols whose executed action is HOLD: ``extra_sell`` a
+fraction of the shares sold like SELL_PARTIAL (no dust rule), ``extra_buy`` a notional bought like any buy
+(pro rata with the agents' buys, outside the open-position limit: the position is already open). The
+executed action stays HOLD; costs and shares count as any fill's.
+
 Implementation note: conditions are kept as float 0/1 (``sign`` of a non-negative quantity) rather than
 bool tensors: on CPU, at 64 x 143, every bool-to-float conversion or ``where`` costs more than the
 arithmetic it replaces.
@@ -70,6 +75,8 @@ def execute(
     buying_power: torch.Tensor,  # (N,)
     new_slots: torch.Tensor,  # (N, 1) positions that may still be opened
     p: FillParams,
+    extra_sell: torch.Tensor | None = None,  # (N, S) fraction of the shares, where the action is HOLD
+    extra_buy: torch.Tensor | None = None,  # (N, S) notional, where the action is HOLD
 ) -> Fills:
     action = action * tradable1
     order = table.index_select(1, action.view(-1)).view(-1, *action.shape)  # (3, N, S)
@@ -79,12 +86,15 @@ def execute(
     value0 = shares * close0
     kept_value = value0 * (1.0 - sell_frac)
     dust = positive(alloc * p.min_order_fraction - kept_value).mul_(sell_frac.sign())
-    q_sell = shares * torch.maximum(sell_frac, dust)  # exactly all shares when dust
+    sold = torch.maximum(sell_frac, dust)
+    q_sell = shares * (sold if extra_sell is None else sold + extra_sell)  # exactly all shares when dust
 
     add = torch.minimum(alloc * p.add_fraction, (alloc - value0).clamp_min_(0.0))
     rank = buy_frac.sign().cumsum_(1)  # new positions, in symbol order
     within_limit = positive(new_slots + 0.5 - rank)
     want = (buy_frac * alloc).mul_(within_limit).addcmul_(is_add, add)
+    if extra_buy is not None:
+        want.add_(extra_buy)
 
     impact = (want + q_sell * close0).div_(adv0)
     slip = (sigma0 * p.slip_vol).add_(impact, alpha=p.slip_impact).add_(p.slip_base).clamp_max_(p.slip_max)

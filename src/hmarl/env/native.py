@@ -20,6 +20,7 @@ import torch
 from hmarl import cbuild
 from hmarl.env import telemetry
 from hmarl.env.params import MASTER_COMPONENTS, REWARD_COMPONENTS
+from hmarl.env.rebalance import MODES as REBALANCE_MODES
 from hmarl.env.spec import Observation, StepResult
 
 C_SOURCE = "native_step.c"  # this module's kernel (hmarl/cbuild.py KERNELS); named so the DVC deps include it
@@ -135,6 +136,7 @@ class HmStep(ctypes.Structure):
             )
         ]
         + [("initial_alloc", _I), ("pnl_hold", _I), ("initial_frac", _D), ("entry_cost", _P)]
+        + [("rebalance", _I), ("rebalance_band", _D), ("rebalanced", _P)]
     )
 
 
@@ -209,6 +211,7 @@ class NativeStep:
             "forced": torch.empty(n, s, dtype=b),
             "invalid": torch.empty(n, s, dtype=b),
             "reset": torch.empty(n, dtype=b),
+            "rebalanced": torch.empty(n, s, dtype=f64),
             "executed": torch.empty(n, s, dtype=torch.int64),
             "mask": torch.empty(n, s, 7, dtype=b),
             "counts": torch.empty(n, s, 7, dtype=torch.uint8),
@@ -248,6 +251,7 @@ class NativeStep:
             "financing": out["financing"],
             "buy_scale": out["buy_scale"],
             "reset": out["reset"],
+            "rebalanced": out["rebalanced"],
         }
         return StepResult(
             obs,
@@ -287,6 +291,7 @@ def _sizes(env) -> dict[str, int]:
         default_directive=env.default_directive,
         initial_alloc=int(cfg.initial_position == "allocation"),
         pnl_hold=int(env.rcfg.pnl_baseline == "hold"),
+        rebalance=REBALANCE_MODES.index(cfg.master.rebalance),
     )
 
 
@@ -320,6 +325,7 @@ def _scalars(env) -> dict[str, float]:
         risk_aversion=rcfg.risk_aversion,
         initial_cash=cfg.initial_cash,
         initial_frac=cfg.initial_fraction,
+        rebalance_band=cfg.master.rebalance_band,
     )
 
 

@@ -53,6 +53,10 @@ typedef struct {
     int64_t initial_alloc, pnl_hold;
     double initial_frac;
     double *entry_cost;       /* (N, S) cost of each env's latest initial purchase */
+    /* env.master.rebalance (env/rebalance.py): 0 none, 1 trim, 2 target */
+    int64_t rebalance;
+    double rebalance_band;
+    double *rebalanced;       /* (N, S) out: signed notional the master's rebalance traded */
 } HmStep;
 
 /* The struct's layout, compared field by field with its ctypes mirror (hmarl/env/native.py HmStep) at load
@@ -71,7 +75,8 @@ static const HmField HM_STEP_FIELDS[] = {
     F(done), F(acc), F(rows), F(count), F(reward), F(components), F(master_reward), F(master_components),
     F(cost), F(financing), F(buy_scale), F(terminated), F(truncated), F(forced), F(invalid), F(reset),
     F(executed), F(mask), F(counts), F(master_due), F(agent_obs), F(portfolio), F(directive_features),
-    F(bar), F(directive), F(initial_alloc), F(pnl_hold), F(initial_frac), F(entry_cost)
+    F(bar), F(directive), F(initial_alloc), F(pnl_hold), F(initial_frac), F(entry_cost), F(rebalance),
+    F(rebalance_band), F(rebalanced)
 };
 #undef F
 int64_t hm_step_sizeof(void) { return (int64_t)sizeof(HmStep); }
@@ -231,6 +236,19 @@ static void reset_env(HmStep *p, int64_t i) {
     if (p->initial_alloc) buy_initial(p, i);
 }
 
+/* env.master.rebalance (env/rebalance.py): the master's override of a held symbol its agent HOLDs, at a
+   bar where the master is due: a fraction of the shares to sell (above the band) or a notional to buy
+   (target mode, below it); 0 where the symbol is not rebalanced */
+typedef struct { double sell, buy; } Rebalance;
+
+static Rebalance rebalance_order(const HmStep *p, double shares, double close0, double alloc) {
+    Rebalance r = {0.0, 0.0};
+    const double value0 = shares * close0, target = alloc * p->initial_frac, band = p->rebalance_band;
+    if (value0 - target * (1.0 + band) > 0.0) r.sell = 1.0 - target / maxd(value0, TINY);
+    else if (p->rebalance == 2 && target * (1.0 - band) - value0 > 0.0) r.buy = target - value0;
+    return r;
+}
+
 static void step_env(HmStep *p, int64_t i) {
     const int64_t N = p->n, S = p->s, T = p->t_bars, NS = N * S, W = p->window;
     const int64_t t = p->clock[i], k = p->clock[N + i];
@@ -248,6 +266,8 @@ static void step_env(HmStep *p, int64_t i) {
     const int64_t *restrict act = p->actions + i * S;
     const uint8_t *restrict mask_in = p->mask_in + i * S * NA;
     double *restrict reward = p->reward + i * S, *restrict cost = p->cost + i * S;
+    double *restrict rebalanced = p->rebalanced + i * S;
+    const int rebalance_due = p->rebalance != 0 && (k % p->master_interval) == 0;
     double *restrict comp = p->components + i * S;  /* row q at comp + q * NS */
     int64_t *restrict executed = p->executed + i * S;
     uint8_t *restrict forced_out = p->forced + i * S, *restrict invalid_out = p->invalid + i * S;
@@ -269,7 +289,7 @@ static void step_env(HmStep *p, int64_t i) {
 
     /* per-symbol scratch of this env (stays in L1) */
     double sc_want[S], sc_sell[S], sc_slip[S], sc_proceeds[S], sc_pnl[S], sc_mult[S], sc_traded[S];
-    double sc_value1[S], sc_turnover[S];
+    double sc_value1[S], sc_turnover[S], sc_rebal[S];
 
     /* pass 1: decision, orders, slippage */
     double need = 0.0, proceeds_total = 0.0, rank = 0.0;
@@ -285,10 +305,15 @@ static void step_env(HmStep *p, int64_t i) {
         const double sell_frac = action == 4 ? sell_partial : (action == 5 ? 1.0 : 0.0);
         const double value0 = shares[j] * close0[j];
         const double dust = pos(alloc * min_order - value0 * (1.0 - sell_frac)) * (sell_frac > 0.0 ? 1.0 : 0.0);
-        const double q_sell = shares[j] * maxd(sell_frac, dust);
+        Rebalance rb = {0.0, 0.0};
+        if (rebalance_due && action == 0 && trad1[j] > 0.5 && shares[j] > 0.0)
+            rb = rebalance_order(p, shares[j], close0[j], alloc);
+        const double q_sell = shares[j] * (maxd(sell_frac, dust) + rb.sell);
         rank += buy_frac > 0.0 ? 1.0 : 0.0;
         double want = buy_frac * alloc * pos(slots + 0.5 - rank);
         if (action == 6) want += mind(alloc * add_frac, maxd(alloc - value0, 0.0));
+        want += rb.buy;
+        sc_rebal[j] = rb.sell + rb.buy > 0.0 ? 1.0 : 0.0;
         const double impact = (want + q_sell * close0[j]) / adv0[j];
         const double slip = mind(sigma0[j] * slip_vol + impact * slip_impact + slip_base, slip_max);
         const double proceeds = q_sell * open1[j] * (1.0 - slip) * (1.0 - fee);
@@ -334,6 +359,7 @@ static void step_env(HmStep *p, int64_t i) {
         sc_traded[j] = q_buy - q_sell;
         sc_value1[j] = value1;
         sc_turnover[j] = (q_buy + q_sell) * open1[j];
+        rebalanced[j] = (q_buy - q_sell) * open1[j] * sc_rebal[j];
     }
     cash += proceeds_total - paid_total;
     const double fin = maxd(-cash, 0.0) * p->fin_per_bar - maxd(cash, 0.0) * p->cash_rate[t];
@@ -458,6 +484,7 @@ void hm_step(HmStep *p) {
                 p->forced[ij] = 0;
                 p->invalid[ij] = 0;
                 p->cost[ij] = 0.0;
+                p->rebalanced[ij] = 0.0;
                 for (int q = 0; q < 10; q++) p->components[q * NS + ij] = 0.0;
             }
             p->master_reward[i] = 0.0;

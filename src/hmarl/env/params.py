@@ -41,6 +41,11 @@ class MasterGridConfig(Section):
     # equity: a position cap is a fraction of equity; equal_weight: a multiple of the equal-weight slot
     # 1 / S (S = symbols in the env), so caps of 1.0 at risk 1.0 let the agents hold the whole universe
     cap_unit: Literal["equity", "equal_weight"] = "equity"
+    # none: the directive sizes new orders only; trim / target: at a bar where the master is due, a held
+    # position whose agent HOLDs is sold down to (trim, target) or bought up to (target) its target
+    # initial_fraction x allocation when it lies outside target x (1 +- rebalance_band) (env/rebalance.py)
+    rebalance: Literal["none", "trim", "target"] = "none"
+    rebalance_band: float = Field(0.25, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> MasterGridConfig:

@@ -12,6 +12,7 @@ import torch
 from hmarl.env.fills import Fills, execute
 from hmarl.env.market import CLOSE, OPEN, TRADABLE
 from hmarl.env.params import REWARD_COMPONENTS
+from hmarl.env.rebalance import rebalance_orders, rebalanced_notional
 from hmarl.env.rewards import TINY, diversification, ema_sharpe, symbol_components
 
 
@@ -29,6 +30,7 @@ class Moved(NamedTuple):
     equity0: torch.Tensor  # (N,) before the step
     drawdown: torch.Tensor  # (N,) after the mark
     financing: torch.Tensor  # (N,) net financing charged for the bar
+    rebalanced: torch.Tensor  # (N, S) signed notional the master's rebalance traded (env/rebalance.py)
 
 
 def fill_and_mark(env, decided: torch.Tensor, ctx: dict) -> Moved:
@@ -39,6 +41,8 @@ def fill_and_mark(env, decided: torch.Tensor, ctx: dict) -> Moved:
     open1, close1 = row1[OPEN], row1[CLOSE]
     close0, entry0 = ctx["close"], env.entry
     shares0 = env.shares.clone()
+    tradable1 = row1[TRADABLE]
+    extra_sell, extra_buy = rebalance_orders(env, decided, ctx, tradable1)
     fills = execute(
         decided,
         env.order_table,
@@ -47,12 +51,15 @@ def fill_and_mark(env, decided: torch.Tensor, ctx: dict) -> Moved:
         sigma0=ctx["sigma"],
         adv0=ctx["adv"],
         open1=open1,
-        tradable1=row1[TRADABLE].long(),
+        tradable1=tradable1.long(),
         alloc=ctx["alloc"],
         buying_power=ctx["buying_power"],
         new_slots=ctx["new_slots"],
         p=env.fill_params,
+        extra_sell=extra_sell,
+        extra_buy=extra_buy,
     )
+    rebalanced = rebalanced_notional(fills, open1, extra_sell, extra_buy)
     remaining = shares0 - fills.q_sell
     torch.add(remaining, fills.q_buy, out=env.shares)
     holding1 = torch.sign(env.shares)  # float 0/1: shares are >= 0
@@ -74,7 +81,9 @@ def fill_and_mark(env, decided: torch.Tensor, ctx: dict) -> Moved:
     torch.maximum(env.peak_eq, env.equity, out=env.peak_eq)
     drawdown = 1.0 - env.equity / env.peak_eq
     torch.maximum(env.max_dd, drawdown, out=env.max_dd)
-    return Moved(t1, open1, close1, close0, shares0, fills, holding1, value1, equity0, drawdown, financing)
+    return Moved(
+        t1, open1, close1, close0, shares0, fills, holding1, value1, equity0, drawdown, financing, rebalanced
+    )
 
 
 def step_rewards(env, m: Moved, ctx: dict, valid: torch.Tensor, forced: torch.Tensor):

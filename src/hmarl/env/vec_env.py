@@ -5,7 +5,8 @@ Timing of one ``step(actions)`` (no look-ahead: nothing of bar t+1 is seen befor
 1. Decision at bar ``t`` (after its close): the policy saw the observation and masks of bar ``t``.
    Masked-out picks become HOLD; the repetition limit turns a 4th identical non-HOLD action into HOLD.
 2. Fill at ``open[t + 1]`` (fills.py, transition.py): cancellations, sells, buys (position limit, pro-rata cash),
-   commission and slippage.
+   commission and slippage; with ``master.rebalance`` on, at a due bar the master's trims / raises of held
+   positions its agents HOLD (rebalance.py; ``info["rebalanced"]``).
 3. Financing on negative cash (``env.financing_rate``) less interest on positive cash (``env.cash_rate``,
    the rate of bar ``t``) for the bar, then the account is marked at ``close[t + 1]``.
 4. Rewards (rewards.py) for the step t -> t+1; anti-collapse window update; telemetry.
@@ -258,6 +259,7 @@ class MarketEnv:
             "financing": moved.financing,
             "buy_scale": fills.buy_scale,
             "reset": reset_now,
+            "rebalanced": moved.rebalanced * keep.unsqueeze(1),
         }
         return StepResult(
             obs,

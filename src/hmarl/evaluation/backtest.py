@@ -72,6 +72,8 @@ class Backtest:
     forced: np.ndarray  # (steps, N, S) bool: the repetition limit turned the pick into HOLD
     invalid: np.ndarray  # (steps, N, S) bool: the pick was masked (became HOLD)
     buy_scale: np.ndarray  # (steps, N) share of the buy notional cash allowed (pro rata)
+    # (steps, N) |notional| the master's rebalance traded (env.master.rebalance; zeros when none)
+    rebalanced: np.ndarray
     risk_free: np.ndarray | None = None  # (steps,) per-bar cash rate of each step (None: 0)
 
     @property
@@ -148,7 +150,7 @@ def backtest(
     steps = hi - lo - 1
     env = evaluation_env(market, cfg, bar_range, num_envs, seed)
     obs = env.reset(seed=seed)
-    equity, shares, directive, executed, costs = [], [], [], [], []
+    equity, shares, directive, executed, costs, rebalanced = [], [], [], [], [], []
     funnel: dict[str, list[torch.Tensor]] = {"chosen": [], "forced": [], "invalid": [], "buy_scale": []}
 
     def record() -> None:
@@ -174,6 +176,7 @@ def backtest(
         record()
         executed.append(res.executed_action.to(torch.uint8).cpu())
         costs.append(res.info["cost"].double().cpu())
+        rebalanced.append(res.info["rebalanced"].double().abs().sum(-1).cpu())
         funnel["chosen"].append(res.policy_action.to(torch.uint8).cpu())
         funnel["forced"].append(res.info["forced_hold"].bool().cpu())
         funnel["invalid"].append(res.info["invalid_action"].bool().cpu())
@@ -201,6 +204,7 @@ def backtest(
         gross=value[1:].sum(-1),
         symbol_pnl=np.diff(value, axis=0) - dq * open_[:, None, :] - cost,
         directive=torch.stack(directive).numpy(),
+        rebalanced=torch.stack(rebalanced).numpy(),
         risk_free=risk_free(market, bar_range),
         **{k: torch.stack(v).numpy() for k, v in funnel.items()},
     )
