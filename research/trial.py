@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -100,6 +101,14 @@ def run_fold(args: argparse.Namespace, fold: int, work: Path) -> dict[str, float
     return out
 
 
+def reuse_symbol_agents(source: Path, work: Path, folds: list[int]) -> None:
+    """Copy ``source``'s trained symbol agents of ``folds`` into ``work`` (folds it lacks train here)."""
+    for k in folds:
+        src, dst = source / f"fold_{k}" / "symbols", work / f"fold_{k}" / "symbols"
+        if (src / "agent.pt").exists() and not dst.exists():
+            shutil.copytree(src, dst)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--upstream", required=True, help="folder of a daily_us run (bench/daily_us.py --out)")
@@ -108,6 +117,13 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     ap.add_argument("--tracking", default=str(ROOT / "research" / "trials.db"))
     ap.add_argument("--work", default=None, help="where the trial's models go (default research/runs/NAME)")
+    ap.add_argument(
+        "--symbols-from",
+        default=None,
+        metavar="TRIAL",
+        help="reuse that trial's symbol agents (research/runs/TRIAL/fold_K/symbols) where it has them: a "
+        "master-only trial; logged as the param symbols_from",
+    )
     args = ap.parse_args()
     if not DATA_FILE.exists():
         print(json.dumps({"trial": args.name, "skipped": True, "reason": f"{DATA} not found"}))
@@ -118,19 +134,27 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)  # relative default paths (checkpoints, runs/) stay inside the trial's folder
     folds, t0 = args.fold or [0, 3], time.perf_counter()
+    if args.symbols_from:
+        reuse_symbol_agents(work.parent / args.symbols_from, work, folds)
     per_fold = {k: run_fold(args, k, work) for k in folds}
     numeric = [{k: v for k, v in r.items() if isinstance(v, float)} for r in per_fold.values()]
     mean = {k: float(np.mean([r[k] for r in numeric])) for k in numeric[0] if not k.endswith("_bar")}
     cfg = load_config(ROOT / "params.yaml", overrides(args))
     tracker = Tracker(cfg.tracking.model_copy(update={"experiment": "hmarl-research"}))
     with tracker.start_run(args.name, tags={"bars": "validation", "folds": ",".join(map(str, folds))}):
-        tracker.log_params({"overrides": " ".join(args.overrides) or "(profile as shipped)"})
+        tracker.log_params(
+            {
+                "overrides": " ".join(args.overrides) or "(profile as shipped)",
+                "symbols_from": args.symbols_from or "(trained here)",
+            }
+        )
         tracker.log_metrics({f"val/{k}": v for k, v in mean.items()})
         for k, r in zip(folds, numeric, strict=True):
             tracker.log_metrics({f"val_fold{k}/{m}": v for m, v in r.items()})
     result = {
         "trial": args.name,
         "overrides": args.overrides,
+        "symbols_from": args.symbols_from,
         "folds": {k: r for k, r in per_fold.items()},
         "mean": mean,
         "seconds": round(time.perf_counter() - t0, 1),
