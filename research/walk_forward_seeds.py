@@ -6,7 +6,9 @@
 ``DIR`` is a ``bench/daily_us.py --out DIR`` run (seed 42: its reports/walk_forward/fold_k are that seed's
 folds). ``run`` trains and evaluates every fold's symbol agents and master with ``seed`` on the same upstream
 (features, SL cache, encoder: one per data, not per seed) through the walk_forward step, into
-``DIR/seeds/seed_<seed>/fold_<k>``. ``table`` aggregates each seed's folds (the gate's aggregation) and prints
+``DIR/seeds/seed_<seed>/fold_<k>``. ``--config NAME`` runs a chosen research configuration (its overrides,
+every seed including 42) into ``DIR/configs/NAME/seed_<seed>/fold_<k>``; the overrides are kept in
+``DIR/configs/NAME/overrides.json`` and ``table --config NAME`` reads them back. ``table`` aggregates each seed's folds (the gate's aggregation) and prints
 every strategy's annual return, excess Sharpe and max drawdown as mean ± std over the seeds; the last line is
 one JSON object.
 """
@@ -44,9 +46,27 @@ def config(args: argparse.Namespace, seed: int, extra: list[str] = ()):
     )
 
 
-def fold_dirs(up: Path, seed: int, folds: list[int]) -> list[Path]:
-    base = up / "reports" / "walk_forward" if seed == 42 else up / "seeds" / f"seed_{seed}"
+def fold_dirs(up: Path, seed: int, folds: list[int], name: str | None = None) -> list[Path]:
+    if name:
+        base = up / "configs" / name / f"seed_{seed}"
+    else:
+        base = up / "reports" / "walk_forward" if seed == 42 else up / "seeds" / f"seed_{seed}"
     return [base / f"fold_{k}" for k in folds]
+
+
+def config_overrides(args: argparse.Namespace) -> None:
+    """A named configuration's overrides: written at its first run, read back (and checked) after."""
+    if not args.config:
+        return
+    path = Path(args.upstream).resolve() / "configs" / args.config / "overrides.json"
+    if path.exists():
+        kept = json.loads(path.read_text())
+        if args.overrides and args.overrides != kept:
+            raise SystemExit(f"{path}: configuration {args.config} was run with other overrides: {kept}")
+        args.overrides = kept
+    elif args.command == "run":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(args.overrides, indent=1))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -54,7 +74,7 @@ def run(args: argparse.Namespace) -> None:
     os.chdir(up)  # the steps' relative default paths (checkpoints/) stay in the run's folder
     folds = config(args, args.seed[0]).walk_forward.folds
     first_fold = up / "reports" / "walk_forward" / f"fold_{folds[0]}"
-    for k, out in zip(folds, fold_dirs(up, args.seed[0], folds), strict=True):
+    for k, out in zip(folds, fold_dirs(up, args.seed[0], folds, args.config), strict=True):
         if (out / "period.json").exists():
             continue
         # the symbols/master inputs must be of another fold, so that the step trains this fold's models
@@ -77,7 +97,7 @@ def table(args: argparse.Namespace) -> None:
     per_seed = {}
     for seed in args.seed:
         cfg = config(args, seed, ["tracking.enabled=false"])
-        periods = [PeriodEvaluation.load(d) for d in fold_dirs(up, seed, cfg.walk_forward.folds)]
+        periods = [PeriodEvaluation.load(d) for d in fold_dirs(up, seed, cfg.walk_forward.folds, args.config)]
         per_seed[seed] = aggregate(periods, cfg).metrics
     rows = {}
     print("| strategy | annual | excess Sharpe | max DD |")
@@ -103,7 +123,9 @@ def main() -> None:
     ap.add_argument("--upstream", required=True)
     ap.add_argument("--seed", type=int, action="append", required=True)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    ap.add_argument("--config", default=None, help="a named research configuration (see the docstring)")
     args = ap.parse_args()
+    config_overrides(args)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
     run(args) if args.command == "run" else table(args)
