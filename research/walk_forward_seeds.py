@@ -26,7 +26,8 @@ import torch
 from trial import daily_us_overrides  # research/ is the script's folder, first on sys.path
 
 from hmarl.config import load_config
-from hmarl.evaluation.aggregate import aggregate
+from hmarl.evaluation.aggregate import aggregate, mlflow_trial_sharpes
+from hmarl.evaluation.gate import evaluate_gate, gate_values
 from hmarl.evaluation.period import PeriodEvaluation
 from hmarl.steps.runner import execute
 
@@ -94,11 +95,14 @@ def run(args: argparse.Namespace) -> None:
 
 def table(args: argparse.Namespace) -> None:
     up = Path(args.upstream).resolve()
-    per_seed = {}
+    per_seed, gates = {}, {}
     for seed in args.seed:
-        cfg = config(args, seed, ["tracking.enabled=false"])
+        cfg = config(args, seed)
         periods = [PeriodEvaluation.load(d) for d in fold_dirs(up, seed, cfg.walk_forward.folds, args.config)]
-        per_seed[seed] = aggregate(periods, cfg).metrics
+        notes: list[str] = []  # the deflated Sharpe counts every trial of the configuration's tracking store
+        agg = aggregate(periods, cfg, mlflow_trial_sharpes(cfg, notes))
+        per_seed[seed] = agg.metrics
+        gates[seed] = seed_gate(agg, cfg)
     rows = {}
     print("| strategy | annual | excess Sharpe | max DD |")
     print("| --- | --- | --- | --- |")
@@ -109,12 +113,46 @@ def table(args: argparse.Namespace) -> None:
             k: np.array([m[name][k] for m in per_seed.values()])
             for k in ("annual_return", "sharpe", "max_drawdown")
         }
-        rows[name] = {
-            k: [float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0] for k, v in vals.items()
-        }
+        rows[name] = {k: mean_std(v) for k, v in vals.items()}
         a, s, d = (rows[name][k] for k in ("annual_return", "sharpe", "max_drawdown"))
         print(f"| {name} | {a[0]:.1%} ± {a[1]:.1%} | {s[0]:.2f} ± {s[1]:.2f} | {d[0]:.1%} ± {d[1]:.1%} |")
-    print(json.dumps({"seeds": args.seed, "mean_std": rows}))
+    print("\n| seed | " + " | ".join(GATE_SHOWN) + " | verdict without Stage 5 |")
+    print("| --- |" + " --- |" * (len(GATE_SHOWN) + 1))
+    for seed, g in gates.items():
+        cells = " | ".join(f"{g['values'].get(k, float('nan')):.3f}" for k in GATE_SHOWN)
+        print(f"| {seed} | {cells} | {'pass' if not g['failing'] else 'fail: ' + ', '.join(g['failing'])} |")
+    print(json.dumps({"seeds": args.seed, "config": args.config, "mean_std": rows, "gate": gates}))
+
+
+GATE_SHOWN = (
+    "symbol_walk_forward_sharpe",
+    "master_drawdown_reduction",
+    "value_excess_sharpe_vs_buy_hold",
+    "value_matched_vol_return_vs_buy_hold",
+    "value_excess_annual_return",
+    "deflated_sharpe",
+    "pbo",
+)
+
+
+WALK_FORWARD_TIERS = ("learning", "master", "value", "strategic")  # stage5 / stability read the Stage 5 seeds
+
+
+def seed_gate(agg, cfg) -> dict:
+    """The gate's walk-forward values of one seed and the blocking criteria they fail (the Stage 5 and
+    stability tiers read Stage 5 runs, which a research configuration does not have: left out)."""
+    values = {k: v for k, v in gate_values(agg, {}, cfg).items() if np.isfinite(v)}
+    verdict = evaluate_gate(values, cfg.gate)
+    failing = [
+        c.name for c in verdict.criteria if c.blocking and not c.passed and c.tier in WALK_FORWARD_TIERS
+    ]
+    pol = agg.metrics["policy"]
+    values.update(deflated_sharpe=float(pol["deflated_sharpe"]), pbo=float(pol["pbo"]))
+    return {"values": values, "failing": failing}
+
+
+def mean_std(v: np.ndarray) -> list[float]:
+    return [float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0]
 
 
 def main() -> None:

@@ -16,7 +16,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hmarl.evaluation.metrics import drawdown_reduction
 from hmarl.evaluation.params import DESCRIPTIONS, GateConfig
+from hmarl.evaluation.period import POLICY
+from hmarl.evaluation.stage5_checklist import STAGE5_VALUE_NAMES, worst_seed_values
+from hmarl.evaluation.value import value_values
 from hmarl.io import write_json
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
@@ -117,3 +121,25 @@ def verdict_from_dict(data: Mapping) -> Verdict:
 def write_gate_json(path: str | Path, verdict: Verdict) -> None:
     """One JSON document, written atomically."""
     write_json(path, verdict.to_dict())
+
+
+def gate_values(agg, per_seed: dict[str, dict[str, float]], cfg) -> dict[str, float]:
+    """The values the gate criteria read from an :class:`~hmarl.evaluation.aggregate.Aggregate` and the Stage 5
+    seeds' values (hmarl/steps/gate.py's docstring says what each is); absent ones stay absent (fail)."""
+
+    def metric(name: str, key: str) -> float:
+        return float(agg.metrics.get(name, {}).get(key, math.nan))
+
+    stage5_criteria = {n: c for n, c in cfg.gate.criteria.items() if n in STAGE5_VALUE_NAMES}
+    return {
+        **worst_seed_values(per_seed, stage5_criteria),
+        "symbol_walk_forward_sharpe": metric("symbol_agents", "sharpe"),
+        "symbol_timing_edge_t": float(agg.timing_edge.get("symbol_agents", {}).get("t", math.nan)),
+        "master_drawdown_reduction": drawdown_reduction(
+            metric(POLICY, "max_drawdown"), metric("no_master", "max_drawdown")
+        ),
+        **value_values(agg),
+        "strategic_annual_return": metric(POLICY, "annual_return"),
+        "strategic_sharpe": metric(POLICY, "sharpe"),
+        "strategic_max_drawdown": metric(POLICY, "max_drawdown"),
+    }

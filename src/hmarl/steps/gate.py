@@ -33,19 +33,15 @@ from hmarl.config import HmarlConfig
 from hmarl.errors import DataError
 from hmarl.evaluation.aggregate import Aggregate, aggregate, json_safe, mlflow_trial_sharpes, write_evaluation
 from hmarl.evaluation.folders import fold_folders, seed_folders
-from hmarl.evaluation.gate import Verdict, evaluate_gate, write_gate_json
-from hmarl.evaluation.metrics import drawdown_reduction
+from hmarl.evaluation.gate import Verdict, evaluate_gate, gate_values, write_gate_json
 from hmarl.evaluation.period import POLICY, PeriodEvaluation
 from hmarl.evaluation.plot_data import write_plot_csvs
 from hmarl.evaluation.stage5_checklist import (
-    STAGE5_VALUE_NAMES,
     SeedDiff,
     cross_seed_diff,
     entropy_curves,
     reward_contributions,
-    worst_seed_values,
 )
-from hmarl.evaluation.value import value_values
 from hmarl.io import read_json, write_json
 from hmarl.tracking import Tracker
 
@@ -99,27 +95,6 @@ def read_telemetry(path: Path) -> list[dict] | None:
 
 
 # --------------------------------------------------------------------------- judging
-def gate_values(agg: Aggregate, per_seed: dict[str, dict[str, float]], cfg: HmarlConfig) -> dict[str, float]:
-    """The values the gate criteria read (see the module docstring); absent ones stay absent (fail)."""
-
-    def metric(name: str, key: str) -> float:
-        return float(agg.metrics.get(name, {}).get(key, _NAN))
-
-    stage5_criteria = {n: c for n, c in cfg.gate.criteria.items() if n in STAGE5_VALUE_NAMES}
-    return {
-        **worst_seed_values(per_seed, stage5_criteria),
-        "symbol_walk_forward_sharpe": metric("symbol_agents", "sharpe"),
-        "symbol_timing_edge_t": float(agg.timing_edge.get("symbol_agents", {}).get("t", _NAN)),
-        "master_drawdown_reduction": drawdown_reduction(
-            metric(POLICY, "max_drawdown"), metric("no_master", "max_drawdown")
-        ),
-        **value_values(agg),
-        "strategic_annual_return": metric(POLICY, "annual_return"),
-        "strategic_sharpe": metric(POLICY, "sharpe"),
-        "strategic_max_drawdown": metric(POLICY, "max_drawdown"),
-    }
-
-
 def assess(cfg: HmarlConfig, stage5_dir: str | Path, walk_forward_dir: str | Path) -> Assessment:
     """Read the Stage 5 seeds and walk-forward folds, aggregate, and judge (nothing is written).
     Deflated-Sharpe trials come from MLflow when tracking is on (see hmarl.evaluation.aggregate)."""
