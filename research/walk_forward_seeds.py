@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
 
 def table(args: argparse.Namespace) -> None:
     up = Path(args.upstream).resolve()
-    per_seed, gates = {}, {}
+    per_seed, gates, stress = {}, {}, {}
     for seed in args.seed:
         cfg = config(args, seed)
         periods = [PeriodEvaluation.load(d) for d in fold_dirs(up, seed, cfg.walk_forward.folds, args.config)]
@@ -103,6 +103,10 @@ def table(args: argparse.Namespace) -> None:
         agg = aggregate(periods, cfg, mlflow_trial_sharpes(cfg, notes))
         per_seed[seed] = agg.metrics
         gates[seed] = seed_gate(agg, cfg)
+        for row in agg.stress_windows:  # (window, strategy) -> per seed (total return, max drawdown)
+            if row["name"] in SHOWN and row.get("total_return") is not None:
+                key = (row["window"], row["name"])
+                stress.setdefault(key, []).append((row["total_return"], row["max_drawdown"]))
     rows = {}
     print("| strategy | annual | excess Sharpe | max DD |")
     print("| --- | --- | --- | --- |")
@@ -116,12 +120,22 @@ def table(args: argparse.Namespace) -> None:
         rows[name] = {k: mean_std(v) for k, v in vals.items()}
         a, s, d = (rows[name][k] for k in ("annual_return", "sharpe", "max_drawdown"))
         print(f"| {name} | {a[0]:.1%} ± {a[1]:.1%} | {s[0]:.2f} ± {s[1]:.2f} | {d[0]:.1%} ± {d[1]:.1%} |")
+    print("\n| stress window | strategy | total return | max DD |")
+    print("| --- | --- | --- | --- |")
+    for (window, name), vals in stress.items():
+        (r, r_sd), (d, d_sd) = (mean_std(np.array(v)) for v in zip(*vals, strict=True))
+        print(f"| {window} | {name} | {r:.1%} ± {r_sd:.1%} | {d:.1%} ± {d_sd:.1%} |")
     print("\n| seed | " + " | ".join(GATE_SHOWN) + " | verdict without Stage 5 |")
     print("| --- |" + " --- |" * (len(GATE_SHOWN) + 1))
     for seed, g in gates.items():
         cells = " | ".join(f"{g['values'].get(k, float('nan')):.3f}" for k in GATE_SHOWN)
         print(f"| {seed} | {cells} | {'pass' if not g['failing'] else 'fail: ' + ', '.join(g['failing'])} |")
-    print(json.dumps({"seeds": args.seed, "config": args.config, "mean_std": rows, "gate": gates}))
+    windows = {f"{w}/{n}": v for (w, n), v in stress.items()}
+    print(
+        json.dumps(
+            {"seeds": args.seed, "config": args.config, "mean_std": rows, "gate": gates, "stress": windows}
+        )
+    )
 
 
 GATE_SHOWN = (
