@@ -58,6 +58,7 @@ def observe(env) -> tuple[Observation, dict[str, torch.Tensor]]:
     }
     agent = _agent_features(env, row, value, alloc, holding)
     master_due = (env.k % cfg.master.interval) == 0
+    ctx.update(value=value, master_due=master_due)  # the master's rebalance reads them (env/rebalance.py)
     portfolio = _portfolio_features(env, value, open_count.squeeze(1) / limit.squeeze(1), master_due)
     directive_features = torch.stack([d[:, 0], d[:, 1], d[:, 2] / env.num_symbols], 1).float()
     counts = env.window.recent_counts()

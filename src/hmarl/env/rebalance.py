@@ -36,10 +36,9 @@ def rebalance_orders(
     m = env.cfg.master
     if m.rebalance == "none":
         return None, None
-    close0, alloc = ctx["close"], ctx["alloc"]
-    due = (env.k % m.interval == 0).to(env.dtype).unsqueeze(1)
+    value0, alloc = ctx["value"], ctx["alloc"]  # the decision bar's, as observed
+    due = ctx["master_due"].to(env.dtype).unsqueeze(1)
     eligible = torch.sign(env.shares).mul_(tradable1).mul_(due).mul_(decided == 0)
-    value0 = env.shares * close0
     target = alloc * env.cfg.initial_fraction
     over = positive(value0 - target * (1.0 + m.rebalance_band)).mul_(eligible)
     extra_sell = (1.0 - target / value0.clamp_min(TINY)).mul_(over)
