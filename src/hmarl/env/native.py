@@ -90,7 +90,12 @@ class HmStep(ctypes.Structure):
                 "initial_cash",
             )
         ]
-        + [("weights", _D * 10), ("master_weights", _D * 4), ("tiers", _D * 8), ("risk_aversion", _D)]
+        + [
+            ("weights", _D * 10),
+            ("master_weights", _D * len(MASTER_COMPONENTS)),
+            ("tiers", _D * 8),
+            ("risk_aversion", _D),
+        ]
         + [("default_directive", _I)]
         + [
             (name, _P)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #define NA 7
+#define NMC 4 /* master reward components, hmarl/env/params.py MASTER_COMPONENTS order */
 #define TINY 1e-12
 #define SHARPE_EPS 1e-8
 
@@ -19,7 +20,7 @@ typedef struct {
     double fee, slip_base, slip_vol, slip_impact, slip_max, add_frac, min_order, winner_thr;
     double buy_frac[3], sell_partial, lev_room, fin_per_bar, bankrupt_level, max_dd, alpha, sharpe_clip;
     double roi_scale, roi_lo, roi_hi, dd_thr, dd_pen, util_scale, div_scale, initial_cash;
-    double weights[10], master_weights[4], tiers[8];
+    double weights[10], master_weights[NMC], tiers[8];
     double risk_aversion; /* of the master's utility component: r - risk_aversion / 2 x r^2 */
     int64_t default_directive;
     /* market and tables */
@@ -432,9 +433,9 @@ static void step_env(HmStep *p, int64_t i) {
     p->account[5 * N + i] = (p->account[5 * N + i] + alpha * (dm * dm)) * (1.0 - alpha);
     const double ps = clampd(p->account[4 * N + i] / (sqrt(p->account[5 * N + i]) + SHARPE_EPS), -sharpe_clip,
                              sharpe_clip);
-    const double mc[4] = {ps, div * div_scale, excess, port_ret - 0.5 * p->risk_aversion * port_ret * port_ret};
+    const double mc[NMC] = {ps, div * div_scale, excess, port_ret - 0.5 * p->risk_aversion * port_ret * port_ret};
     double mr = 0.0;
-    for (int q = 0; q < 4; q++) {
+    for (int q = 0; q < NMC; q++) {
         p->master_components[q * N + i] = mc[q];
         mr += p->master_weights[q] * mc[q];
     }
@@ -488,7 +489,7 @@ void hm_step(HmStep *p) {
                 for (int q = 0; q < 10; q++) p->components[q * NS + ij] = 0.0;
             }
             p->master_reward[i] = 0.0;
-            for (int q = 0; q < 4; q++) p->master_components[q * N + i] = 0.0;
+            for (int q = 0; q < NMC; q++) p->master_components[q * N + i] = 0.0;
             p->terminated[i] = p->truncated[i] = 0;
             p->financing[i] = 0.0;
             p->buy_scale[i] = 1.0;
