@@ -53,6 +53,7 @@ FUNNEL = (
     "pick_buy",
     "pick_sell",
     "holding_bars",
+    "rebalance_turnover",
 )
 
 

@@ -18,6 +18,7 @@ from hmarl.env.market import ADV, CLOSE, OPEN, SIGMA, TRADABLE, MarketData
 from hmarl.env.params import REWARD_COMPONENTS, EnvConfig, MasterGridConfig
 from hmarl.env.vec_env import MarketEnv
 from hmarl.evaluation.backtest import backtest
+from hmarl.evaluation.exposure import exposure_funnel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -288,3 +289,8 @@ def test_backtest_reports_the_rebalanced_notional_at_due_bars_only():
     assert (rb[due[:, None].repeat(2, 1)] > 0).sum() >= 10 and (rb[~due] == 0).all()
     assert (rb <= out["target"].traded + 1e-6).all()  # all-HOLD: after step 0 every trade is the master's
     np.testing.assert_allclose(rb[1:], out["target"].traded[1:], rtol=1e-9, atol=1e-6)
+    # the exposure funnel reports it: the master's trades per bar relative to the equity they started from
+    turnover = {m: exposure_funnel(bt, market, base, bars)["rebalance_turnover"] for m, bt in out.items()}
+    assert turnover["none"] == 0.0
+    expected = (rb / out["target"].equity[:-1]).mean()
+    assert turnover["target"] > 0 and turnover["target"] == pytest.approx(expected, rel=1e-12)

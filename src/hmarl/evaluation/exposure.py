@@ -13,7 +13,8 @@ The gross exposure of an account after a step is, exactly,
 
 Next to it, the decision funnel of the symbol agents: the shares of HOLD / buy / add / sell picks, how many
 picks the masks refused or the repetition limit turned into HOLD, how much of the buy notional cash allowed
-(``buy_scale``), and how long positions are held. Reported per walk-forward fold for the policy and its
+(``buy_scale``), how long positions are held, and what the master's rebalance traded (``rebalance_turnover``,
+its notional per bar relative to equity; 0 unless ``env.master.rebalance`` is on). Reported per walk-forward fold for the policy and its
 ablations (walk_forward's ``exposure`` section), so "the policy stays in cash" comes with its reason.
 """
 
@@ -41,6 +42,7 @@ FIELDS = (
     "forced_hold",
     "buy_scale",
     "holding_bars",
+    "rebalance_turnover",
 )
 
 
@@ -87,4 +89,5 @@ def exposure_funnel(bt: Backtest, market: MarketData, cfg: HmarlConfig, bars: tu
         "forced_hold": float(bt.forced.mean()),
         "buy_scale": float(bt.buy_scale[buying].mean()) if buying.any() else 1.0,
         "holding_bars": _holding_bars(bt.holding),
+        "rebalance_turnover": float((bt.rebalanced / bt.equity[:-1]).mean()),
     }

@@ -134,7 +134,8 @@ EXPOSURE_TEXT = (
     "= what the directive allows (capped at 1), slot_use = held symbols / open limit, sizing = position "
     "value / allowed allocation; pick_* = the agents' picks, masked / forced_hold = picks the masks or the "
     "repetition limit turned into HOLD, buy_scale = share of buy notional cash allowed, holding_bars = "
-    "mean position length (evaluation/exposure.py)."
+    "mean position length, rebalance_turnover = the master's rebalance trades per bar / equity "
+    "(evaluation/exposure.py)."
 )
 
 
