@@ -285,12 +285,15 @@ class Sandbox:
 
     def run(self, cmd: list[str], writable: list[Path] = (), cwd: Path | None = None, timeout: float = 1200,
             **env: str) -> subprocess.CompletedProcess:  # fmt: skip
+        # errors="backslashreplace": the KFP runner's log can split a multi-byte character (seen once: a
+        # lone 0xa6 of "…"); a log byte must not fail a run that succeeded
         return subprocess.run(self.command(cmd, writable, cwd), env=self.env(**env), capture_output=True,
-                              text=True, timeout=timeout, check=False)  # fmt: skip
+                              text=True, errors="backslashreplace", timeout=timeout, check=False)  # fmt: skip
 
     def popen(self, cmd: list[str], writable: list[Path] = (), **env: str) -> subprocess.Popen:
         return subprocess.Popen(self.command(cmd, writable), env=self.env(**env), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+                                stderr=subprocess.STDOUT, text=True, errors="backslashreplace",
+                                start_new_session=True)  # fmt: skip
 
 
 def shlex_quote(text: str) -> str:
