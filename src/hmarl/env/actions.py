@@ -66,10 +66,11 @@ def decode_directive(cfg: EnvConfig, index: int) -> tuple[int, int, int]:
 
 
 def cap_fraction(cfg: EnvConfig, cap: int, num_symbols: int) -> float:
-    """Per-position cap ``position_caps[cap]`` as a fraction of equity (``cap_unit: equal_weight``: a
-    multiple of the equal-weight slot ``1 / num_symbols``)."""
+    """Per-position cap ``position_caps[cap]`` as a fraction of equity (``cap_unit: equal_weight`` and
+    ``vol_target``: a multiple of the equal-weight slot ``1 / num_symbols``; ``vol_target`` scales it per
+    bar, ``env/vol_prior.py``)."""
     m = cfg.master
-    return m.position_caps[cap] / (num_symbols if m.cap_unit == "equal_weight" else 1.0)
+    return m.position_caps[cap] / (1.0 if m.cap_unit == "equity" else num_symbols)
 
 
 def directive_table(

@@ -142,6 +142,7 @@ class HmStep(ctypes.Structure):
         ]
         + [("initial_alloc", _I), ("pnl_hold", _I), ("initial_frac", _D), ("entry_cost", _P)]
         + [("rebalance", _I), ("rebalance_band", _D), ("rebalanced", _P)]
+        + [("cap_scale", _P), ("cap_ceiling", _D)]
     )
 
 
@@ -174,6 +175,7 @@ class NativeStep:
             "bench": m.benchmark,
             "cash_rate": m.cash_rate,
             "directives": env.directives,
+            "cap_scale": env.cap_scale,
         }
         self._keep = [t.contiguous() for t in market.values()]
         for name, t in zip(market, self._keep, strict=True):
@@ -331,6 +333,7 @@ def _scalars(env) -> dict[str, float]:
         initial_cash=cfg.initial_cash,
         initial_frac=cfg.initial_fraction,
         rebalance_band=cfg.master.rebalance_band,
+        cap_ceiling=env.cap_ceiling,
     )
 
 

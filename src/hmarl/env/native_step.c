@@ -58,6 +58,9 @@ typedef struct {
     int64_t rebalance;
     double rebalance_band;
     double *rebalanced;       /* (N, S) out: signed notional the master's rebalance traded */
+    /* env.master.cap_unit: vol_target (env/vol_prior.py): a cap at bar t is min(cap x cap_scale[t], cap_ceiling) */
+    const double *cap_scale;  /* (T,) 1 for the other units */
+    double cap_ceiling;       /* +inf for the other units */
 } HmStep;
 
 /* The struct's layout, compared field by field with its ctypes mirror (hmarl/env/native.py HmStep) at load
@@ -77,7 +80,7 @@ static const HmField HM_STEP_FIELDS[] = {
     F(cost), F(financing), F(buy_scale), F(terminated), F(truncated), F(forced), F(invalid), F(reset),
     F(executed), F(mask), F(counts), F(master_due), F(agent_obs), F(portfolio), F(directive_features),
     F(bar), F(directive), F(initial_alloc), F(pnl_hold), F(initial_frac), F(entry_cost), F(rebalance),
-    F(rebalance_band), F(rebalanced)
+    F(rebalance_band), F(rebalanced), F(cap_scale), F(cap_ceiling)
 };
 #undef F
 int64_t hm_step_sizeof(void) { return (int64_t)sizeof(HmStep); }
@@ -98,6 +101,11 @@ static int nonzero_bytes(int64_t w) {
     return c;
 }
 
+/* per-position cap (fraction of equity) of directive row d at env i's current bar (vol_prior.effective_caps) */
+static double cap_at(const HmStep *p, int64_t i, const double *d) {
+    return mind(d[1] * p->cap_scale[p->clock[i]], p->cap_ceiling);
+}
+
 /* decision quantities of env i at its current bar */
 typedef struct { double alloc, bp, limit, open_count; int level; } Decision;
 
@@ -107,7 +115,7 @@ static Decision decide(const HmStep *p, int64_t i) {
     const double equity = p->account[N + i];
     const double *restrict shares = p->agent + i * S;
     Decision dec;
-    dec.alloc = equity * d[0] * d[1];
+    dec.alloc = equity * d[0] * cap_at(p, i, d);
     dec.bp = p->account[i] + p->lev_room * equity;
     dec.limit = d[2];
     double oc = 0.0;
@@ -175,7 +183,7 @@ static void observe_env(const HmStep *p, int64_t i) {
     pf[5] = (float)((double)k / (double)p->episode_length);
     pf[6] = (float)due;
     p->directive_features[i * 3 + 0] = (float)d[0];
-    p->directive_features[i * 3 + 1] = (float)d[1];
+    p->directive_features[i * 3 + 1] = (float)cap_at(p, i, d);
     p->directive_features[i * 3 + 2] = (float)(d[2] / (double)S);
     p->master_due[i] = due;
     p->bar[i] = t;
@@ -193,7 +201,7 @@ static void buy_initial(HmStep *p, int64_t i) {
     double *restrict shares = p->agent + i * S, *restrict entry = p->agent + NS + i * S;
     double *restrict peak = p->agent + 2 * NS + i * S, *restrict hold = p->agent + 3 * NS + i * S;
     double *restrict entry_cost = p->entry_cost + i * S;
-    const double alloc = p->account[N + i] * d[0] * d[1], fee = p->fee;
+    const double alloc = p->account[N + i] * d[0] * cap_at(p, i, d), fee = p->fee;
     double want[S], slip[S], need = 0.0, rank = 0.0;
     for (int64_t j = 0; j < S; j++) {
         const double buy_frac = trad[j] > 0.5 ? p->initial_frac : 0.0;

@@ -15,6 +15,7 @@ from hmarl.env.fills import positive
 from hmarl.env.market import ADV, CLOSE, SIGMA, TRADABLE
 from hmarl.env.rewards import SHARPE_EPS, TINY, roi_multiplier
 from hmarl.env.spec import AGENT_FEATURES, Observation
+from hmarl.env.vol_prior import effective_caps
 
 
 def observe(env) -> tuple[Observation, dict[str, torch.Tensor]]:
@@ -24,7 +25,8 @@ def observe(env) -> tuple[Observation, dict[str, torch.Tensor]]:
     close, tradable = row[CLOSE], row[TRADABLE]
     d = env.directives.index_select(0, env.directive)  # (N, 3) risk, cap, limit
     equity = env.equity
-    alloc = (equity * d[:, 0] * d[:, 1]).unsqueeze(1)
+    cap = effective_caps(env, d)  # d[:, 1] scaled per bar under cap_unit: vol_target
+    alloc = (equity * d[:, 0] * cap).unsqueeze(1)
     holding = torch.sign(env.shares)  # float 0/1: shares are >= 0
     value = env.shares * close
     open_count = holding.sum(1, keepdim=True)
@@ -60,7 +62,7 @@ def observe(env) -> tuple[Observation, dict[str, torch.Tensor]]:
     master_due = (env.k % cfg.master.interval) == 0
     ctx.update(value=value, master_due=master_due)  # the master's rebalance reads them (env/rebalance.py)
     portfolio = _portfolio_features(env, value, open_count.squeeze(1) / limit.squeeze(1), master_due)
-    directive_features = torch.stack([d[:, 0], d[:, 1], d[:, 2] / env.num_symbols], 1).float()
+    directive_features = torch.stack([d[:, 0], cap, d[:, 2] / env.num_symbols], 1).float()
     counts = env.window.recent_counts()
     obs = Observation(
         env.t.clone(),

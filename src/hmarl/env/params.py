@@ -40,7 +40,11 @@ class MasterGridConfig(Section):
     interval: int = Field(5, ge=1)  # master acts every `interval` bars of an episode
     # equity: a position cap is a fraction of equity; equal_weight: a multiple of the equal-weight slot
     # 1 / S (S = symbols in the env), so caps of 1.0 at risk 1.0 let the agents hold the whole universe
-    cap_unit: Literal["equity", "equal_weight"] = "equity"
+    # vol_target: a multiple of the equal-weight slot scaled per bar to the volatility target below (the
+    # volatility-targeted equal weight is the grid's cap 1 at risk 1; env/vol_prior.py)
+    cap_unit: Literal["equity", "equal_weight", "vol_target"] = "equity"
+    vol_target: float = Field(0.15, gt=0)  # annual volatility of the equal-weight portfolio (vol_target)
+    vol_window: int = Field(20, ge=2)  # trailing bars of its realized volatility (vol_target)
     # none: the directive sizes new orders only; trim / target: at a bar where the master is due, a held
     # position whose agent HOLDs is sold down to (trim, target) or bought up to (target) its target
     # initial_fraction x allocation when it lies outside target x (1 +- rebalance_band) (env/rebalance.py)

@@ -43,6 +43,7 @@ import torch
 from hmarl.env import masks as masks_mod
 from hmarl.env import native
 from hmarl.env.actions import default_directive, directive_table, grid_size, order_table
+from hmarl.env.vol_prior import cap_scaling
 from hmarl.env.anti_collapse import ActionWindow, repetition_violations, tier_table
 from hmarl.env.fills import FillParams
 from hmarl.env.initial import buy_initial_positions, initial_order_table
@@ -99,6 +100,7 @@ class MarketEnv:
 
         self.order_table = order_table(env_cfg, dt, dev)
         self.directives = directive_table(env_cfg, s, dt, dev)
+        self.cap_scale, self.cap_ceiling = cap_scaling(env_cfg, market)  # caps per bar (env/vol_prior.py)
         self.num_directives = grid_size(env_cfg)
         self.default_directive = default_directive(env_cfg)
         self.buy_fracs = torch.tensor(env_cfg.buy_fractions, dtype=dt, device=dev)

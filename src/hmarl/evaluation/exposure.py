@@ -24,6 +24,7 @@ import numpy as np
 
 from hmarl.config import HmarlConfig
 from hmarl.env.actions import BUY_ACTIONS, SELL_ACTIONS, Action, directive_table
+from hmarl.env.vol_prior import cap_scaling
 from hmarl.env.market import TRADABLE, MarketData
 from hmarl.evaluation.backtest import Backtest
 
@@ -54,7 +55,9 @@ def _directive_limits(bt: Backtest, market: MarketData, cfg: HmarlConfig, lo: in
     d = table[bt.directive[:steps]]  # (steps, N, 3)
     tradable = market.table[TRADABLE, lo : lo + steps].double().cpu().numpy().sum(1)  # (steps,)
     limit = np.minimum(d[..., 2], tradable[:, None])
-    return limit, d[..., 0] * d[..., 1]
+    scale, ceiling = cap_scaling(cfg.env, market)  # caps per bar under cap_unit: vol_target
+    cap = np.minimum(d[..., 1] * scale[lo : lo + steps].double().cpu().numpy()[:, None], ceiling)
+    return limit, d[..., 0] * cap
 
 
 def _holding_bars(holding: np.ndarray) -> float:

@@ -29,6 +29,7 @@ import pandas as pd
 
 from hmarl.config import HmarlConfig
 from hmarl.env.market import ADV, CLOSE, OPEN, SIGMA, TRADABLE, MarketData
+from hmarl.env.vol_prior import equal_weight_returns, realized_vol
 from hmarl.evaluation.period import PolicySeries
 
 PASSIVE = ("vol_target", "trend_filter")
@@ -49,11 +50,7 @@ def _equal_weight_returns(market: MarketData) -> tuple[np.ndarray, np.ndarray]:
     """``(T,)`` close-to-close return of the equal-weight portfolio of the tradable symbols, and the
     ``(T, S)`` tradable mask."""
     m = _table(market)
-    close, tradable = m["close"], m["tradable"]
-    ret = np.zeros_like(close)
-    ret[1:] = close[1:] / close[:-1] - 1.0
-    n = tradable.sum(1)
-    return np.where(tradable, ret, 0.0).sum(1) / np.maximum(n, 1), tradable
+    return equal_weight_returns(m["close"], m["tradable"]), m["tradable"]
 
 
 def _equal_slots(exposure: np.ndarray, tradable: np.ndarray) -> np.ndarray:
@@ -66,8 +63,7 @@ def vol_target_weights(market: MarketData, cfg: HmarlConfig) -> np.ndarray:
     """``(T, S)`` target weights of the volatility-targeted equal-weight rule at every bar's close."""
     p = cfg.walk_forward.baselines
     ew, tradable = _equal_weight_returns(market)
-    sigma = pd.Series(ew).rolling(p.vol_window, min_periods=2).std(ddof=1).to_numpy()
-    sigma = sigma * np.sqrt(market.bars_per_year)
+    sigma = realized_vol(ew, p.vol_window, market.bars_per_year)
     with np.errstate(divide="ignore", invalid="ignore"):
         exposure = np.where(sigma > 0, np.minimum(1.0, p.vol_target / sigma), 1.0)
     return _equal_slots(np.where(np.isfinite(sigma), exposure, 0.0), tradable)
