@@ -48,6 +48,9 @@ class MasterConfig(Section):
     # a second run of the same run key waits this long for the first to finish, then stops with an error
     lock_wait_s: float = Field(0.0, ge=0.0)
     threads: int = Field(1, ge=0)  # torch threads (0: torch's default)
+    # early stopping (learners/early_stopping.py): every this many updates, and after the last, score the
+    # greedy hierarchy on the fold's validation bars (excess Sharpe) and keep the best weights; 0: off
+    validate_every: int = Field(0, ge=0)
     eval_envs: int = Field(8, ge=1)  # held-out evaluation: accounts per arm (master vs neutral directive)
     # alternating fine-tuning rounds after the first master phase (0: off). Each round fine-tunes the symbol
     # agents for finetune_symbol_steps env steps with PPO (ppo.*) under the master's directives, then the

@@ -31,6 +31,7 @@ from hmarl.env.market import MarketData
 from hmarl.learners import master_trainer, symbol_trainer
 from hmarl.learners.collect import Director
 from hmarl.learners.distributed import DistInfo
+from hmarl.learners.early_stopping import early_stopping
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Phase:
     resumed_from: int | None
     directive_counts: list[list[int]] | None = None  # master phases: the directive histogram per update
     resume_skipped: list[str] = field(default_factory=list)  # newer checkpoints that failed verification
+    best_update: int | None = None  # master phases under early stopping: the update whose weights were kept
 
 
 @dataclass
@@ -108,7 +110,8 @@ def train_schedule(
 ) -> ScheduleResult:
     m, bars = cfg.master, data.fold.train
     tables = data.tables(cfg, market.device).restrict(*bars)
-    res = master_trainer.train(cfg, market, tables, symbols, bars, checkpoints, tracker, info)
+    stopper = early_stopping(cfg, data, market, symbols)  # None unless master.validate_every
+    res = master_trainer.train(cfg, market, tables, symbols, bars, checkpoints, tracker, info, stopper=stopper)
     phases = [_master_phase(0, res)]
     master = res.master
     master_steps, symbol_steps = res.global_step, 0
@@ -144,6 +147,7 @@ def train_schedule(
             _view(tracker, master_steps),
             info,
             init_state=master.state_dict(),
+            stopper=early_stopping(master_cfg, data, market, symbols),
         )
         master, master_steps = res.master, master_steps + res.global_step
         phases.append(_master_phase(r, res))
@@ -152,5 +156,6 @@ def train_schedule(
 
 def _master_phase(r: int, res: master_trainer.MasterResult) -> Phase:
     return Phase(
-        r, "master", res.series, res.global_step, res.resumed_from, res.directive_counts, res.resume_skipped
+        r, "master", res.series, res.global_step, res.resumed_from, res.directive_counts, res.resume_skipped,
+        res.best_update,
     )

@@ -152,6 +152,9 @@ def _summary(result: ScheduleResult, evaluation: dict, seconds: float) -> dict[s
         ),
         "return_difference": evaluation["return_difference"],
     }
+    if masters[-1].best_update is not None:  # early stopping: the kept update of the last master phase
+        summary["best_update"] = float(masters[-1].best_update)
+        summary["best_val_sharpe"] = max(r["val_sharpe"] for r in masters[-1].series if "val_sharpe" in r)
     arms = ["master", "neutral"]
     if "neutral_pretrained" in evaluation:
         arms.append("neutral_pretrained")

@@ -41,6 +41,7 @@ from hmarl.env.vec_env import MarketEnv
 from hmarl.errors import StepError
 from hmarl.learners import loop
 from hmarl.learners.distributed import DistInfo, all_reduce_mean, wrap
+from hmarl.learners.early_stopping import EarlyStopping
 from hmarl.learners.engine import EpochSettings, StepGuard, explained_variance, ppo_epochs
 from hmarl.learners.mappo import MasterBuffer, mappo_loss
 from hmarl.learners.policy import MasterActorCritic
@@ -62,6 +63,7 @@ class MasterResult:
     global_step: int
     resumed_from: int | None
     resume_skipped: list[str] = field(default_factory=list)  # newer checkpoints that failed verification
+    best_update: int | None = None  # early stopping: the update whose weights were kept (None: the last)
 
 
 def build_master(cfg: HmarlConfig, num_symbols: int, num_regime: int, num_directives: int) -> MasterAgent:
@@ -214,6 +216,7 @@ class _Run(loop.LoopState):
     buf: MasterBuffer
     obs: Observation
     hist: list[list[int]] = field(default_factory=list)  # per update: how often each directive was chosen
+    best: dict | None = None  # early stopping's state restored from a checkpoint
 
 
 def _setup(
@@ -258,8 +261,9 @@ def _setup(
     return run
 
 
-def _checkpoint(run: _Run) -> dict:
-    return {**run.loop_checkpoint(), "master": run.master.state_dict(), "hist": run.hist}
+def _checkpoint(run: _Run, stopper: EarlyStopping | None) -> dict:
+    best = stopper.state() if stopper is not None else None
+    return {**run.loop_checkpoint(), "master": run.master.state_dict(), "hist": run.hist, "best": best}
 
 
 def _restore(run: _Run, payload: dict) -> None:
@@ -267,6 +271,7 @@ def _restore(run: _Run, payload: dict) -> None:
     run.restore_loop(payload)
     run.obs = run.env._obs  # the restored simulator's last observation (part of its captured state)
     run.hist = [list(c) for c in payload["hist"]]
+    run.best = payload.get("best")
 
 
 def train(
@@ -279,17 +284,28 @@ def train(
     tracker=None,
     info: DistInfo | None = None,
     init_state: dict[str, torch.Tensor] | None = None,
+    stopper: EarlyStopping | None = None,
 ) -> MasterResult:
+    """MAPPO over ``bar_range``; with ``stopper`` (learners/early_stopping.py) the master is scored on the
+    validation bars every ``master.validate_every`` updates and the best-scoring weights are returned."""
     m, info = cfg.master, info or DistInfo()
     run = _setup(cfg, market, tables, symbols, bar_range, checkpoint_root, info, init_state)
+    if stopper is not None:
+        stopper.load(run.best)
     for update in range(run.update, run.num_updates):
         metrics, counts = _update(run, update)
         run.hist.append(counts.cpu().tolist())
+        if stopper is not None and stopper.due(update + 1, run.num_updates):
+            metrics["val_sharpe"] = stopper.observe(run.master, update + 1)
         if tracker is not None:
             log_master_update(tracker, metrics, counts, run.global_step)
-        run.finish_update(metrics, m.checkpoint_every, lambda: _checkpoint(run))
+        run.finish_update(metrics, m.checkpoint_every, lambda: _checkpoint(run, stopper))
+    best_update = None
+    if stopper is not None:
+        stopper.restore_best(run.master)
+        best_update = stopper.best_update
     return MasterResult(
-        run.master.eval(), run.series, run.hist, run.global_step, run.resumed_from, run.skipped
+        run.master.eval(), run.series, run.hist, run.global_step, run.resumed_from, run.skipped, best_update
     )
 
 
