@@ -94,14 +94,20 @@ def test_native_step_matches_torch_under_the_vol_target_caps():
     store = make_store(num_bars=200, num_symbols=S, seed=4, untradable_fraction=0.1)
     runs = {}
     for backend in ("torch", "native"):
-        env = _env(store, backend, num_envs=4, episode_length=12, master=_master(rebalance="target", interval=2))
+        env = _env(
+            store, backend, num_envs=4, episode_length=12, master=_master(rebalance="target", interval=2)
+        )
         env.reset(seed=4)
         g = torch.Generator().manual_seed(1)
         out = []
         for _ in range(60):
             env.set_directive(torch.randint(0, env.num_directives, (4,), generator=g))
             r = env.step(torch.randint(0, 7, (4, S), generator=g))
-            out += [r.reward.flatten(), r.obs.agent.double().flatten(), r.obs.directive_features.double().flatten()]
+            out += [
+                r.reward.flatten(),
+                r.obs.agent.double().flatten(),
+                r.obs.directive_features.double().flatten(),
+            ]
             out += [r.info["rebalanced"].flatten(), r.obs.mask.double().flatten()]
         runs[backend] = (torch.cat(out), env.state())
     torch.testing.assert_close(runs["native"][0], runs["torch"][0], rtol=1e-9, atol=1e-9)
@@ -141,4 +147,3 @@ def test_cap_one_at_risk_one_with_the_rebalance_is_the_vol_target_rule():
 def test_unknown_cap_unit_is_refused():
     with pytest.raises(ValueError, match="cap_unit"):
         MasterGridConfig(cap_unit="vol")
-

@@ -20,7 +20,13 @@ from hmarl.learners.early_stopping import EarlyStopping, early_stopping
 from hmarl.learners.master_trainer import train
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_master_train import config, master_weights, series, train_step, upstream  # noqa: E402, F401
+from test_master_train import config, master_upstream, master_weights, series, train_step  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory) -> dict[str, str]:
+    return master_upstream(tmp_path_factory.mktemp("upstream"))
+
 
 ES = ["master.validate_every=1", "master.total_steps=96"]  # 6 updates, each scored
 
@@ -36,7 +42,9 @@ class Recording(EarlyStopping):
 
 
 def _direct(upstream, tmp_path, *extra):
-    cfg, data, symbols = load_symbol_agents(config(tmp_path, *extra), {k: Path(v) for k, v in upstream.items()})
+    cfg, data, symbols = load_symbol_agents(
+        config(tmp_path, *extra), {k: Path(v) for k, v in upstream.items()}
+    )
     market = data.market(cfg, torch.device("cpu"))
     tables = data.tables(cfg, torch.device("cpu")).restrict(*data.fold.train)
     return cfg, data, market, tables, symbols
@@ -45,7 +53,9 @@ def _direct(upstream, tmp_path, *extra):
 def test_the_kept_master_is_the_best_scored_and_training_is_unchanged(upstream, tmp_path):
     cfg, data, market, tables, symbols = _direct(upstream, tmp_path, *ES)
     base = early_stopping(cfg, data, market, symbols)
-    stopper = Recording(**{k: getattr(base, k) for k in ("cfg", "market", "tables", "symbols", "bars", "every")})
+    stopper = Recording(
+        **{k: getattr(base, k) for k in ("cfg", "market", "tables", "symbols", "bars", "every")}
+    )
     stopper.seen = {}
     assert stopper.bars == data.fold.val and data.fold.val[0] >= data.fold.train[1]  # never a train bar
     res = train(cfg, market, tables, symbols, data.fold.train, None, stopper=stopper)

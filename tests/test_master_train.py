@@ -39,8 +39,11 @@ MASTER = [
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory) -> dict[str, str]:
+    return master_upstream(tmp_path_factory.mktemp("upstream"))
+
+
+def master_upstream(root: Path) -> dict[str, str]:
     """Upstream outputs of a crash-regime market plus briefly trained symbol agents."""
-    root = tmp_path_factory.mktemp("upstream")
     up = build_upstream(root, market_config(TINY, "regime"))
     cfg = market_config(TINY, "regime", *SYMBOLS, f"ppo.checkpoint_dir={root / 'ck'}")
     execute("train_symbols", cfg, up, {"model": str(root / "symbols")})

@@ -43,7 +43,6 @@ import torch
 from hmarl.env import masks as masks_mod
 from hmarl.env import native
 from hmarl.env.actions import default_directive, directive_table, grid_size, order_table
-from hmarl.env.vol_prior import cap_scaling
 from hmarl.env.anti_collapse import ActionWindow, repetition_violations, tier_table
 from hmarl.env.fills import FillParams
 from hmarl.env.initial import buy_initial_positions, initial_order_table
@@ -53,6 +52,7 @@ from hmarl.env.params import REWARD_COMPONENTS, EnvConfig, RewardConfig
 from hmarl.env.spec import NUM_ACTIONS, Observation, StepResult, check_ids
 from hmarl.env.telemetry import STEP_SUMS, EpisodeLog
 from hmarl.env.transition import Moved, fill_and_mark, step_rewards
+from hmarl.env.vol_prior import cap_scaling
 from hmarl.errors import DataError
 
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from hmarl.config import HmarlConfig
 from hmarl.env.actions import BUY_ACTIONS, SELL_ACTIONS, Action, directive_table
-from hmarl.env.vol_prior import cap_scaling
 from hmarl.env.market import TRADABLE, MarketData
+from hmarl.env.vol_prior import cap_scaling
 from hmarl.evaluation.backtest import Backtest
 
 FIELDS = (

@@ -111,7 +111,9 @@ def train_schedule(
     m, bars = cfg.master, data.fold.train
     tables = data.tables(cfg, market.device).restrict(*bars)
     stopper = early_stopping(cfg, data, market, symbols)  # None unless master.validate_every
-    res = master_trainer.train(cfg, market, tables, symbols, bars, checkpoints, tracker, info, stopper=stopper)
+    res = master_trainer.train(
+        cfg, market, tables, symbols, bars, checkpoints, tracker, info, stopper=stopper
+    )
     phases = [_master_phase(0, res)]
     master = res.master
     master_steps, symbol_steps = res.global_step, 0
@@ -156,6 +158,12 @@ def train_schedule(
 
 def _master_phase(r: int, res: master_trainer.MasterResult) -> Phase:
     return Phase(
-        r, "master", res.series, res.global_step, res.resumed_from, res.directive_counts, res.resume_skipped,
+        r,
+        "master",
+        res.series,
+        res.global_step,
+        res.resumed_from,
+        res.directive_counts,
+        res.resume_skipped,
         res.best_update,
     )
