@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "research"))
 
 import trial  # noqa: E402
+import trials_table  # noqa: E402
 import walk_forward_seeds  # noqa: E402
 
 
@@ -52,3 +53,30 @@ def test_a_master_only_trial_reuses_agents_only_where_the_source_has_them(tmp_pa
     trial.reuse_symbol_agents(source, work, [0, 3])
     assert (work / "fold_0" / "symbols" / "agent.pt").read_bytes() == b"agents"
     assert not (work / "fold_3").exists()  # that fold trains in the new trial
+
+
+def test_the_trials_table_averages_over_the_folds_and_keeps_the_worst_drawdown(tmp_path, capsys):
+    def fold(sharpe, dd):
+        return {
+            f"{a}_{k}": v
+            for a in trials_table.ARMS
+            for k, v in (
+                ("sharpe", sharpe),
+                ("annual_return", sharpe / 10),
+                ("max_drawdown", dd),
+                ("exposure", 0.5),
+            )
+        }
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "trial.json").write_text(
+        json.dumps({"folds": {"3": fold(1.0, 0.2), "0": fold(-0.5, 0.1)}})
+    )
+    sys.argv = ["trials_table.py", "t", "missing", "--runs", str(tmp_path)]
+    trials_table.main()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "== t (folds 0, 3)" and "missing: no trial.json (running, or not run)" in out
+    r = json.loads(out[-1])["t"]["policy"]
+    assert r["sharpe"] == pytest.approx(0.25) and r["sharpe_per_fold"] == [-0.5, 1.0]  # folds in order
+    assert r["max_drawdown_mean"] == pytest.approx(0.15) and r["max_drawdown_worst"] == 0.2
+    assert r["annual_return"] == pytest.approx(0.025) and r["exposure"] == 0.5
