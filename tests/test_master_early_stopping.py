@@ -54,7 +54,7 @@ def test_the_kept_master_is_the_best_scored_and_training_is_unchanged(upstream, 
     cfg, data, market, tables, symbols = _direct(upstream, tmp_path, *ES)
     base = early_stopping(cfg, data, market, symbols)
     stopper = Recording(
-        **{k: getattr(base, k) for k in ("cfg", "market", "tables", "symbols", "bars", "every")}
+        **{k: getattr(base, k) for k in ("cfg", "market", "tables", "symbols", "bench", "bars", "every")}
     )
     stopper.seen = {}
     assert stopper.bars == data.fold.val and data.fold.val[0] >= data.fold.train[1]  # never a train bar

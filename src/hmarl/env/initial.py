@@ -30,7 +30,7 @@ import torch
 from hmarl.env.actions import BUY_FRAC, Action
 from hmarl.env.fills import execute
 from hmarl.env.market import ADV, CLOSE, SIGMA, TRADABLE
-from hmarl.env.vol_prior import effective_caps
+from hmarl.env.vol_prior import allocation
 
 
 def initial_order_table(table: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -46,8 +46,7 @@ def buy_initial_positions(env, r: torch.Tensor) -> None:
     row = env.market.table.index_select(1, env.t)  # (5, N, S) the start bar
     close = row[CLOSE]
     d = env.directives.index_select(0, env.directive)  # (N, 3) risk, cap, limit
-    cap = effective_caps(env, d)  # d[:, 1] scaled per bar under cap_unit: vol_target
-    alloc = (env.equity * d[:, 0] * cap).unsqueeze(1)
+    cap, alloc = allocation(env, d)  # d[:, 1] scaled per bar under cap_unit: vol_target
     action = r.long().unsqueeze(1).mul(int(Action.BUY_LARGE)).expand_as(close)
     fills = execute(
         action,

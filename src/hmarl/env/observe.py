@@ -15,7 +15,7 @@ from hmarl.env.fills import positive
 from hmarl.env.market import ADV, CLOSE, SIGMA, TRADABLE
 from hmarl.env.rewards import SHARPE_EPS, TINY, roi_multiplier
 from hmarl.env.spec import AGENT_FEATURES, Observation
-from hmarl.env.vol_prior import effective_caps
+from hmarl.env.vol_prior import allocation
 
 
 def observe(env) -> tuple[Observation, dict[str, torch.Tensor]]:
@@ -25,8 +25,7 @@ def observe(env) -> tuple[Observation, dict[str, torch.Tensor]]:
     close, tradable = row[CLOSE], row[TRADABLE]
     d = env.directives.index_select(0, env.directive)  # (N, 3) risk, cap, limit
     equity = env.equity
-    cap = effective_caps(env, d)  # d[:, 1] scaled per bar under cap_unit: vol_target
-    alloc = (equity * d[:, 0] * cap).unsqueeze(1)
+    cap, alloc = allocation(env, d)  # d[:, 1] scaled per bar under cap_unit: vol_target
     holding = torch.sign(env.shares)  # float 0/1: shares are >= 0
     value = env.shares * close
     open_count = holding.sum(1, keepdim=True)

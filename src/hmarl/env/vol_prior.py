@@ -59,3 +59,10 @@ def effective_caps(env, d: torch.Tensor) -> torch.Tensor:
     """``(N,)`` per-position cap (fraction of equity) of the directives ``d`` (``(N, 3)`` rows of the
     directive table) at each env's current bar."""
     return torch.clamp(d[:, 1] * env.cap_scale.index_select(0, env.t), max=env.cap_ceiling)
+
+
+def allocation(env, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cap (N,), alloc (N, 1))``: the effective cap of the directives ``d`` and each symbol's allowed
+    allocation ``equity x risk x cap`` (the observation's and the initial purchase's)."""
+    cap = effective_caps(env, d)
+    return cap, (env.equity * d[:, 0] * cap).unsqueeze(1)

@@ -16,6 +16,7 @@ those of a run without it.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,7 @@ class EarlyStopping:
     market: object  # MarketData
     tables: object  # AgentTables restricted to the validation bars
     symbols: torch.nn.Module
+    bench: torch.Tensor  # the master's market-reference table (agents/master.py benchmark_table)
     bars: tuple[int, int]
     every: int
     best_score: float = float("-inf")
@@ -47,13 +49,12 @@ class EarlyStopping:
     def score(self, master: torch.nn.Module) -> float:
         """Excess Sharpe of the greedy hierarchy with ``master`` over the validation bars (-inf if not
         finite: a policy that cannot be scored is never kept)."""
-        bench = benchmark_table(self.market.benchmark, self.cfg.env.master.interval).to(self.market.device)
         was_training = master.training
-        policy = Directed(Hierarchy(self.symbols, self.tables, master.eval(), bench))
+        policy = Directed(Hierarchy(self.symbols, self.tables, master.eval(), self.bench))
         bt = backtest(self.market, self.cfg, self.bars, policy, 1, self.cfg.seed)
         master.train(was_training)
         value = float(bt.sharpe[0])
-        return value if value == value and abs(value) != float("inf") else float("-inf")
+        return value if math.isfinite(value) else float("-inf")
 
     def observe(self, master: torch.nn.Module, update: int) -> float:
         """Score ``master`` after ``update``; keep its weights when it beats the best so far."""
@@ -88,4 +89,5 @@ def early_stopping(cfg, data, market, symbols) -> EarlyStopping | None:
             f"({lo}..{hi}); early stopping needs at least 3 (splits.val_bars)"
         )
     tables = data.tables(cfg, market.device).restrict(lo, hi)
-    return EarlyStopping(cfg, market, tables, symbols, (lo, hi), every)
+    bench = benchmark_table(market.benchmark, cfg.env.master.interval).to(market.device)
+    return EarlyStopping(cfg, market, tables, symbols, bench, (lo, hi), every)
